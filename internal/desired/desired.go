@@ -1,0 +1,83 @@
+// Package desired holds the one type that travels from the watcher to the
+// uploader: what a single KV key should hold. It lives apart from both so that
+// neither imports the other.
+package desired
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Expiration is when a key should expire. The zero value means never.
+// When both are set, TTL wins, as it does in the KV API.
+type Expiration struct {
+	// TTL is relative to the moment of each write; at least 60 s when set.
+	TTL time.Duration
+	// At is an absolute instant; it must be at least 60 s ahead at upload time.
+	At time.Time
+}
+
+// IsZero reports whether the key never expires.
+func (e Expiration) IsZero() bool { return e.TTL == 0 && e.At.IsZero() }
+
+// Equal reports whether two expirations ask for the same thing.
+func (e Expiration) Equal(o Expiration) bool { return e.TTL == o.TTL && e.At.Equal(o.At) }
+
+// State is the desired state of one key.
+type State struct {
+	// Key is the full KV key name, prefix included.
+	Key string
+	// Path is the absolute path of the file whose bytes the key should hold.
+	// It is empty when Deleted is set.
+	Path string
+	// Deleted means the key's file is gone: the key should not exist.
+	Deleted bool
+	// Hash is the hex SHA-256 of the file's content, computed while streaming it.
+	Hash string
+	// Size is the content's length in bytes.
+	Size int64
+	// Metadata is the compacted JSON object from the file's sidecar, or nil.
+	Metadata json.RawMessage
+	// Expiration comes from the config's rules.
+	Expiration Expiration
+	// Err, when set, means the file exists but cannot be published now (an
+	// invalid sidecar, an unreadable or oversized file). The key must be left
+	// exactly as it is in KV: neither overwritten nor deleted.
+	Err error
+}
+
+// Trigger names why a full scan ran. The values are bounded metric labels.
+type Trigger string
+
+// The triggers of a full scan.
+const (
+	TriggerStartup  Trigger = "startup"
+	TriggerPeriodic Trigger = "periodic"
+	TriggerOverflow Trigger = "overflow"
+	TriggerError    Trigger = "watcher_error"
+	TriggerReload   Trigger = "sighup"
+	TriggerManual   Trigger = "manual"
+)
+
+// Snapshot is the complete desired state of a tree after a full scan.
+type Snapshot struct {
+	Trigger Trigger
+	// States holds one entry per key found, including held-back ones (Err set).
+	States []State
+	// Complete is false when part of the tree could not be read (a missing or
+	// unreadable root or directory). Keys absent from an incomplete snapshot
+	// must not be deleted.
+	Complete bool
+	// Reason says why the snapshot is incomplete, for the log.
+	Reason string
+}
+
+// Sink consumes what the watcher produces. Implementations must be safe for
+// concurrent use; calls may block to apply backpressure.
+type Sink interface {
+	// Snapshot delivers the result of a full scan. Keys the sink knows under
+	// this tree's prefix that are absent from a complete snapshot are gone.
+	Snapshot(s Snapshot)
+	// Changed delivers the states of keys that changed, after debouncing.
+	Changed(states []State)
+}

@@ -1,0 +1,149 @@
+package kvapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Sentinel causes of a ValidationError; match them with errors.Is.
+var (
+	ErrKeyEmpty          = errors.New("key is empty")
+	ErrKeyTooLong        = errors.New("key is longer than 512 bytes")
+	ErrKeyReserved       = errors.New(`key may not be "." or ".."`)
+	ErrValueTooLarge     = errors.New("value is larger than 25 MiB")
+	ErrMetadataNotObject = errors.New("metadata is not a JSON object")
+	ErrMetadataTooLarge  = errors.New("metadata is larger than 1024 bytes")
+	ErrTTLTooShort       = errors.New("expiration_ttl is under 60 seconds")
+	ErrExpirationTooSoon = errors.New("expiration is less than 60 seconds ahead")
+	ErrBulkTooLarge      = errors.New("bulk request exceeds 10,000 pairs or 100 MB")
+)
+
+// ValidationError is a request refused locally, before anything was sent.
+// It is permanent: sending it again cannot succeed.
+type ValidationError struct {
+	// Field is the part of the request at fault: key, value, metadata,
+	// expiration_ttl, expiration or bulk.
+	Field string
+	Key   string
+	Err   error
+}
+
+func (e *ValidationError) Error() string {
+	if e.Key == "" {
+		return fmt.Sprintf("kv: invalid %s: %v", e.Field, e.Err)
+	}
+	return fmt.Sprintf("kv: key %q: invalid %s: %v", e.Key, e.Field, e.Err)
+}
+
+func (e *ValidationError) Unwrap() error { return e.Err }
+
+// ErrorItem is one entry of the envelope's errors array.
+type ErrorItem struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+}
+
+// APIError is a reply that was not a success: a non-2xx status, or a 2xx
+// whose envelope said success:false, or a body that could not be parsed.
+type APIError struct {
+	Op         Op
+	Key        string
+	StatusCode int
+	Errors     []ErrorItem
+	// RetryAfter is the server's Retry-After, zero when absent.
+	RetryAfter time.Duration
+	// Detail describes a malformed reply (not JSON, truncated), if any.
+	Detail string
+}
+
+func (e *APIError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "kv %s", e.Op)
+	if e.Key != "" {
+		fmt.Fprintf(&b, " key %q", e.Key)
+	}
+	fmt.Fprintf(&b, ": HTTP %d", e.StatusCode)
+	for _, it := range e.Errors {
+		fmt.Fprintf(&b, "; code %d: %s", it.Code, it.Message)
+	}
+	if e.Detail != "" {
+		fmt.Fprintf(&b, "; %s", e.Detail)
+	}
+	if e.RetryAfter > 0 {
+		fmt.Fprintf(&b, " (retry after %s)", e.RetryAfter)
+	}
+	return b.String()
+}
+
+// Retryable reports whether sending the same request again may succeed:
+// 429, 5xx, and 408/409 as Cloudflare's own SDK treats them.
+func (e *APIError) Retryable() bool {
+	switch {
+	case e.StatusCode == 429, e.StatusCode == 408, e.StatusCode == 409:
+		return true
+	case e.StatusCode >= 500:
+		return true
+	}
+	return false
+}
+
+// Codes returns the Cloudflare error codes of the reply.
+func (e *APIError) Codes() []int {
+	codes := make([]int, len(e.Errors))
+	for i, it := range e.Errors {
+		codes[i] = it.Code
+	}
+	return codes
+}
+
+// NetworkError is a request that got no complete reply: a refused or dropped
+// connection, a timeout, a reply cut off mid-body. It is retryable.
+type NetworkError struct {
+	Op  Op
+	Key string
+	Err error
+}
+
+func (e *NetworkError) Error() string {
+	if e.Key != "" {
+		return fmt.Sprintf("kv %s key %q: %v", e.Op, e.Key, e.Err)
+	}
+	return fmt.Sprintf("kv %s: %v", e.Op, e.Err)
+}
+
+func (e *NetworkError) Unwrap() error { return e.Err }
+
+// IsRetryable reports whether err may go away if the request is sent again.
+// Context cancellation is not retryable.
+func IsRetryable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.Retryable()
+	}
+	var ne *NetworkError
+	return errors.As(err, &ne)
+}
+
+// IsRateLimited reports whether err is a 429 and the server's Retry-After.
+func IsRateLimited(err error) (retryAfter time.Duration, ok bool) {
+	var ae *APIError
+	if errors.As(err, &ae) && ae.StatusCode == 429 {
+		return ae.RetryAfter, true
+	}
+	return 0, false
+}
+
+// StatusCode returns the HTTP status of err's reply, or 0 when there was none.
+func StatusCode(err error) int {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.StatusCode
+	}
+	return 0
+}
