@@ -19,6 +19,17 @@ var (
 	ErrTTLTooShort       = errors.New("expiration_ttl is under 60 seconds")
 	ErrExpirationTooSoon = errors.New("expiration is less than 60 seconds ahead")
 	ErrBulkTooLarge      = errors.New("bulk request exceeds 10,000 pairs or 100 MB")
+	// ErrKeyInvalidUTF8: the API's keys are strings; an invalid byte would be
+	// replaced on the way, so two different names could land on one key.
+	ErrKeyInvalidUTF8 = errors.New("key is not valid UTF-8")
+	// ErrNamespaceEmpty: a request without a namespace id would address the
+	// namespace collection instead.
+	ErrNamespaceEmpty = errors.New("namespace id is empty")
+	ErrListLimit      = errors.New("list limit is outside 10..1000")
+	ErrValueInvalid   = errors.New("value is missing or has a negative size")
+	// ErrValueSizeMismatch is the cause of a ValueError whose reader yielded
+	// fewer or more bytes than the Value's Size.
+	ErrValueSizeMismatch = errors.New("value yielded a different number of bytes than its size")
 )
 
 // ValidationError is a request refused locally, before anything was sent.
@@ -115,6 +126,23 @@ func (e *NetworkError) Error() string {
 }
 
 func (e *NetworkError) Unwrap() error { return e.Err }
+
+// ValueError is a write whose body could not be produced: Value.Open failed,
+// its reader failed, or it yielded a different number of bytes than Size (the
+// file changed while it was read). The request was aborted before the closing
+// part of the body went out, so the server cannot have stored a partial value.
+// It is not retryable as is: the source must be looked at again.
+type ValueError struct {
+	Op  Op
+	Key string
+	Err error
+}
+
+func (e *ValueError) Error() string {
+	return fmt.Sprintf("kv %s key %q: reading value: %v", e.Op, e.Key, e.Err)
+}
+
+func (e *ValueError) Unwrap() error { return e.Err }
 
 // IsRetryable reports whether err may go away if the request is sent again.
 // Context cancellation is not retryable.

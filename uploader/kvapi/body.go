@@ -1,0 +1,359 @@
+package kvapi
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/textproto"
+	"strconv"
+	"sync"
+)
+
+// bodyFault remembers the first error a request body produced, across every
+// body GetBody made for the request, so that a failed round trip can be told
+// apart from a network failure. The transport reads bodies on its own
+// goroutine, hence the lock.
+type bodyFault struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (f *bodyFault) set(err error) error {
+	f.mu.Lock()
+	if f.err == nil {
+		f.err = err
+	}
+	f.mu.Unlock()
+	return err
+}
+
+func (f *bodyFault) get() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+// multipartFrame is the multipart/form-data envelope around a streamed value:
+// the optional metadata part first, then the value part's header (head), the
+// value bytes, and the closing boundary (tail). Putting the value last means
+// only it has to be streamed, and the closing boundary, without which the
+// server cannot accept the form, is written only after the value proved to
+// have exactly the announced size.
+type multipartFrame struct {
+	contentType string
+	head, tail  []byte
+}
+
+func newMultipartFrame(metadata []byte) (multipartFrame, error) {
+	var buf bytes.Buffer
+	w := multipart.NewWriter(&buf)
+	if metadata != nil {
+		h := make(textproto.MIMEHeader)
+		h.Set("Content-Disposition", `form-data; name="metadata"`)
+		h.Set("Content-Type", "application/json")
+		pw, err := w.CreatePart(h)
+		if err != nil {
+			return multipartFrame{}, err
+		}
+		if _, err := pw.Write(metadata); err != nil {
+			return multipartFrame{}, err
+		}
+	}
+	// A plain form field, no filename, as `curl -F value=...` and wrangler send.
+	if _, err := w.CreateFormField("value"); err != nil {
+		return multipartFrame{}, err
+	}
+	headLen := buf.Len()
+	if err := w.Close(); err != nil {
+		return multipartFrame{}, err
+	}
+	all := buf.Bytes()
+	return multipartFrame{
+		contentType: w.FormDataContentType(),
+		head:        all[:headLen:headLen],
+		tail:        all[headLen:],
+	}, nil
+}
+
+func (f multipartFrame) length(valueSize int64) int64 {
+	return int64(len(f.head)) + valueSize + int64(len(f.tail))
+}
+
+// putBody streams head, exactly size bytes of the value, then tail. A value
+// reader that ends early or has bytes left over fails the body before the
+// tail, so the request is cut off instead of carrying a corrupt value.
+type putBody struct {
+	head, tail []byte
+	value      io.ReadCloser
+	remain     int64
+	fault      *bodyFault
+	err        error
+}
+
+func (b *putBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if len(b.head) > 0 {
+		n := copy(p, b.head)
+		b.head = b.head[n:]
+		return n, nil
+	}
+	if b.value != nil {
+		if b.remain == 0 {
+			if err := b.checkExhausted(); err != nil {
+				return 0, b.fail(err)
+			}
+			b.value.Close()
+			b.value = nil
+		} else {
+			if int64(len(p)) > b.remain {
+				p = p[:b.remain]
+			}
+			n, err := b.value.Read(p)
+			b.remain -= int64(n)
+			switch {
+			case err == io.EOF && b.remain > 0:
+				return n, b.fail(fmt.Errorf("%w: ended %d bytes early", ErrValueSizeMismatch, b.remain))
+			case err != nil && err != io.EOF:
+				return n, b.fail(err)
+			}
+			return n, nil
+		}
+	}
+	if len(b.tail) > 0 {
+		n := copy(p, b.tail)
+		b.tail = b.tail[n:]
+		return n, nil
+	}
+	return 0, io.EOF
+}
+
+// checkExhausted makes sure the value reader has nothing beyond its size.
+func (b *putBody) checkExhausted() error {
+	var one [1]byte
+	for range 100 {
+		n, err := b.value.Read(one[:])
+		if n > 0 {
+			return fmt.Errorf("%w: more bytes than its size", ErrValueSizeMismatch)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return io.ErrNoProgress
+}
+
+func (b *putBody) fail(err error) error {
+	b.err = b.fault.set(err)
+	return err
+}
+
+func (b *putBody) Close() error {
+	if b.value != nil {
+		return b.value.Close()
+	}
+	return nil
+}
+
+// bulkItem is one pair of a bulk write, framed: head is `[{"key":…,"value":"`
+// (or starting with a comma), tail closes the value string and carries the
+// optional fields. The value is encoded while it is read, so the body never
+// holds a second, encoded copy of it.
+type bulkItem struct {
+	head, tail []byte
+	value      []byte
+	b64        bool
+}
+
+func (it *bulkItem) encodedValueLen() int64 {
+	if it.b64 {
+		return int64(base64.StdEncoding.EncodedLen(len(it.value)))
+	}
+	return jsonEscapedLen(it.value)
+}
+
+// bulkChunk is how much encoded value a bulkBody produces at a time; a
+// multiple of 4 so that base64 chunks (3 raw bytes -> 4) need no padding.
+const bulkChunk = 32 << 10
+
+// bulkBody streams the JSON array of a bulk write.
+type bulkBody struct {
+	items   []bulkItem
+	i       int
+	stage   int // 0 head, 1 value, 2 tail
+	off     int // bytes of items[i].value consumed
+	pending []byte
+	closed  bool
+	scratch []byte
+}
+
+func newBulkBody(items []bulkItem) *bulkBody {
+	return &bulkBody{items: items}
+}
+
+func (b *bulkBody) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		if len(b.pending) > 0 {
+			k := copy(p[n:], b.pending)
+			b.pending = b.pending[k:]
+			n += k
+			continue
+		}
+		if !b.fill() {
+			break
+		}
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// fill sets pending to the next piece of the body; false at the end.
+func (b *bulkBody) fill() bool {
+	for {
+		if b.i == len(b.items) {
+			if b.closed {
+				return false
+			}
+			b.closed = true
+			b.pending = []byte{']'}
+			return true
+		}
+		it := &b.items[b.i]
+		switch b.stage {
+		case 0:
+			b.pending = it.head
+			b.stage = 1
+			return true
+		case 1:
+			if b.off >= len(it.value) {
+				b.stage = 2
+				continue
+			}
+			if b.scratch == nil {
+				b.scratch = make([]byte, bulkChunk)
+			}
+			if it.b64 {
+				raw := it.value[b.off:min(len(it.value), b.off+bulkChunk/4*3)]
+				base64.StdEncoding.Encode(b.scratch, raw)
+				b.pending = b.scratch[:base64.StdEncoding.EncodedLen(len(raw))]
+				b.off += len(raw)
+			} else {
+				out, used := appendJSONEscaped(b.scratch[:0], it.value[b.off:], bulkChunk)
+				b.pending = out
+				b.off += used
+			}
+			return true
+		default:
+			b.pending = it.tail
+			b.i++
+			b.stage = 0
+			b.off = 0
+			return true
+		}
+	}
+}
+
+func (b *bulkBody) Close() error { return nil }
+
+// appendJSONEscaped appends src escaped as the inside of a JSON string to
+// dst, stopping before dst would grow past limit, and reports how many bytes
+// of src it consumed. Multibyte UTF-8 sequences pass through unchanged (they
+// may be split across calls; only single ASCII bytes are ever escaped).
+func appendJSONEscaped(dst, src []byte, limit int) ([]byte, int) {
+	const hex = "0123456789abcdef"
+	i := 0
+	for ; i < len(src) && len(dst)+6 <= limit; i++ {
+		c := src[i]
+		switch {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+		case c == '\n':
+			dst = append(dst, '\\', 'n')
+		case c == '\r':
+			dst = append(dst, '\\', 'r')
+		case c == '\t':
+			dst = append(dst, '\\', 't')
+		case c < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst, i
+}
+
+// jsonEscapedLen is the length appendJSONEscaped produces for all of src.
+func jsonEscapedLen(src []byte) int64 {
+	n := int64(len(src))
+	for _, c := range src {
+		switch {
+		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
+			n++
+		case c < 0x20:
+			n += 5
+		}
+	}
+	return n
+}
+
+// appendJSONString appends s as a complete JSON string.
+func appendJSONString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	src := []byte(s)
+	for len(src) > 0 {
+		var used int
+		dst, used = appendJSONEscaped(dst, src, len(dst)+6*len(src)+6)
+		src = src[used:]
+	}
+	return append(dst, '"')
+}
+
+// newBulkItem frames one validated pair; first says whether it opens the array.
+func newBulkItem(key string, value, metadata []byte, exp, ttl int64, b64, first bool) bulkItem {
+	head := make([]byte, 0, len(key)+24)
+	if first {
+		head = append(head, '[')
+	} else {
+		head = append(head, ',')
+	}
+	head = append(head, `{"key":`...)
+	head = appendJSONString(head, key)
+	head = append(head, `,"value":"`...)
+
+	tail := make([]byte, 0, len(metadata)+64)
+	tail = append(tail, '"')
+	if b64 {
+		tail = append(tail, `,"base64":true`...)
+	}
+	switch {
+	case ttl > 0:
+		tail = append(tail, `,"expiration_ttl":`...)
+		tail = strconv.AppendInt(tail, ttl, 10)
+	case exp > 0:
+		tail = append(tail, `,"expiration":`...)
+		tail = strconv.AppendInt(tail, exp, 10)
+	}
+	if metadata != nil {
+		tail = append(tail, `,"metadata":`...)
+		tail = append(tail, metadata...)
+	}
+	tail = append(tail, '}')
+	return bulkItem{head: head, tail: tail, value: value, b64: b64}
+}
+
+func bulkLength(items []bulkItem) int64 {
+	n := int64(1) // the closing ']'
+	for i := range items {
+		n += int64(len(items[i].head)) + items[i].encodedValueLen() + int64(len(items[i].tail))
+	}
+	return n
+}
