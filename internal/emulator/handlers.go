@@ -1,0 +1,465 @@
+package emulator
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// maxMetadataRead bounds how much of a metadata part is read; anything past
+// MaxMetadataBytes is rejected anyway, but whitespace may be compacted away.
+const maxMetadataRead = 64 << 10
+
+func notFoundKey() *apiError {
+	return &apiError{status: http.StatusNotFound, code: 10009, msg: "get: 'key not found'"}
+}
+
+func namespaceNotFound() *apiError {
+	return &apiError{status: http.StatusNotFound, code: 10013, msg: "namespace not found"}
+}
+
+func tooLarge(msg string) *apiError {
+	return &apiError{status: http.StatusRequestEntityTooLarge, code: 10024, msg: msg}
+}
+
+// storeError maps a store failure to the envelope.
+func (e *Emulator) writeStoreError(w http.ResponseWriter, err error) {
+	if errors.Is(err, errNamespaceDeleted) {
+		writeError(w, namespaceNotFound())
+		return
+	}
+	writeError(w, &apiError{status: http.StatusInternalServerError, code: 10001, msg: "service temporarily unavailable: " + err.Error()})
+}
+
+// parseWhole parses an integral number (JSON numbers like 120 or 120.0).
+func parseWhole(s string) (int64, bool) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || f != math.Trunc(f) || math.Abs(f) > 1<<62 {
+		return 0, false
+	}
+	return int64(f), true
+}
+
+// expiry resolves expiration / expiration_ttl into an absolute time; TTL
+// wins when both are present, and both must land at least 60 s ahead.
+func expiry(ttl, exp *float64, ttlRaw, expRaw string, now time.Time) (int64, *apiError) {
+	if ttl != nil {
+		if *ttl != math.Trunc(*ttl) || *ttl < MinTTLSeconds || *ttl > 1<<40 {
+			return 0, badRequest(10034, fmt.Sprintf("Invalid expiration_ttl of %s. Expiration TTL must be at least %d.", ttlRaw, MinTTLSeconds))
+		}
+		return now.Unix() + int64(*ttl), nil
+	}
+	if exp != nil {
+		if *exp != math.Trunc(*exp) || *exp < float64(now.Unix()+MinTTLSeconds) || *exp > 1<<50 {
+			return 0, badRequest(10033, fmt.Sprintf("Invalid expiration of %s. Expiration times must be at least %d seconds in the future.", expRaw, MinTTLSeconds))
+		}
+		return int64(*exp), nil
+	}
+	return 0, nil
+}
+
+// queryExpiry reads expiration parameters from the query string.
+func queryExpiry(r *http.Request, now time.Time) (int64, *apiError) {
+	q := r.URL.Query()
+	var ttl, exp *float64
+	if q.Has("expiration_ttl") {
+		raw := q.Get("expiration_ttl")
+		v, ok := parseWhole(raw)
+		if !ok {
+			return 0, badRequest(10034, fmt.Sprintf("Invalid expiration_ttl of %q. Please specify an integer number of seconds.", raw))
+		}
+		f := float64(v)
+		ttl = &f
+	}
+	if q.Has("expiration") && ttl == nil {
+		raw := q.Get("expiration")
+		v, ok := parseWhole(raw)
+		if !ok {
+			return 0, badRequest(10033, fmt.Sprintf("Invalid expiration of %q. Please specify an integer number of seconds since the UNIX epoch.", raw))
+		}
+		f := float64(v)
+		exp = &f
+	}
+	return expiry(ttl, exp, q.Get("expiration_ttl"), q.Get("expiration"), now)
+}
+
+// normalizeMetadata validates metadata JSON and returns it compacted (nil
+// for JSON null). The 1024-byte limit applies to the serialized form.
+func normalizeMetadata(raw []byte) ([]byte, *apiError) {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, bytes.TrimSpace(raw)); err != nil || buf.Len() == 0 {
+		return nil, badRequest(10047, "invalid metadata: not valid JSON")
+	}
+	if buf.String() == "null" {
+		return nil, nil
+	}
+	if buf.Len() > MaxMetadataBytes {
+		return nil, badRequest(10047, fmt.Sprintf("metadata too large: %d bytes serialized, the limit is %d", buf.Len(), MaxMetadataBytes))
+	}
+	return buf.Bytes(), nil
+}
+
+// readLimited reads at most limit bytes; over reports whether more followed.
+func readLimited(r io.Reader, limit int64) (b []byte, over bool, err error) {
+	b, err = io.ReadAll(io.LimitReader(r, limit+1))
+	if int64(len(b)) > limit {
+		return nil, true, err
+	}
+	return b, false, err
+}
+
+// readPutBody returns the value and metadata of a single write: a
+// multipart form with a "value" part and an optional "metadata" part, or
+// any other body taken whole as the value.
+func readPutBody(r *http.Request) ([]byte, []byte, *apiError) {
+	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/form-data" {
+		v, over, err := readLimited(r.Body, MaxValueBytes)
+		if over {
+			return nil, nil, tooLarge(fmt.Sprintf("value too large: the limit is %d bytes", MaxValueBytes))
+		}
+		if err != nil {
+			return nil, nil, badRequest(10029, "invalid request: reading the body: "+err.Error())
+		}
+		return v, nil, nil
+	}
+	boundary := params["boundary"]
+	if boundary == "" {
+		return nil, nil, badRequest(10029, "invalid request: multipart body without a boundary")
+	}
+	mr := multipart.NewReader(r.Body, boundary)
+	var value, meta []byte
+	seenValue := false
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, nil, badRequest(10029, "invalid request: malformed multipart body: "+err.Error())
+		}
+		switch part.FormName() {
+		case "value":
+			v, over, err := readLimited(part, MaxValueBytes)
+			if over {
+				return nil, nil, tooLarge(fmt.Sprintf("value too large: the limit is %d bytes", MaxValueBytes))
+			}
+			if err != nil {
+				return nil, nil, badRequest(10029, "invalid request: malformed multipart body: "+err.Error())
+			}
+			value, seenValue = v, true
+		case "metadata":
+			m, over, err := readLimited(part, maxMetadataRead)
+			if over {
+				return nil, nil, badRequest(10047, fmt.Sprintf("metadata too large: the limit is %d bytes", MaxMetadataBytes))
+			}
+			if err != nil {
+				return nil, nil, badRequest(10029, "invalid request: malformed multipart body: "+err.Error())
+			}
+			nm, aerr := normalizeMetadata(m)
+			if aerr != nil {
+				return nil, nil, aerr
+			}
+			meta = nm
+		default:
+			if _, err := io.Copy(io.Discard, part); err != nil {
+				return nil, nil, badRequest(10029, "invalid request: malformed multipart body: "+err.Error())
+			}
+		}
+	}
+	if !seenValue {
+		return nil, nil, badRequest(10012, "malformed value: the multipart body has no \"value\" part")
+	}
+	if value == nil {
+		value = []byte{}
+	}
+	return value, meta, nil
+}
+
+func handlePut(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
+	exp, aerr := queryExpiry(r, e.now())
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	value, meta, aerr := readPutBody(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if !e.faults.keyWritesAllowed(rt.ref(), []string{rt.key})[0] {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, &apiError{status: http.StatusTooManyRequests, code: 10022, msg: "too many requests: at most one write per second to the same key"})
+		return
+	}
+	if err := e.store.apply(rt.ref(), []mutation{{kind: recPut, key: rt.key, value: value, meta: meta, exp: exp}}); err != nil {
+		e.writeStoreError(w, err)
+		return
+	}
+	writeOK(w, nil)
+}
+
+func handleDelete(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
+	if !e.faults.keyWritesAllowed(rt.ref(), []string{rt.key})[0] {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, &apiError{status: http.StatusTooManyRequests, code: 10022, msg: "too many requests: at most one write per second to the same key"})
+		return
+	}
+	if err := e.store.apply(rt.ref(), []mutation{{kind: recDelete, key: rt.key}}); err != nil {
+		e.writeStoreError(w, err)
+		return
+	}
+	writeOK(w, nil)
+}
+
+func handleGet(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
+	ent, err := e.store.get(rt.ref(), rt.key, true)
+	if err != nil {
+		e.writeStoreError(w, err)
+		return
+	}
+	if ent == nil {
+		writeError(w, notFoundKey())
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Length", strconv.Itoa(len(ent.Value)))
+	if ent.Expiration != 0 {
+		h.Set("Expiration", strconv.FormatInt(ent.Expiration, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+	w.Write(ent.Value)
+}
+
+func handleGetMetadata(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
+	ent, err := e.store.get(rt.ref(), rt.key, false)
+	if err != nil {
+		e.writeStoreError(w, err)
+		return
+	}
+	if ent == nil {
+		writeError(w, notFoundKey())
+		return
+	}
+	if ent.Metadata == nil {
+		writeOK(w, nil)
+		return
+	}
+	writeOK(w, json.RawMessage(ent.Metadata))
+}
+
+// bulkResult is the result of bulk writes and deletes.
+type bulkResult struct {
+	SuccessfulKeyCount int      `json:"successful_key_count"`
+	UnsuccessfulKeys   []string `json:"unsuccessful_keys"`
+}
+
+// bulkPair is one element of a bulk write body. Pointers tell absent from zero.
+type bulkPair struct {
+	Key           *string         `json:"key"`
+	Value         *string         `json:"value"`
+	Expiration    *float64        `json:"expiration"`
+	ExpirationTTL *float64        `json:"expiration_ttl"`
+	Metadata      json.RawMessage `json:"metadata"`
+	Base64        bool            `json:"base64"`
+}
+
+// countingReader counts bytes read so the 100 MB bulk limit can be told
+// apart from a syntax error.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// decodeArray streams a JSON array from the body, calling fn per element,
+// and enforces the request size and element count limits.
+func decodeArray(r *http.Request, what string, fn func(i int, dec *json.Decoder) *apiError) *apiError {
+	cr := &countingReader{r: io.LimitReader(r.Body, MaxBulkRequestBytes+1)}
+	dec := json.NewDecoder(cr)
+	tooBig := func() *apiError {
+		if cr.n > MaxBulkRequestBytes {
+			return tooLarge(fmt.Sprintf("request too large: a %s body must be at most %d bytes", what, MaxBulkRequestBytes))
+		}
+		return nil
+	}
+	tok, err := dec.Token()
+	if err != nil || tok != json.Delim('[') {
+		if a := tooBig(); a != nil {
+			return a
+		}
+		return badRequest(10029, "invalid request: the "+what+" body must be a JSON array")
+	}
+	for i := 0; dec.More(); i++ {
+		if i >= MaxBulkPairs {
+			return badRequest(10029, fmt.Sprintf("invalid request: a %s body holds at most %d items", what, MaxBulkPairs))
+		}
+		if aerr := fn(i, dec); aerr != nil {
+			if a := tooBig(); a != nil {
+				return a
+			}
+			return aerr
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		if a := tooBig(); a != nil {
+			return a
+		}
+		return badRequest(10029, "invalid request: malformed JSON array: "+err.Error())
+	}
+	io.Copy(io.Discard, cr)
+	return tooBig()
+}
+
+func handleBulkPut(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
+	now := e.now()
+	var muts []mutation
+	aerr := decodeArray(r, "bulk write", func(i int, dec *json.Decoder) *apiError {
+		var p bulkPair
+		if err := dec.Decode(&p); err != nil {
+			return badRequest(10029, fmt.Sprintf("invalid request: item %d: %v", i, err))
+		}
+		if p.Key == nil {
+			return badRequest(10029, fmt.Sprintf("invalid request: item %d has no key", i))
+		}
+		if aerr := checkKey(*p.Key); aerr != nil {
+			return aerr
+		}
+		if p.Value == nil {
+			return badRequest(10012, fmt.Sprintf("malformed value: item %d (%q) has no value", i, *p.Key))
+		}
+		value := []byte(*p.Value)
+		if p.Base64 {
+			dv, err := base64.StdEncoding.DecodeString(*p.Value)
+			if err != nil {
+				return badRequest(10012, fmt.Sprintf("malformed value: item %d (%q) is not valid base64", i, *p.Key))
+			}
+			value = dv
+		}
+		if len(value) > MaxValueBytes {
+			return tooLarge(fmt.Sprintf("value too large: %q holds %d bytes, the limit is %d", *p.Key, len(value), MaxValueBytes))
+		}
+		var meta []byte
+		if len(p.Metadata) > 0 {
+			m, aerr := normalizeMetadata(p.Metadata)
+			if aerr != nil {
+				return aerr
+			}
+			meta = m
+		}
+		exp, aerr := expiry(p.ExpirationTTL, p.Expiration, jsonNum(p.ExpirationTTL), jsonNum(p.Expiration), now)
+		if aerr != nil {
+			return aerr
+		}
+		muts = append(muts, mutation{kind: recPut, key: *p.Key, value: value, meta: meta, exp: exp})
+		return nil
+	})
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	e.applyBulk(w, rt, muts)
+}
+
+func jsonNum(f *float64) string {
+	if f == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*f, 'f', -1, 64)
+}
+
+func handleBulkDelete(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
+	var muts []mutation
+	aerr := decodeArray(r, "bulk delete", func(i int, dec *json.Decoder) *apiError {
+		var k *string
+		if err := dec.Decode(&k); err != nil || k == nil {
+			return badRequest(10029, fmt.Sprintf("invalid request: item %d is not a key name string", i))
+		}
+		if aerr := checkKey(*k); aerr != nil {
+			return aerr
+		}
+		muts = append(muts, mutation{kind: recDelete, key: *k})
+		return nil
+	})
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	e.applyBulk(w, rt, muts)
+}
+
+// applyBulk applies a validated bulk request; keys refused by the per-key
+// write limit are reported as unsuccessful, for the client to retry.
+func (e *Emulator) applyBulk(w http.ResponseWriter, rt route, muts []mutation) {
+	keys := make([]string, len(muts))
+	for i, m := range muts {
+		keys[i] = m.key
+	}
+	allowed := e.faults.keyWritesAllowed(rt.ref(), keys)
+	res := bulkResult{UnsuccessfulKeys: []string{}}
+	kept := muts[:0]
+	for i, m := range muts {
+		if allowed[i] {
+			kept = append(kept, m)
+		} else {
+			res.UnsuccessfulKeys = append(res.UnsuccessfulKeys, m.key)
+		}
+	}
+	if len(kept) > 0 {
+		if err := e.store.apply(rt.ref(), kept); err != nil {
+			e.writeStoreError(w, err)
+			return
+		}
+	}
+	res.SuccessfulKeyCount = len(kept)
+	writeOK(w, res)
+}
+
+func handleList(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
+	q := r.URL.Query()
+	limit := MaxListLimit
+	if q.Has("limit") {
+		n, ok := parseWhole(q.Get("limit"))
+		if !ok || n < MinListLimit || n > MaxListLimit {
+			writeError(w, badRequest(10028, fmt.Sprintf("Invalid key_limit of %q. Please specify an integer between %d and %d.", q.Get("limit"), MinListLimit, MaxListLimit)))
+			return
+		}
+		limit = int(n)
+	}
+	after := ""
+	if c := q.Get("cursor"); c != "" {
+		k, ok := decodeCursor(c)
+		if !ok {
+			writeError(w, badRequest(10041, "invalid \"list keys\" cursor"))
+			return
+		}
+		after = k
+	}
+	keys, cursor, err := e.store.list(rt.ref(), q.Get("prefix"), after, limit)
+	if err != nil {
+		e.writeStoreError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, envelope{Success: true, Result: keys,
+		ResultInfo: map[string]any{"count": len(keys), "cursor": cursor}})
+}
+
+func handleTokenVerify(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
+	writeOK(w, map[string]string{"id": "kvsync-emulator", "status": "active"})
+}
