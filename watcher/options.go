@@ -1,0 +1,327 @@
+package watcher
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/bmatcuk/doublestar/v4"
+
+	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/metrics"
+	"github.com/kvsync/kvsync/uploader/kvapi"
+)
+
+// Defaults of Options, chosen after syncthing and consul-template: a short
+// quiet period catches the burst of events one save produces, the maximum
+// delay keeps a file that never stops changing from never being published,
+// and the hourly rescan is the backstop for events inotify lost.
+const (
+	DefaultQuiet          = time.Second
+	DefaultMaxDelay       = 10 * time.Second
+	DefaultRescanInterval = time.Hour
+	// MinQuiet is the floor of Options.Quiet: "no delay at all isn't ok,
+	// notify sometimes creates multiple events for a single change"
+	// (syncthing PR #7864).
+	MinQuiet = 10 * time.Millisecond
+	// degradedRescan bounds the rescan interval while the kernel refuses
+	// watches, since rescans are then the only way changes are seen.
+	degradedRescan = time.Minute
+	// SidecarSuffix names a file's metadata sidecar: "<name>.meta.json".
+	SidecarSuffix = ".meta.json"
+)
+
+// ErrInvalidOptions is wrapped by every error New returns.
+var ErrInvalidOptions = errors.New("watcher: invalid options")
+
+// ExpirationRule gives the keys of matching files an expiration.
+type ExpirationRule struct {
+	// Match is a doublestar glob on the /-separated path relative to the root.
+	Match string
+	// TTL is relative to each write; at least 60 s. Exclusive with At.
+	TTL time.Duration
+	// At is an absolute expiration. Exclusive with TTL.
+	At time.Time
+}
+
+// Options configures a Watcher. The zero value of every field but Root is
+// usable.
+type Options struct {
+	// Root is the directory to publish; New makes it absolute.
+	Root string
+	// Prefix is prepended verbatim to every key.
+	Prefix string
+	// Include holds doublestar globs on the /-separated relative path of
+	// files; empty publishes everything. Directories are always descended.
+	// Include does not override the default excludes: a file matched by
+	// Include but hidden or editor debris is still skipped unless
+	// IncludeHidden or NoDefaultExcludes says otherwise. Explicit intent
+	// about debris belongs in those switches, not in a broad "**".
+	Include []string
+	// Exclude holds globs matched against relative paths of files and
+	// directories; an excluded directory is neither descended nor watched.
+	// Exclude always wins over Include. Globs match the whole relative path:
+	// write "**/node_modules" to exclude that name at any depth.
+	Exclude []string
+	// NoDefaultExcludes publishes editor and OS debris (swap files, backups,
+	// temp files of atomic saves, .DS_Store, ...), which is skipped by default.
+	NoDefaultExcludes bool
+	// IncludeHidden publishes hidden paths (any segment starting with "."),
+	// which are skipped by default except ".well-known".
+	IncludeHidden bool
+	// ExpirationRules are tried in order; the first match wins.
+	ExpirationRules []ExpirationRule
+	// DefaultExpiration applies to files no rule matches.
+	DefaultExpiration desired.Expiration
+	// Quiet is how long a path must see no events before it is emitted;
+	// default DefaultQuiet, never below MinQuiet.
+	Quiet time.Duration
+	// MaxDelay bounds how long a path that keeps changing waits; default
+	// DefaultMaxDelay, never below Quiet.
+	MaxDelay time.Duration
+	// RescanInterval is the period of full rescans; default
+	// DefaultRescanInterval, negative disables them.
+	RescanInterval time.Duration
+	// AllowSymlinksOutside follows symlinks that lead outside Root.
+	// Symlink loops are never followed.
+	AllowSymlinksOutside bool
+	// MaxFileSize is the largest file published; default kvapi.MaxValueBytes.
+	MaxFileSize int64
+	// Logger receives warnings about skipped files; default slog.Default().
+	Logger *slog.Logger
+	// Metrics may be nil.
+	Metrics *metrics.Metrics
+	// Now is the clock, default time.Now. The hash cache uses it to tell
+	// files written "just now", whose timestamps cannot yet prove they are
+	// unchanged, from settled ones.
+	Now func() time.Time
+}
+
+// debris lists the base-name globs of editor and OS litter skipped by
+// default. Vim's swap files and its "4913" write probe, Emacs' backups,
+// lock and auto-save files, Finder and Explorer droppings, and the temp
+// names of atomic saves and partial downloads.
+var debris = []string{
+	"*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", "4913",
+	".DS_Store", "Thumbs.db", "desktop.ini",
+	"*.tmp", ".*.tmp", "*.part", "*.crdownload",
+}
+
+// rsyncTemp matches rsync's in-flight temp files ".name.XXXXXX", where XXXXXX
+// comes from mkstemp; mixedSuffix tells a random suffix from a word like
+// ".env.sample".
+var rsyncTemp = regexp.MustCompile(`^\..+\.([A-Za-z0-9]{6})$`)
+
+func mixedSuffix(s string) bool {
+	var lower, upper, digit bool
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z':
+			lower = true
+		case r >= 'A' && r <= 'Z':
+			upper = true
+		case r >= '0' && r <= '9':
+			digit = true
+		}
+	}
+	n := 0
+	for _, b := range []bool{lower, upper, digit} {
+		if b {
+			n++
+		}
+	}
+	return n >= 2
+}
+
+// isDebris reports whether a base name is editor or OS litter.
+func isDebris(name string) bool {
+	for _, p := range debris {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	if m := rsyncTemp.FindStringSubmatch(name); m != nil && mixedSuffix(m[1]) {
+		return true
+	}
+	return false
+}
+
+// isSidecar reports whether a relative path names a metadata sidecar.
+func isSidecar(rel string) bool {
+	return strings.HasSuffix(rel, SidecarSuffix) && len(path.Base(rel)) > len(SidecarSuffix)
+}
+
+func optErr(field, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalidOptions, field, fmt.Sprintf(format, args...))
+}
+
+// validateExpiration checks what New can know about an expiration; whether
+// an absolute time is far enough ahead is decided at upload time.
+func validateExpiration(field string, e desired.Expiration) error {
+	switch {
+	case e.TTL < 0:
+		return optErr(field, "TTL %s is negative", e.TTL)
+	case e.TTL > 0 && e.TTL < kvapi.MinTTLSeconds*time.Second:
+		return optErr(field, "TTL %s is below the KV minimum of %ds", e.TTL, kvapi.MinTTLSeconds)
+	case e.TTL > 0 && !e.At.IsZero():
+		return optErr(field, "set TTL or At, not both")
+	}
+	return nil
+}
+
+// finalize validates opts and fills in defaults.
+func (o Options) finalize() (Options, error) {
+	if o.Root == "" {
+		return o, optErr("Root", "is empty")
+	}
+	abs, err := filepath.Abs(o.Root)
+	if err != nil {
+		return o, optErr("Root", "%v", err)
+	}
+	o.Root = abs
+	if !utf8.ValidString(o.Prefix) {
+		return o, optErr("Prefix", "%q is not valid UTF-8", o.Prefix)
+	}
+	if len(o.Prefix) >= kvapi.MaxKeyBytes {
+		return o, optErr("Prefix", "is %d bytes; keys are at most %d", len(o.Prefix), kvapi.MaxKeyBytes)
+	}
+	for i, g := range o.Include {
+		if !doublestar.ValidatePattern(g) {
+			return o, optErr(fmt.Sprintf("Include[%d]", i), "bad glob %q", g)
+		}
+	}
+	for i, g := range o.Exclude {
+		if !doublestar.ValidatePattern(g) {
+			return o, optErr(fmt.Sprintf("Exclude[%d]", i), "bad glob %q", g)
+		}
+	}
+	for i, r := range o.ExpirationRules {
+		field := fmt.Sprintf("ExpirationRules[%d]", i)
+		if r.Match == "" || !doublestar.ValidatePattern(r.Match) {
+			return o, optErr(field+".Match", "bad glob %q", r.Match)
+		}
+		if r.TTL == 0 && r.At.IsZero() {
+			return o, optErr(field, "needs TTL or At")
+		}
+		if err := validateExpiration(field, desired.Expiration{TTL: r.TTL, At: r.At}); err != nil {
+			return o, err
+		}
+	}
+	if err := validateExpiration("DefaultExpiration", o.DefaultExpiration); err != nil {
+		return o, err
+	}
+	if o.Quiet < 0 || o.MaxDelay < 0 {
+		return o, optErr("Quiet/MaxDelay", "negative")
+	}
+	if o.Quiet == 0 {
+		o.Quiet = DefaultQuiet
+	}
+	o.Quiet = max(o.Quiet, MinQuiet)
+	if o.MaxDelay == 0 {
+		o.MaxDelay = DefaultMaxDelay
+	}
+	o.MaxDelay = max(o.MaxDelay, o.Quiet)
+	if o.RescanInterval == 0 {
+		o.RescanInterval = DefaultRescanInterval
+	}
+	if o.MaxFileSize < 0 {
+		return o, optErr("MaxFileSize", "negative")
+	}
+	if o.MaxFileSize == 0 {
+		o.MaxFileSize = kvapi.MaxValueBytes
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o, nil
+}
+
+// matchAny reports whether rel matches one of the (validated) globs.
+func matchAny(globs []string, rel string) bool {
+	for _, g := range globs {
+		if ok, _ := doublestar.Match(g, rel); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Skip reasons; they are metrics.SkipReasons label values.
+const (
+	reasonExcluded   = "excluded"
+	reasonDebris     = "debris"
+	reasonKeyInvalid = "key_invalid"
+	reasonTooLarge   = "too_large"
+	reasonMetadata   = "bad_metadata"
+	reasonUnreadable = "unreadable"
+	reasonSpecial    = "special_file"
+	reasonSymlink    = "symlink"
+	// reasonOrphan is logged but not counted: it is not a file kept from KV.
+	reasonOrphan = "orphan_sidecar"
+)
+
+// dirSkip says why a directory is not descended, or "" when it is.
+func (o *Options) dirSkip(rel string) string {
+	if matchAny(o.Exclude, rel) {
+		return reasonExcluded
+	}
+	if !o.IncludeHidden && hiddenSegment(path.Base(rel)) {
+		return reasonExcluded
+	}
+	return ""
+}
+
+// fileSkip says why a file (not a sidecar) is not published, or "" when it
+// is. Its directories were already admitted by dirSkip.
+func (o *Options) fileSkip(rel string) string {
+	base := path.Base(rel)
+	if matchAny(o.Exclude, rel) {
+		return reasonExcluded
+	}
+	if !o.IncludeHidden && hiddenSegment(base) {
+		return reasonExcluded
+	}
+	if !o.NoDefaultExcludes && isDebris(base) {
+		return reasonDebris
+	}
+	if len(o.Include) > 0 && !matchAny(o.Include, rel) {
+		return reasonExcluded
+	}
+	return ""
+}
+
+// pathSkip checks every ancestor of rel with dirSkip and rel itself with
+// fileSkip; events carry a bare path and may come from anywhere.
+func (o *Options) pathSkip(rel string) string {
+	for i := 0; i < len(rel); i++ {
+		if rel[i] == '/' {
+			if r := o.dirSkip(rel[:i]); r != "" {
+				return r
+			}
+		}
+	}
+	return o.fileSkip(rel)
+}
+
+func hiddenSegment(name string) bool {
+	return strings.HasPrefix(name, ".") && name != ".well-known"
+}
+
+// expiration returns the expiration of the file at rel.
+func (o *Options) expiration(rel string) desired.Expiration {
+	for _, r := range o.ExpirationRules {
+		if ok, _ := doublestar.Match(r.Match, rel); ok {
+			return desired.Expiration{TTL: r.TTL, At: r.At}
+		}
+	}
+	return o.DefaultExpiration
+}

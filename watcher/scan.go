@@ -1,0 +1,673 @@
+package watcher
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kvsync/kvsync/internal/desired"
+)
+
+// racyWindow is how old a file's timestamps must be before its hash is
+// cached. File times tick coarsely (a jiffy locally, worse on network file
+// systems), so a file rewritten with the same size within one tick of being
+// hashed would keep its identity; like git's "racily clean" entries, such
+// files are hashed again next time instead of trusted.
+const racyWindow = 2 * time.Second
+
+// maxSidecarRead bounds how much of a sidecar is read: its compacted form is
+// at most 1 KiB, so a file this large is surely not a valid one.
+const maxSidecarRead = 64 << 10
+
+type fileID struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime int64
+}
+
+type hashEntry struct {
+	id   fileID
+	hash string
+}
+
+type sidecarEntry struct {
+	id   fileID
+	meta json.RawMessage
+	err  error
+}
+
+type skipEntry struct {
+	reason string
+	gen    uint64
+}
+
+// scanState is what the watcher remembers between scans. It is guarded by
+// Watcher.mu.
+type scanState struct {
+	// hashes caches content hashes by the relative path of the key's file.
+	hashes map[string]hashEntry
+	// sidecars caches parsed sidecars by the sidecar's relative path.
+	sidecars map[string]sidecarEntry
+	// known is the last state emitted per relative path (never Deleted).
+	known knownSet
+	// skipped remembers why a path is not published, so each is logged and
+	// counted once, not on every rescan.
+	skipped map[string]skipEntry
+	gen     uint64
+	// linkTarget maps a symlink's relative path to its target's, so a change
+	// of the target re-evaluates the link.
+	linkTarget map[string]string
+	realRoot   string
+	buf        []byte
+}
+
+func newScanState() *scanState {
+	return &scanState{
+		hashes:     make(map[string]hashEntry),
+		sidecars:   make(map[string]sidecarEntry),
+		known:      knownSet{states: make(map[string]desired.State), dirs: make(map[string]int)},
+		skipped:    make(map[string]skipEntry),
+		linkTarget: make(map[string]string),
+		buf:        make([]byte, 64<<10),
+	}
+}
+
+// scanResult collects what one walk found.
+type scanResult struct {
+	found map[string]desired.State
+	// incomplete holds relative directories that could not be read; keys
+	// below them must not be deleted.
+	incomplete []string
+	reasons    []string
+}
+
+func newScanResult() *scanResult {
+	return &scanResult{found: make(map[string]desired.State)}
+}
+
+func (r *scanResult) fail(rel string, err error) {
+	r.incomplete = append(r.incomplete, rel)
+	r.reasons = append(r.reasons, err.Error())
+}
+
+// covered reports whether rel lies in a directory that could not be read.
+func (r *scanResult) covered(rel string) bool {
+	for _, d := range r.incomplete {
+		if under(rel, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// under reports whether rel is dir or below it; "" is the root.
+func under(rel, dir string) bool {
+	return dir == "" || rel == dir || strings.HasPrefix(rel, dir+"/")
+}
+
+func joinRel(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// openFile opens for reading without blocking: should a FIFO slip past the
+// mode checks (a race), opening it must not hang the watcher.
+func openFile(name string) (*os.File, error) {
+	return os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+}
+
+func isGone(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
+
+// noteSkip records that rel is not published and why, logging and counting
+// only when that is news.
+func (w *Watcher) noteSkip(rel, reason string, warn bool, msg string, args ...any) {
+	s := w.st
+	if e, ok := s.skipped[rel]; ok && e.reason == reason {
+		s.skipped[rel] = skipEntry{reason, s.gen}
+		return
+	}
+	s.skipped[rel] = skipEntry{reason, s.gen}
+	if w.opts.Metrics != nil && reason != reasonOrphan {
+		w.opts.Metrics.FilesSkipped.WithLabelValues(reason).Inc()
+	}
+	args = append([]any{"path", filepath.Join(w.opts.Root, rel), "reason", reason}, args...)
+	if warn {
+		w.log.Warn(msg, args...)
+	} else {
+		w.log.Debug(msg, args...)
+	}
+}
+
+// resolved is a file ready to be hashed: where its bytes are and its
+// identity as seen by stat.
+type resolved struct {
+	path string
+	info fs.FileInfo
+}
+
+// resolve follows rel to a regular file, applying the symlink and special
+// file rules. ok is false when rel is not to be published; gone reports that
+// it vanished.
+func (w *Watcher) resolve(rel, abs string, lst fs.FileInfo) (r resolved, ok bool) {
+	s := w.st
+	delete(s.linkTarget, rel)
+	if lst.Mode()&fs.ModeSymlink != 0 {
+		target, err := filepath.EvalSymlinks(abs)
+		if err != nil {
+			if isGone(err) {
+				w.noteSkip(rel, reasonSymlink, true, "skipping dangling symlink")
+			} else {
+				w.noteSkip(rel, reasonSymlink, true, "skipping symlink that cannot be resolved (a loop?)", "error", err)
+			}
+			return r, false
+		}
+		tr, inside := w.relToRoot(target)
+		if !inside && !w.opts.AllowSymlinksOutside {
+			w.noteSkip(rel, reasonSymlink, true, "skipping symlink leading outside the root (see AllowSymlinksOutside)", "target", target)
+			return r, false
+		}
+		fi, err := os.Stat(target)
+		if err != nil {
+			w.noteSkip(rel, reasonSymlink, true, "skipping symlink whose target cannot be read", "error", err)
+			return r, false
+		}
+		if fi.IsDir() {
+			w.noteSkip(rel, reasonSymlink, true, "skipping symlink to a directory: directories are not followed", "target", target)
+			return r, false
+		}
+		if inside {
+			s.linkTarget[rel] = tr
+		}
+		abs, lst = target, fi
+	}
+	if !lst.Mode().IsRegular() {
+		w.noteSkip(rel, reasonSpecial, true, "skipping special file (FIFO, socket or device)", "mode", lst.Mode().String())
+		return r, false
+	}
+	return resolved{path: abs, info: lst}, true
+}
+
+// relToRoot maps an absolute, symlink-free path to its path relative to the
+// root's real location; inside is false for paths outside it.
+func (w *Watcher) relToRoot(target string) (rel string, inside bool) {
+	real := w.st.realRoot
+	if real == "" {
+		real = w.opts.Root
+	}
+	r, err := filepath.Rel(real, target)
+	if err != nil || r == ".." || strings.HasPrefix(r, "../") {
+		return "", false
+	}
+	if r == "." {
+		return "", true
+	}
+	return filepath.ToSlash(r), true
+}
+
+// fileState computes the desired state of the file at rel. ok is false when
+// it is not a key: excluded, a sidecar, skipped, or gone.
+func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo) (desired.State, bool) {
+	if isSidecar(rel) {
+		return desired.State{}, false
+	}
+	if reason := w.opts.pathSkip(rel); reason != "" {
+		w.noteSkip(rel, reason, false, "not published")
+		return desired.State{}, false
+	}
+	key, err := KeyFor(w.opts.Prefix, rel)
+	if err != nil {
+		w.noteSkip(rel, reasonKeyInvalid, true, "skipping file with no valid key", "error", err)
+		return desired.State{}, false
+	}
+	if lst == nil {
+		if lst, err = os.Lstat(abs); err != nil {
+			if !isGone(err) {
+				w.log.Warn("cannot stat file", "path", abs, "error", err)
+			}
+			return desired.State{}, false
+		}
+	}
+	r, ok := w.resolve(rel, abs, lst)
+	if !ok {
+		return desired.State{}, false
+	}
+	st := desired.State{Key: key, Path: r.path, Size: r.info.Size(), Expiration: w.opts.expiration(rel)}
+
+	meta, err := w.sidecar(rel + SidecarSuffix)
+	if err != nil {
+		w.noteSkip(rel, reasonMetadata, true, "holding back file: its metadata sidecar is invalid", "error", err)
+		return desired.State{Key: key, Path: r.path, Err: err}, true
+	}
+	st.Metadata = meta
+
+	if r.info.Size() > w.opts.MaxFileSize {
+		err := fmt.Errorf("%w: %s is %d bytes, over the limit of %d", ErrTooLarge, abs, r.info.Size(), w.opts.MaxFileSize)
+		w.noteSkip(rel, reasonTooLarge, true, "holding back file: too large", "size", r.info.Size())
+		return desired.State{Key: key, Path: r.path, Size: r.info.Size(), Err: err}, true
+	}
+	hash, size, err := w.hash(rel, r)
+	switch {
+	case err == nil:
+	case isGone(err):
+		return desired.State{}, false
+	case errors.Is(err, ErrTooLarge):
+		w.noteSkip(rel, reasonTooLarge, true, "holding back file: too large", "error", err)
+		return desired.State{Key: key, Path: r.path, Size: size, Err: err}, true
+	case errors.Is(err, errNotRegular):
+		w.noteSkip(rel, reasonSpecial, true, "skipping special file (FIFO, socket or device)")
+		return desired.State{}, false
+	default:
+		w.noteSkip(rel, reasonUnreadable, true, "holding back unreadable file; retried on its next change or rescan", "error", err)
+		return desired.State{Key: key, Path: r.path, Err: err}, true
+	}
+	delete(w.st.skipped, rel)
+	st.Hash, st.Size = hash, size
+	return st, true
+}
+
+// Errors a held-back State may carry, for errors.Is.
+var (
+	ErrTooLarge   = errors.New("file too large")
+	ErrUnreadable = errors.New("file unreadable")
+	errNotRegular = errors.New("not a regular file")
+	errRaced      = errors.New("file replaced while being read")
+)
+
+// hash returns the content hash of a resolved file, from the cache when its
+// identity proves it unchanged, else by streaming it through SHA-256.
+func (w *Watcher) hash(rel string, r resolved) (string, int64, error) {
+	s := w.st
+	id, idOK := fileIDOf(r.info)
+	if e, ok := s.hashes[rel]; ok && idOK && e.id == id {
+		return e.hash, id.size, nil
+	}
+	delete(s.hashes, rel)
+	f, err := w.open(r.path)
+	if err != nil {
+		if isGone(err) {
+			return "", 0, err
+		}
+		return "", 0, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", 0, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", 0, errNotRegular
+	}
+	before, beforeOK := fileIDOf(fi)
+	if fi.Size() > w.opts.MaxFileSize {
+		return "", fi.Size(), fmt.Errorf("%w: %s is %d bytes, over the limit of %d", ErrTooLarge, r.path, fi.Size(), w.opts.MaxFileSize)
+	}
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, io.LimitReader(f, w.opts.MaxFileSize+1), s.buf)
+	if err != nil {
+		return "", 0, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
+	}
+	if n > w.opts.MaxFileSize {
+		return "", n, fmt.Errorf("%w: %s grew past the limit of %d bytes", ErrTooLarge, r.path, w.opts.MaxFileSize)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if after, err := f.Stat(); err == nil && beforeOK {
+		aid, _ := fileIDOf(after)
+		settled := w.opts.Now().Add(-racyWindow).UnixNano()
+		if aid == before && before.size == n && before.mtime < settled && before.ctime < settled {
+			s.hashes[rel] = hashEntry{id: before, hash: sum}
+		}
+	}
+	return sum, n, nil
+}
+
+// sidecar returns the metadata in the sidecar at rel, nil when there is
+// none, or an error naming it when it is invalid.
+func (w *Watcher) sidecar(rel string) (json.RawMessage, error) {
+	s := w.st
+	abs := filepath.Join(w.opts.Root, rel)
+	fi, err := os.Stat(abs)
+	if err != nil {
+		delete(s.sidecars, rel)
+		if isGone(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+	}
+	id, idOK := fileIDOf(fi)
+	if e, ok := s.sidecars[rel]; ok && idOK && e.id == id {
+		return e.meta, e.err
+	}
+	delete(s.sidecars, rel)
+	meta, err := w.readSidecar(abs, fi)
+	settled := w.opts.Now().Add(-racyWindow).UnixNano()
+	if idOK && id.mtime < settled && id.ctime < settled {
+		s.sidecars[rel] = sidecarEntry{id: id, meta: meta, err: err}
+	}
+	return meta, err
+}
+
+func (w *Watcher) readSidecar(abs string, fi fs.FileInfo) (json.RawMessage, error) {
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s: not a regular file", ErrBadSidecar, abs)
+	}
+	if fi.Size() > maxSidecarRead {
+		return nil, fmt.Errorf("%w: %s: %d bytes, far over the %d-byte limit", ErrBadSidecar, abs, fi.Size(), 1024)
+	}
+	f, err := w.open(abs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxSidecarRead+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+	}
+	meta, err := ParseSidecar(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", abs, err)
+	}
+	return meta, nil
+}
+
+// walk scans the directory at rel into res. When watching, each directory
+// gets its watch before it is read, so a file created in between is either
+// listed or reported by an event.
+func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *scanResult) {
+	if err := ctx.Err(); err != nil {
+		res.fail(rel, err)
+		return
+	}
+	if watch {
+		w.addWatch(abs)
+	}
+	entries, err := os.ReadDir(abs)
+	if err != nil {
+		if isGone(err) && rel != "" {
+			return
+		}
+		w.log.Warn("cannot read directory; its keys are kept as they are", "path", abs, "error", err)
+		res.fail(rel, fmt.Errorf("%s: %w", abs, err))
+		return
+	}
+	names := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	for _, e := range entries {
+		name := e.Name()
+		crel, cabs := joinRel(rel, name), filepath.Join(abs, name)
+		if e.IsDir() {
+			if reason := w.opts.dirSkip(crel); reason != "" {
+				w.noteSkip(crel, reason, false, "directory not descended")
+				continue
+			}
+			w.walk(ctx, crel, cabs, watch, res)
+			continue
+		}
+		if isSidecar(crel) {
+			if base := strings.TrimSuffix(name, SidecarSuffix); !names[base] && w.opts.pathSkip(sidecarOwner(crel)) == "" {
+				w.noteSkip(crel, reasonOrphan, true, "ignoring metadata sidecar without its file")
+			}
+			continue
+		}
+		lst, err := e.Info()
+		if err != nil {
+			continue // removed since the listing
+		}
+		if st, ok := w.fileState(crel, cabs, lst); ok {
+			res.found[crel] = st
+		}
+	}
+}
+
+// fullScan scans the whole tree. With commit, what it found becomes the
+// last emitted state (Run); without, the scan only reports (Scan).
+func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, commit bool) desired.Snapshot {
+	if w.opts.Metrics != nil {
+		w.opts.Metrics.FullSyncs.WithLabelValues(string(trigger)).Inc()
+	}
+	snap := desired.Snapshot{Trigger: trigger}
+	root := w.opts.Root
+	fi, err := os.Stat(root)
+	switch {
+	case err != nil:
+		snap.Reason = fmt.Sprintf("root %s: %v", root, err)
+	case !fi.IsDir():
+		snap.Reason = fmt.Sprintf("root %s is not a directory", root)
+	}
+	if snap.Reason != "" {
+		w.log.Warn("scan incomplete: nothing will be deleted", "reason", snap.Reason)
+		return snap
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.st
+	s.gen++
+	if real, err := filepath.EvalSymlinks(root); err == nil {
+		s.realRoot = real
+	}
+	res := newScanResult()
+	w.walk(ctx, "", root, watch, res)
+	snap.Complete = len(res.incomplete) == 0
+	snap.Reason = strings.Join(res.reasons, "; ")
+	snap.States = make([]desired.State, 0, len(res.found))
+	for _, st := range res.found {
+		snap.States = append(snap.States, st)
+	}
+	sort.Slice(snap.States, func(i, j int) bool { return snap.States[i].Key < snap.States[j].Key })
+
+	if snap.Complete {
+		// Forget what no longer exists, so memory follows the tree.
+		for rel := range s.hashes {
+			if _, ok := res.found[rel]; !ok {
+				delete(s.hashes, rel)
+			}
+		}
+		for rel := range s.sidecars {
+			if _, ok := res.found[strings.TrimSuffix(rel, SidecarSuffix)]; !ok {
+				delete(s.sidecars, rel)
+			}
+		}
+		for rel, e := range s.skipped {
+			if e.gen != s.gen {
+				delete(s.skipped, rel)
+			}
+		}
+	}
+	if commit {
+		for rel := range s.known.states {
+			if _, ok := res.found[rel]; !ok && !res.covered(rel) {
+				s.known.remove(rel)
+			}
+		}
+		for rel, st := range res.found {
+			s.known.set(rel, st)
+		}
+	}
+	return snap
+}
+
+// evalPaths re-evaluates the given relative paths (files, directories, or
+// paths that vanished) and returns the states that differ from those last
+// emitted, recording them as emitted.
+func (w *Watcher) evalPaths(ctx context.Context, rels []string) []desired.State {
+	sort.Strings(rels)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []desired.State
+	var done []string
+	for _, rel := range rels {
+		if len(done) > 0 && under(rel, done[len(done)-1]) {
+			continue // its ancestor in this batch covers it
+		}
+		done = append(done, rel)
+		out = w.evalOne(ctx, rel, out)
+	}
+	// A symlink's content is its target's: re-evaluate links whose target
+	// was among the paths.
+	var links []string
+	for link, target := range w.st.linkTarget {
+		for _, rel := range done {
+			if under(target, rel) && !under(link, rel) {
+				links = append(links, link)
+				break
+			}
+		}
+	}
+	sort.Strings(links)
+	for _, link := range links {
+		out = w.evalOne(ctx, link, out)
+	}
+	return out
+}
+
+// evalOne re-evaluates rel and what lies below it, appending changes to out.
+func (w *Watcher) evalOne(ctx context.Context, rel string, out []desired.State) []desired.State {
+	s := w.st
+	abs := filepath.Join(w.opts.Root, rel)
+	res := newScanResult()
+	lst, err := os.Lstat(abs)
+	switch {
+	case err != nil:
+		if !isGone(err) {
+			w.log.Warn("cannot stat path; its keys are kept as they are", "path", abs, "error", err)
+			res.fail(rel, err)
+		} else if _, serr := os.Lstat(abs + SidecarSuffix); serr == nil && w.opts.pathSkip(rel) == "" {
+			w.noteSkip(rel+SidecarSuffix, reasonOrphan, true, "ignoring metadata sidecar without its file")
+		}
+	case lst.IsDir():
+		if w.dirPathSkip(rel) == "" {
+			w.walk(ctx, rel, abs, w.watching(), res)
+		}
+	default:
+		if st, ok := w.fileState(rel, abs, lst); ok {
+			res.found[rel] = st
+		}
+	}
+	var gone []string
+	for _, krel := range s.known.below(rel) {
+		if _, ok := res.found[krel]; !ok && !res.covered(krel) {
+			gone = append(gone, krel)
+		}
+	}
+	sort.Strings(gone)
+	for _, krel := range gone {
+		old := s.known.states[krel]
+		s.known.remove(krel)
+		delete(s.hashes, krel)
+		out = append(out, desired.State{Key: old.Key, Deleted: true})
+	}
+	keys := make([]string, 0, len(res.found))
+	for krel := range res.found {
+		keys = append(keys, krel)
+	}
+	sort.Strings(keys)
+	for _, krel := range keys {
+		st := res.found[krel]
+		if old, ok := s.known.states[krel]; ok && sameState(old, st) {
+			continue
+		}
+		s.known.set(krel, st)
+		out = append(out, st)
+	}
+	return out
+}
+
+// dirPathSkip applies the directory rules to rel and all its ancestors.
+func (w *Watcher) dirPathSkip(rel string) string {
+	if rel == "" {
+		return ""
+	}
+	for i := 0; i < len(rel); i++ {
+		if rel[i] == '/' {
+			if r := w.opts.dirSkip(rel[:i]); r != "" {
+				return r
+			}
+		}
+	}
+	return w.opts.dirSkip(rel)
+}
+
+// sameState reports whether emitting b after a would tell the sink nothing.
+func sameState(a, b desired.State) bool {
+	errText := func(e error) string {
+		if e == nil {
+			return ""
+		}
+		return e.Error()
+	}
+	return a.Key == b.Key && a.Path == b.Path && a.Deleted == b.Deleted && a.Hash == b.Hash &&
+		a.Size == b.Size && bytes.Equal(a.Metadata, b.Metadata) && a.Expiration.Equal(b.Expiration) &&
+		errText(a.Err) == errText(b.Err)
+}
+
+// sidecarOwner maps a sidecar's relative path to its file's.
+func sidecarOwner(rel string) string {
+	if isSidecar(rel) {
+		return strings.TrimSuffix(rel, SidecarSuffix)
+	}
+	return rel
+}
+
+// knownSet holds the last emitted state per relative path and, per
+// directory, how many of them lie below it, so a change to one file does
+// not have to look at every key to find what its path used to hold.
+type knownSet struct {
+	states map[string]desired.State
+	dirs   map[string]int
+}
+
+func (k *knownSet) set(rel string, st desired.State) {
+	if _, ok := k.states[rel]; !ok {
+		for d := path.Dir(rel); d != "."; d = path.Dir(d) {
+			k.dirs[d]++
+		}
+	}
+	k.states[rel] = st
+}
+
+func (k *knownSet) remove(rel string) {
+	if _, ok := k.states[rel]; !ok {
+		return
+	}
+	delete(k.states, rel)
+	for d := path.Dir(rel); d != "."; d = path.Dir(d) {
+		if k.dirs[d]--; k.dirs[d] <= 0 {
+			delete(k.dirs, d)
+		}
+	}
+}
+
+// below returns rel itself if known and every known path under it.
+func (k *knownSet) below(rel string) []string {
+	var out []string
+	if rel == "" || k.dirs[rel] > 0 {
+		for r := range k.states {
+			if under(r, rel) {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+	if _, ok := k.states[rel]; ok {
+		out = append(out, rel)
+	}
+	return out
+}

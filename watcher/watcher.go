@@ -1,0 +1,243 @@
+// Package watcher turns a directory tree, and every change to it, into the
+// desired state of KV keys (desired.State). It knows files, not HTTP: a full
+// scan yields a desired.Snapshot, and fsnotify events, debounced per path,
+// yield batches of changed states.
+//
+// Mapping: a file's key is Options.Prefix + its /-separated path relative
+// to the root. "<name>.meta.json" beside a file holds its metadata and is
+// never a key. Hidden paths (except .well-known) and editor/OS debris are
+// skipped unless Options say otherwise.
+//
+// Safety: a file that exists but cannot be published as it is (an invalid
+// sidecar, unreadable, too large) is emitted as a State with Err, so the
+// uploader leaves its key alone rather than deleting it or wiping its
+// metadata. A scan that could not read part of the tree says so
+// (Snapshot.Complete false). A root that exists but is empty yields a
+// complete, empty snapshot: whether emptiness is suspicious is the
+// uploader's call, since only it knows how many keys would go.
+//
+// inotify is neither recursive nor lossless, so every directory is watched
+// individually, watched before it is read, and a queue overflow or watcher
+// error is answered by a full rescan; a periodic rescan is the backstop.
+// Symlinks to directories are not followed.
+package watcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/kvsync/kvsync/internal/desired"
+)
+
+// Watcher publishes one tree. Build it with New.
+type Watcher struct {
+	opts Options
+	log  *slog.Logger
+
+	// mu guards st: Scan and Run's emitter both scan.
+	mu sync.Mutex
+	st *scanState
+
+	// open opens a file to hash it; tests inject failures and count calls.
+	open func(name string) (*os.File, error)
+	// newSource starts the event source; tests wrap it to inject overflows
+	// and refused watches.
+	newSource func() (eventSource, error)
+
+	wmu      sync.Mutex
+	src      eventSource // nil when not watching
+	watched  map[string]struct{}
+	degraded chan struct{} // signalled when the kernel refuses a watch
+	limitLog bool
+
+	rescan  chan desired.Trigger
+	running atomic.Bool
+}
+
+// eventSource is the part of *fsnotify.Watcher the watcher uses.
+type eventSource interface {
+	Events() <-chan fsnotify.Event
+	Errors() <-chan error
+	Add(path string) error
+	Remove(path string) error
+	Close() error
+}
+
+type fsnotifySource struct{ w *fsnotify.Watcher }
+
+func (s fsnotifySource) Events() <-chan fsnotify.Event { return s.w.Events }
+func (s fsnotifySource) Errors() <-chan error          { return s.w.Errors }
+func (s fsnotifySource) Add(p string) error            { return s.w.Add(p) }
+func (s fsnotifySource) Remove(p string) error         { return s.w.Remove(p) }
+func (s fsnotifySource) Close() error                  { return s.w.Close() }
+
+func newFSNotifySource() (eventSource, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	return fsnotifySource{w}, nil
+}
+
+// New validates opts and returns a Watcher. Errors wrap ErrInvalidOptions
+// and name the offending field. The root need not exist yet: scans of a
+// missing root are reported incomplete.
+func New(opts Options) (*Watcher, error) {
+	o, err := opts.finalize()
+	if err != nil {
+		return nil, err
+	}
+	return &Watcher{
+		opts:      o,
+		log:       o.Logger.With("root", o.Root),
+		st:        newScanState(),
+		open:      openFile,
+		newSource: newFSNotifySource,
+		watched:   make(map[string]struct{}),
+		degraded:  make(chan struct{}, 1),
+		rescan:    make(chan desired.Trigger, 1),
+	}, nil
+}
+
+// Scan runs one full scan without watching, for one-shot syncs, plans and
+// checks. The hash cache it fills speeds up later scans. It returns an
+// error only when ctx ends; an unreadable tree yields an incomplete
+// snapshot instead.
+func (w *Watcher) Scan(ctx context.Context, trigger desired.Trigger) (desired.Snapshot, error) {
+	snap := w.fullScan(ctx, trigger, false, false)
+	if err := ctx.Err(); err != nil {
+		return snap, err
+	}
+	return snap, nil
+}
+
+// Rescan asks a running Run for a full rescan (on SIGHUP, say). Requests
+// made while one is pending coalesce.
+func (w *Watcher) Rescan(trigger desired.Trigger) {
+	select {
+	case w.rescan <- trigger:
+	default:
+	}
+}
+
+func (w *Watcher) watching() bool {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	return w.src != nil
+}
+
+// isLimit reports whether err is the kernel refusing a watch or an
+// inotify instance for lack of quota.
+func isLimit(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EMFILE)
+}
+
+// addWatch watches the directory at abs unless it already is. When the
+// kernel refuses, the watcher degrades to rescans rather than failing.
+func (w *Watcher) addWatch(abs string) {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if w.src == nil {
+		return
+	}
+	if _, ok := w.watched[abs]; ok {
+		return
+	}
+	err := w.src.Add(abs)
+	switch {
+	case err == nil:
+		w.watched[abs] = struct{}{}
+		w.setWatchGauge()
+	case isGone(err):
+	case isLimit(err):
+		if !w.limitLog {
+			w.limitLog = true
+			w.log.Error("the kernel refused an inotify watch; changes there are seen only by periodic rescans. "+
+				"Raise sysctl fs.inotify.max_user_watches (ENOSPC) or fs.inotify.max_user_instances (EMFILE)",
+				"path", abs, "error", err)
+		}
+		select {
+		case w.degraded <- struct{}{}:
+		default:
+		}
+	default:
+		w.log.Warn("cannot watch directory; its changes are seen only by rescans", "path", abs, "error", err)
+	}
+}
+
+// dropWatches forgets the watches of abs and every directory below it: a
+// moved directory keeps its inotify watch under the old name, which would
+// report events at paths that no longer exist.
+func (w *Watcher) dropWatches(abs string) {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if _, ok := w.watched[abs]; !ok || w.src == nil {
+		return
+	}
+	prefix := abs + string(os.PathSeparator)
+	for d := range w.watched {
+		if d == abs || len(d) > len(prefix) && d[:len(prefix)] == prefix {
+			_ = w.src.Remove(d) // already gone with its directory, usually
+			delete(w.watched, d)
+		}
+	}
+	w.setWatchGauge()
+}
+
+func (w *Watcher) setWatchGauge() {
+	if w.opts.Metrics != nil {
+		w.opts.Metrics.Watches.Set(float64(len(w.watched)))
+	}
+}
+
+// startSource replaces the event source with a fresh one and forgets every
+// watch; the full scan that follows adds them again. After an overflow the
+// old source's path bookkeeping cannot be trusted (a missed rename leaves
+// watches under stale names), so it is not reused.
+func (w *Watcher) startSource() eventSource {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if w.src != nil {
+		_ = w.src.Close()
+		w.src = nil
+	}
+	clear(w.watched)
+	w.setWatchGauge()
+	src, err := w.newSource()
+	if err != nil {
+		msg := "cannot start inotify; changes are seen only by periodic rescans"
+		if isLimit(err) {
+			msg += ". Raise sysctl fs.inotify.max_user_instances"
+		}
+		w.log.Error(msg, "error", err)
+		select {
+		case w.degraded <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	w.src = src
+	return src
+}
+
+func (w *Watcher) stopSource() {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if w.src != nil {
+		_ = w.src.Close()
+		w.src = nil
+	}
+	clear(w.watched)
+	w.setWatchGauge()
+}
+
+// errRunning is returned by Run when another Run of the same Watcher is active.
+var errRunning = fmt.Errorf("watcher: Run is already running")
