@@ -1,0 +1,181 @@
+// Package ratelimit keeps kvsync inside Cloudflare's API budget and rides out
+// transient failures. It provides two decorators over kvapi.KV: Limit takes a
+// token from the account's shared bucket before every request, and Retry
+// sends retryable failures again with backoff, pausing every request of the
+// account after a 429. cmd wires them as
+//
+//	Retry(Limit(metrics.Instrument(client, m, nil), lim), policy, lim, m, log)
+//
+// so that every real attempt takes a token and is counted.
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/kvsync/kvsync/metrics"
+)
+
+// DefaultMaxPause caps a 429 pause. Cloudflare blocks an account for five
+// minutes when it exceeds its budget; a Retry-After beyond that plus a
+// minute of slack is treated as bogus rather than obeyed.
+const DefaultMaxPause = 6 * time.Minute
+
+// DefaultRate is the account's request budget as a token bucket.
+//
+// Cloudflare allows 1,200 requests per 5 minutes per token, counted across
+// every user of the token (dashboard, other tools), and answers an overrun
+// by blocking all calls for 5 minutes. Like wrangler, kvsync leaves 100
+// requests of headroom for those other users, so in any 300 s window it may
+// send at most rate*300 + burst = 1000 + 100 = 1,100 requests: a steady
+// 1000/300 ≈ 3.33 per second, plus a burst of 100 after an idle spell.
+func DefaultRate() (rate.Limit, int) {
+	return rate.Limit(1000.0 / 300.0), 100
+}
+
+// LimiterOptions configure NewLimiter.
+type LimiterOptions struct {
+	// Rate is the steady request rate; 0 means DefaultRate, rate.Inf disables
+	// the bucket (a 429 pause still applies).
+	Rate rate.Limit
+	// Burst is the bucket size; values below 1 mean 1 (DefaultRate's burst
+	// when Rate is 0).
+	Burst int
+	// MaxPause caps a 429 pause; 0 means DefaultMaxPause.
+	MaxPause time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Metrics, if not nil, observes RateLimitWait and RateLimitPauses.
+	Metrics *metrics.Metrics
+}
+
+// Limiter is one token bucket per account, shared by every request of every
+// sync, plus a global pause after a 429. It is safe for concurrent use.
+type Limiter struct {
+	bucket   *rate.Limiter
+	maxPause time.Duration
+	now      func() time.Time
+	m        *metrics.Metrics
+
+	mu    sync.Mutex
+	until time.Time // no request starts before this
+}
+
+// NewLimiter builds a Limiter; see LimiterOptions for the defaults.
+func NewLimiter(o LimiterOptions) *Limiter {
+	if o.Rate == 0 {
+		o.Rate, o.Burst = DefaultRate()
+	}
+	if o.Burst < 1 {
+		o.Burst = 1
+	}
+	if o.MaxPause <= 0 {
+		o.MaxPause = DefaultMaxPause
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Limiter{
+		bucket:   rate.NewLimiter(o.Rate, o.Burst),
+		maxPause: o.MaxPause,
+		now:      o.Now,
+		m:        o.Metrics,
+	}
+}
+
+// Wait blocks until any pause is over and a token is available, or ctx is
+// done. The time spent is observed in RateLimitWait.
+func (l *Limiter) Wait(ctx context.Context) error {
+	start := l.now()
+	err := l.wait(ctx)
+	if l.m != nil {
+		l.m.RateLimitWait.Observe(l.now().Sub(start).Seconds())
+	}
+	return err
+}
+
+func (l *Limiter) wait(ctx context.Context) error {
+	if err := l.waitPause(ctx); err != nil {
+		return err
+	}
+	now := l.now()
+	r := l.bucket.ReserveN(now, 1)
+	if !r.OK() {
+		return errors.New("ratelimit: limiter allows no requests")
+	}
+	if d := r.DelayFrom(now); d > 0 {
+		if err := sleep(ctx, d); err != nil {
+			// Give the token back so the budget is not lost to cancellations.
+			r.CancelAt(l.now())
+			return err
+		}
+	}
+	// A 429 seen by another request while this one waited for its token
+	// holds this one too.
+	return l.waitPause(ctx)
+}
+
+// waitPause blocks until no pause is in force. It takes no token, so Retry
+// can wait out a pause without spending budget.
+func (l *Limiter) waitPause(ctx context.Context) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		d := l.PausedUntil().Sub(l.now())
+		if d <= 0 {
+			return nil
+		}
+		// Loop: the pause may have been extended meanwhile.
+		if err := sleep(ctx, d); err != nil {
+			return err
+		}
+	}
+}
+
+// Pause makes every Wait block until now+min(d, MaxPause). It extends, and
+// never shortens, a pause in force; RateLimitPauses counts the calls that
+// extended it.
+func (l *Limiter) Pause(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	d = min(d, l.maxPause)
+	until := l.now().Add(d)
+	l.mu.Lock()
+	extended := until.After(l.until)
+	if extended {
+		l.until = until
+	}
+	l.mu.Unlock()
+	if extended && l.m != nil {
+		l.m.RateLimitPauses.Inc()
+	}
+}
+
+// PausedUntil is the end of the pause in force, or a time in the past (the
+// zero time when there never was one).
+func (l *Limiter) PausedUntil() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.until
+}
+
+// sleep waits for d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
