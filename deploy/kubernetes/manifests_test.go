@@ -1,0 +1,558 @@
+// Package kubernetes_test checks the example manifests in this directory: each
+// YAML document decodes strictly into its Kubernetes API type (a misspelt
+// field fails instead of being silently dropped by the API server), and the
+// set as a whole keeps the promises the README makes about how kvsync runs.
+package kubernetes_test
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	yamlv3 "gopkg.in/yaml.v3"
+
+	"github.com/kvsync/kvsync/internal/config"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
+)
+
+const (
+	sidecarName  = "kvsync"
+	metricsPort  = 9464
+	nonrootUID   = 65532
+	configKey    = "kvsync.yaml"
+	configDir    = "/etc/kvsync"
+	tokenEnv     = "CLOUDFLARE_API_TOKEN"
+	drainTimeout = 30 // seconds: kvsync's default --drain-timeout
+	// Not applied by kustomization.yaml: its token is a placeholder.
+	exampleSecretFile = "secret.example.yaml"
+	kustomizationFile = "kustomization.yaml"
+)
+
+// kustomization models the kustomize fields these examples may use; it has no
+// type in k8s.io/api. Decoding strictly into it still catches misspellings.
+type kustomization struct {
+	APIVersion        string            `json:"apiVersion"`
+	Kind              string            `json:"kind"`
+	Namespace         string            `json:"namespace,omitempty"`
+	NamePrefix        string            `json:"namePrefix,omitempty"`
+	NameSuffix        string            `json:"nameSuffix,omitempty"`
+	Resources         []string          `json:"resources,omitempty"`
+	CommonAnnotations map[string]string `json:"commonAnnotations,omitempty"`
+	Labels            []struct {
+		Pairs            map[string]string `json:"pairs"`
+		IncludeSelectors bool              `json:"includeSelectors,omitempty"`
+		IncludeTemplates bool              `json:"includeTemplates,omitempty"`
+	} `json:"labels,omitempty"`
+	Images []struct {
+		Name    string `json:"name"`
+		NewName string `json:"newName,omitempty"`
+		NewTag  string `json:"newTag,omitempty"`
+		Digest  string `json:"digest,omitempty"`
+	} `json:"images,omitempty"`
+}
+
+// kvsyncConfig is the part of kvsync's config file the manifests depend on.
+type kvsyncConfig struct {
+	StateDir      string `yaml:"state_dir"`
+	MetricsListen string `yaml:"metrics_listen"`
+	Syncs         []struct {
+		Name string `yaml:"name"`
+		Dir  string `yaml:"dir"`
+	} `yaml:"syncs"`
+}
+
+// manifestSet is every document of every file, decoded.
+type manifestSet struct {
+	files         []string
+	deployments   []*appsv1.Deployment
+	configMaps    map[string]*corev1.ConfigMap
+	secrets       map[string]*corev1.Secret
+	kustomization *kustomization
+}
+
+var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*(#.*)?$`)
+
+// decodeStrict decodes one YAML document into the Go type its apiVersion and
+// kind name, refusing unknown and duplicate fields.
+func decodeStrict(doc []byte) (any, error) {
+	var tm struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+	}
+	if err := yaml.Unmarshal(doc, &tm); err != nil {
+		return nil, err
+	}
+	var obj any
+	switch tm.APIVersion + " " + tm.Kind {
+	case "apps/v1 Deployment":
+		obj = new(appsv1.Deployment)
+	case "v1 ConfigMap":
+		obj = new(corev1.ConfigMap)
+	case "v1 Secret":
+		obj = new(corev1.Secret)
+	case "kustomize.config.k8s.io/v1beta1 Kustomization":
+		obj = new(kustomization)
+	default:
+		return nil, fmt.Errorf("apiVersion %q kind %q: no type to check it against (add it to decodeStrict)", tm.APIVersion, tm.Kind)
+	}
+	// As the API server decodes: field names are case-sensitive (encoding/json
+	// alone would accept readOnlyRootFileSystem, which the server rejects),
+	// and unknown or duplicate fields are errors.
+	js, err := yaml.YAMLToJSONStrict(doc)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", tm.APIVersion, tm.Kind, err)
+	}
+	strictErrs, err := kjson.UnmarshalStrict(js, obj)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", tm.APIVersion, tm.Kind, err)
+	}
+	if len(strictErrs) > 0 {
+		return nil, fmt.Errorf("%s %s: %w", tm.APIVersion, tm.Kind, errors.Join(strictErrs...))
+	}
+	return obj, nil
+}
+
+// loadSet decodes every document of every file (name -> contents).
+func loadSet(files map[string][]byte) (*manifestSet, error) {
+	set := &manifestSet{configMaps: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{}}
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		set.files = append(set.files, name)
+		for i, doc := range docSeparator.Split(string(files[name]), -1) {
+			var probe map[string]any
+			if err := yaml.Unmarshal([]byte(doc), &probe); err != nil {
+				errs = append(errs, fmt.Errorf("%s document %d: %w", name, i+1, err))
+				continue
+			}
+			if probe == nil { // only comments or blank
+				continue
+			}
+			obj, err := decodeStrict([]byte(doc))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s document %d: %w", name, i+1, err))
+				continue
+			}
+			switch o := obj.(type) {
+			case *appsv1.Deployment:
+				set.deployments = append(set.deployments, o)
+			case *corev1.ConfigMap:
+				set.configMaps[o.Name] = o
+			case *corev1.Secret:
+				set.secrets[o.Name] = o
+			case *kustomization:
+				if name != kustomizationFile {
+					errs = append(errs, fmt.Errorf("%s: a Kustomization belongs in %s", name, kustomizationFile))
+				}
+				set.kustomization = o
+			}
+		}
+	}
+	return set, errors.Join(errs...)
+}
+
+// check returns every way the set breaks what README.md promises.
+func check(set *manifestSet) []error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if len(set.deployments) != 1 {
+		fail("want exactly one Deployment, found %d", len(set.deployments))
+		return errs
+	}
+	d := set.deployments[0]
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
+		fail("Deployment %s: replicas must be 1 (one writer per namespace)", d.Name)
+	}
+	if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		fail("Deployment %s: strategy must be Recreate so old and new pods never sync at once, got %q", d.Name, d.Spec.Strategy.Type)
+	}
+	pod := d.Spec.Template.Spec
+	if g := pod.TerminationGracePeriodSeconds; g == nil || *g <= drainTimeout {
+		fail("terminationGracePeriodSeconds must exceed kvsync's %ds drain timeout", drainTimeout)
+	}
+
+	if slices.ContainsFunc(pod.Containers, func(c corev1.Container) bool { return c.Name == sidecarName }) {
+		fail("container %q is a regular container; it must be a native sidecar in initContainers", sidecarName)
+	}
+	i := slices.IndexFunc(pod.InitContainers, func(c corev1.Container) bool { return c.Name == sidecarName })
+	if i < 0 {
+		fail("no init container named %q", sidecarName)
+		return errs
+	}
+	c := pod.InitContainers[i]
+	if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		fail("init container %q: restartPolicy must be Always (a native sidecar)", c.Name)
+	}
+
+	// Probes and scraping all go to the metrics port.
+	ports := map[string]int32{}
+	for _, p := range c.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if ports["metrics"] != metricsPort {
+		fail("container %q: want a port named metrics = %d, got %v", c.Name, metricsPort, c.Ports)
+	}
+	probe := func(what string, p *corev1.Probe, paths ...string) {
+		if p == nil || p.HTTPGet == nil {
+			fail("container %q: %s must be an httpGet probe", c.Name, what)
+			return
+		}
+		if !slices.Contains(paths, p.HTTPGet.Path) {
+			fail("container %q: %s path %q, want one of %v", c.Name, what, p.HTTPGet.Path, paths)
+		}
+		if got := resolvePort(p.HTTPGet.Port, ports); got != metricsPort {
+			fail("container %q: %s port %s resolves to %d, want %d", c.Name, what, p.HTTPGet.Port.String(), got, metricsPort)
+		}
+	}
+	probe("livenessProbe", c.LivenessProbe, "/healthz")
+	probe("readinessProbe", c.ReadinessProbe, "/readyz")
+	probe("startupProbe", c.StartupProbe, "/healthz", "/readyz")
+
+	ann := d.Spec.Template.Annotations
+	for k, want := range map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": strconv.Itoa(metricsPort), "prometheus.io/path": "/metrics"} {
+		if ann[k] != want {
+			fail("pod template annotation %s = %q, want %q", k, ann[k], want)
+		}
+	}
+
+	errs = append(errs, checkSecurity(pod.SecurityContext, c)...)
+
+	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		if q, ok := c.Resources.Requests[r]; !ok || q.IsZero() {
+			fail("container %q: no %s request", c.Name, r)
+		}
+		if q, ok := c.Resources.Limits[r]; !ok || q.IsZero() {
+			fail("container %q: no %s limit", c.Name, r)
+		}
+	}
+
+	// The token comes from a Secret, never inline.
+	ei := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == tokenEnv })
+	switch {
+	case ei < 0:
+		fail("container %q: no %s env var", c.Name, tokenEnv)
+	case c.Env[ei].Value != "" || c.Env[ei].ValueFrom == nil || c.Env[ei].ValueFrom.SecretKeyRef == nil:
+		fail("container %q: %s must come from a secretKeyRef", c.Name, tokenEnv)
+	default:
+		ref := c.Env[ei].ValueFrom.SecretKeyRef
+		s, ok := set.secrets[ref.Name]
+		if !ok {
+			fail("%s references Secret %q, which no manifest (%s) defines", tokenEnv, ref.Name, exampleSecretFile)
+		} else if _, inData := s.Data[ref.Key]; !inData && s.StringData[ref.Key] == "" {
+			fail("%s references key %q of Secret %q, which it lacks", tokenEnv, ref.Key, ref.Name)
+		}
+	}
+
+	volumes := map[string]corev1.Volume{}
+	for _, v := range pod.Volumes {
+		volumes[v.Name] = v
+	}
+	mounts := map[string]corev1.VolumeMount{}
+	for _, m := range c.VolumeMounts {
+		if _, ok := volumes[m.Name]; !ok {
+			fail("container %q mounts volume %q, which the pod does not define", c.Name, m.Name)
+		}
+		mounts[path.Clean(m.MountPath)] = m
+	}
+
+	// The config: a ConfigMap mounted at /etc/kvsync holding kvsync.yaml.
+	cm, ok := mounts[configDir]
+	var cfgText string
+	switch {
+	case !ok:
+		fail("container %q: nothing mounted at %s", c.Name, configDir)
+	case volumes[cm.Name].ConfigMap == nil:
+		fail("volume %q at %s is not a ConfigMap", cm.Name, configDir)
+	default:
+		ref := volumes[cm.Name].ConfigMap.Name
+		m, ok := set.configMaps[ref]
+		if !ok {
+			fail("volume %q references ConfigMap %q, which no manifest defines", cm.Name, ref)
+		} else if cfgText, ok = m.Data[configKey]; !ok {
+			fail("ConfigMap %q has no %s", ref, configKey)
+		}
+		if !cm.ReadOnly {
+			fail("container %q: mount %s must be readOnly", c.Name, configDir)
+		}
+	}
+	if cfgText != "" {
+		errs = append(errs, checkConfig(cfgText, c, mounts, pod)...)
+	}
+
+	errs = append(errs, checkKustomization(set)...)
+	return errs
+}
+
+// validateWithConfigPackage runs kvsync's own config validation, so the
+// example is a config the daemon accepts, not merely valid YAML.
+func validateWithConfigPackage(text []byte) []error {
+	if _, err := config.Parse(text, "/etc/kvsync/"+configKey); err != nil {
+		return []error{fmt.Errorf("kvsync rejects the ConfigMap's %s: %w", configKey, err)}
+	}
+	return nil
+}
+
+func resolvePort(p intstr.IntOrString, named map[string]int32) int32 {
+	if p.Type == intstr.String {
+		return named[p.StrVal]
+	}
+	return p.IntVal
+}
+
+// checkSecurity checks the sidecar's effective security context: the
+// container's own settings, falling back to the pod's where Kubernetes does.
+func checkSecurity(psc *corev1.PodSecurityContext, c corev1.Container) []error {
+	var errs []error
+	fail := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("container %q: "+format, append([]any{c.Name}, args...)...))
+	}
+	if psc == nil {
+		psc = &corev1.PodSecurityContext{}
+	}
+	sc := c.SecurityContext
+	if sc == nil {
+		fail("no securityContext")
+		return errs
+	}
+	runAsNonRoot := firstBool(sc.RunAsNonRoot, psc.RunAsNonRoot)
+	if runAsNonRoot == nil || !*runAsNonRoot {
+		fail("runAsNonRoot must be true")
+	}
+	if uid := firstInt(sc.RunAsUser, psc.RunAsUser); uid == nil || *uid != nonrootUID {
+		fail("runAsUser must be %d", nonrootUID)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		fail("readOnlyRootFilesystem must be true")
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		fail("allowPrivilegeEscalation must be false")
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		fail("must not be privileged")
+	}
+	if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+		fail("capabilities must drop ALL")
+	} else if len(sc.Capabilities.Add) > 0 {
+		fail("capabilities must add none, got %v", sc.Capabilities.Add)
+	}
+	seccomp := sc.SeccompProfile
+	if seccomp == nil {
+		seccomp = psc.SeccompProfile
+	}
+	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		fail("seccompProfile must be RuntimeDefault")
+	}
+	return errs
+}
+
+func firstBool(v ...*bool) *bool {
+	for _, b := range v {
+		if b != nil {
+			return b
+		}
+	}
+	return nil
+}
+
+func firstInt(v ...*int64) *int64 {
+	for _, i := range v {
+		if i != nil {
+			return i
+		}
+	}
+	return nil
+}
+
+// checkConfig checks the embedded kvsync.yaml against the pod: metrics reachable
+// by the probes, the state dir on a writable volume, each synced dir mounted
+// read-only from a volume another container writes.
+func checkConfig(text string, c corev1.Container, mounts map[string]corev1.VolumeMount, pod corev1.PodSpec) []error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(configKey+": "+format, args...)) }
+	errs = append(errs, validateWithConfigPackage([]byte(text))...)
+
+	var cfg kvsyncConfig
+	if err := yamlv3.Unmarshal([]byte(text), &cfg); err != nil {
+		fail("%v", err)
+		return errs
+	}
+	host, port, err := net.SplitHostPort(cfg.MetricsListen)
+	if err != nil || host != "0.0.0.0" || port != strconv.Itoa(metricsPort) {
+		fail("metrics_listen = %q, want 0.0.0.0:%d so the kubelet's probes and Prometheus can reach it", cfg.MetricsListen, metricsPort)
+	}
+
+	mountFor := func(p string) (corev1.VolumeMount, bool) {
+		p = path.Clean(p)
+		for {
+			if m, ok := mounts[p]; ok {
+				return m, true
+			}
+			if p == "/" {
+				return corev1.VolumeMount{}, false
+			}
+			p = path.Dir(p)
+		}
+	}
+	if cfg.StateDir == "" {
+		fail("state_dir is unset; the image's read-only root has no other writable place")
+	} else if m, ok := mountFor(cfg.StateDir); !ok || m.ReadOnly {
+		fail("state_dir %s is not on a writable volume of container %q", cfg.StateDir, c.Name)
+	}
+
+	if len(cfg.Syncs) == 0 {
+		fail("no syncs")
+	}
+	for _, s := range cfg.Syncs {
+		m, ok := mountFor(s.Dir)
+		if !ok {
+			fail("sync %q: dir %s is not on a volume mounted into container %q", s.Name, s.Dir, c.Name)
+			continue
+		}
+		if !m.ReadOnly {
+			fail("sync %q: container %q must mount %s readOnly", s.Name, c.Name, m.MountPath)
+		}
+		writer := slices.ContainsFunc(pod.Containers, func(o corev1.Container) bool {
+			return slices.ContainsFunc(o.VolumeMounts, func(om corev1.VolumeMount) bool { return om.Name == m.Name && !om.ReadOnly })
+		})
+		if !writer {
+			fail("sync %q: no app container writes volume %q", s.Name, m.Name)
+		}
+		for _, v := range pod.Volumes {
+			if v.Name == m.Name && v.EmptyDir == nil && v.PersistentVolumeClaim == nil {
+				fail("sync %q: volume %q should be an emptyDir (or a PVC) shared with the app", s.Name, v.Name)
+			}
+		}
+	}
+	return errs
+}
+
+// checkKustomization: every manifest but the example Secret is applied.
+func checkKustomization(set *manifestSet) []error {
+	k := set.kustomization
+	if k == nil {
+		return []error{fmt.Errorf("no %s", kustomizationFile)}
+	}
+	var errs []error
+	for _, f := range set.files {
+		listed := slices.Contains(k.Resources, f)
+		switch {
+		case f == kustomizationFile:
+		case f == exampleSecretFile && listed:
+			errs = append(errs, fmt.Errorf("%s must not list %s: its token is a placeholder", kustomizationFile, f))
+		case f != exampleSecretFile && !listed:
+			errs = append(errs, fmt.Errorf("%s does not list %s", kustomizationFile, f))
+		}
+	}
+	for _, r := range k.Resources {
+		if !slices.Contains(set.files, r) {
+			errs = append(errs, fmt.Errorf("%s lists %s, which does not exist", kustomizationFile, r))
+		}
+	}
+	return errs
+}
+
+func readManifests(t *testing.T) map[string][]byte {
+	t.Helper()
+	names, err := filepath.Glob("*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) == 0 {
+		t.Fatal("no *.yaml files next to the test")
+	}
+	files := map[string][]byte{}
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[n] = b
+	}
+	return files
+}
+
+func TestManifestsDecodeStrictly(t *testing.T) {
+	files := readManifests(t)
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		t.Run(name, func(t *testing.T) {
+			if _, err := loadSet(map[string][]byte{name: files[name]}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestManifestsKeepTheirPromises(t *testing.T) {
+	set, err := loadSet(readManifests(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.configMaps) == 0 || len(set.secrets) == 0 || set.kustomization == nil {
+		t.Fatalf("want a ConfigMap, a Secret and a Kustomization, got %d, %d, %v", len(set.configMaps), len(set.secrets), set.kustomization != nil)
+	}
+	for _, err := range check(set) {
+		t.Error(err)
+	}
+}
+
+// TestBrokenManifestsFail proves the checks above can fail: each case breaks
+// one thing in a copy of the real manifests and expects it named.
+func TestBrokenManifestsFail(t *testing.T) {
+	tests := []struct {
+		name, file, old, new, want string
+	}{
+		{"misspelt container field", "deployment.yaml", "readOnlyRootFilesystem: true\n            allowPrivilegeEscalation: false\n            capabilities:\n              drop: [\"ALL\"]\n            seccompProfile:\n              type: RuntimeDefault\n          volumeMounts:\n            - name: site-data\n              mountPath: /data\n              readOnly: true",
+			"readOnlyRootFileSystem: true\n            allowPrivilegeEscalation: false\n            capabilities:\n              drop: [\"ALL\"]\n            seccompProfile:\n              type: RuntimeDefault\n          volumeMounts:\n            - name: site-data\n              mountPath: /data\n              readOnly: true", `unknown field "spec.template.spec.initContainers[0].securityContext.readOnlyRootFileSystem"`},
+		{"misspelt probe field", "deployment.yaml", "path: /readyz", "pat: /readyz", `unknown field`},
+		{"misspelt ConfigMap field", "configmap.yaml", "\ndata:\n", "\ndatas:\n", `unknown field "datas"`},
+		{"misspelt Secret field", "secret.example.yaml", "stringData:", "stringdata:", `unknown field "stringdata"`},
+		{"misspelt kustomization field", "kustomization.yaml", "resources:", "resource:", `unknown field "resource"`},
+		{"wrong type", "deployment.yaml", "replicas: 1", "replicas: one", `replicas`},
+		{"sidecar without restartPolicy", "deployment.yaml", "          restartPolicy: Always\n", "", `restartPolicy must be Always`},
+		{"readiness on the wrong path", "deployment.yaml", "path: /readyz", "path: /ready", `readinessProbe path "/ready"`},
+		{"liveness on the wrong port", "deployment.yaml", "path: /healthz\n              port: metrics\n            periodSeconds: 20", "path: /healthz\n              port: 8080\n            periodSeconds: 20", `livenessProbe port 8080 resolves to 8080`},
+		{"metrics on loopback", "configmap.yaml", "metrics_listen: 0.0.0.0:9464", "metrics_listen: 127.0.0.1:9464", `metrics_listen = "127.0.0.1:9464"`},
+		{"privilege escalation", "deployment.yaml", "allowPrivilegeEscalation: false\n            capabilities:\n              drop: [\"ALL\"]\n            seccompProfile:\n              type: RuntimeDefault\n          volumeMounts:\n            - name: site-data\n              mountPath: /data\n              readOnly: true",
+			"allowPrivilegeEscalation: true\n            capabilities:\n              drop: [\"ALL\"]\n            seccompProfile:\n              type: RuntimeDefault\n          volumeMounts:\n            - name: site-data\n              mountPath: /data\n              readOnly: true", `allowPrivilegeEscalation must be false`},
+		{"data mounted writable", "deployment.yaml", "mountPath: /data\n              readOnly: true", "mountPath: /data\n              readOnly: false", `must mount /data readOnly`},
+		{"scrape port", "deployment.yaml", `prometheus.io/port: "9464"`, `prometheus.io/port: "9090"`, `prometheus.io/port = "9090"`},
+		{"token key", "deployment.yaml", "key: api-token", "key: token", `key "token"`},
+		{"secret applied", "kustomization.yaml", "  - deployment.yaml\n", "  - deployment.yaml\n  - secret.example.yaml\n", `must not list secret.example.yaml`},
+		{"unknown kind", "configmap.yaml", "kind: ConfigMap", "kind: ConfigMop", `no type to check it against`},
+	}
+	orig := readManifests(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if n := strings.Count(string(orig[tt.file]), tt.old); n != 1 {
+				t.Fatalf("%s contains %q %d times, want once: update the test case", tt.file, tt.old, n)
+			}
+			files := maps.Clone(orig)
+			files[tt.file] = []byte(strings.Replace(string(orig[tt.file]), tt.old, tt.new, 1))
+			set, err := loadSet(files)
+			errs := []error{err}
+			if err == nil {
+				errs = check(set)
+			}
+			joined := errors.Join(errs...)
+			if joined == nil {
+				t.Fatalf("no error, want one containing %q", tt.want)
+			}
+			if !strings.Contains(joined.Error(), tt.want) {
+				t.Fatalf("got %v\nwant an error containing %q", joined, tt.want)
+			}
+		})
+	}
+}
