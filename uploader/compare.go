@@ -1,0 +1,224 @@
+package uploader
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/uploader/kvapi"
+)
+
+// expirationFields maps a desired expiration to the API's fields: TTL in
+// seconds, or an absolute Unix time. TTL wins, as in the API, so only one of
+// them is ever non-zero.
+func expirationFields(e desired.Expiration) (ttl, at int64) {
+	if e.TTL > 0 {
+		return int64(e.TTL / time.Second), 0
+	}
+	if !e.At.IsZero() {
+		return 0, e.At.Unix()
+	}
+	return 0, 0
+}
+
+// putOptions builds the write options of st, refusing expirations the API
+// would refuse: that failure is permanent for this desired state.
+func putOptions(st desired.State, now time.Time) (kvapi.PutOptions, error) {
+	o := kvapi.PutOptions{Metadata: st.Metadata}
+	ttl, at := expirationFields(st.Expiration)
+	switch {
+	case ttl > 0:
+		if ttl < kvapi.MinTTLSeconds {
+			return o, &kvapi.ValidationError{Field: "expiration_ttl", Key: st.Key,
+				Err: fmt.Errorf("%w: %ds", kvapi.ErrTTLTooShort, ttl)}
+		}
+		o.ExpirationTTL = ttl
+	case at > 0:
+		if ahead := at - now.Unix(); ahead < kvapi.MinExpirationAheadSeconds {
+			return o, &kvapi.ValidationError{Field: "expiration", Key: st.Key,
+				Err: fmt.Errorf("%w: %s is %ds from now", kvapi.ErrExpirationTooSoon, st.Expiration.At.UTC().Format(time.RFC3339), ahead)}
+		}
+		o.Expiration = at
+	}
+	return o, nil
+}
+
+// unchanged reports whether rec, what was last written to st.Key, is what st
+// asks for, so writing it again would change nothing. A record whose
+// expiration has passed is not: the key is gone from KV although its file
+// is still there.
+func unchanged(st desired.State, rec state.Record, now time.Time) bool {
+	ttl, at := expirationFields(st.Expiration)
+	return rec.Hash == st.Hash &&
+		rec.ExpirationTTL == ttl && rec.ExpirationAt == at &&
+		metadataEqual(rec.Metadata, st.Metadata) &&
+		!recordExpired(rec, now)
+}
+
+func recordExpired(rec state.Record, now time.Time) bool {
+	if rec.ExpirationTTL > 0 && !rec.Written.IsZero() {
+		return !now.Before(rec.Written.Add(time.Duration(rec.ExpirationTTL) * time.Second))
+	}
+	return rec.ExpirationAt > 0 && now.Unix() >= rec.ExpirationAt
+}
+
+// metadataEqual compares two metadata documents after compaction; absent
+// and JSON null are the same thing (no metadata).
+func metadataEqual(a, b json.RawMessage) bool {
+	ca, cb := compactJSON(a), compactJSON(b)
+	return bytes.Equal(ca, cb)
+}
+
+func compactJSON(m json.RawMessage) []byte {
+	if len(bytes.TrimSpace(m)) == 0 {
+		return nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, m); err != nil {
+		return m
+	}
+	if bytes.Equal(buf.Bytes(), []byte("null")) {
+		return nil
+	}
+	return buf.Bytes()
+}
+
+// sameIntent reports whether two desired states ask for the same thing, to
+// recognise a state that already failed permanently.
+func sameIntent(a, b desired.State) bool {
+	return a.Key == b.Key && a.Deleted == b.Deleted && a.Hash == b.Hash && a.Path == b.Path &&
+		a.Expiration.Equal(b.Expiration) && metadataEqual(a.Metadata, b.Metadata)
+}
+
+// jsonLen is an upper bound of the length of b once it is a bulk pair's
+// value: a JSON string when b is valid UTF-8 (escapes counted at their worst),
+// base64 otherwise.
+func jsonLen(b []byte) int64 {
+	if !utf8.Valid(b) {
+		return int64((len(b)+2)/3*4) + 2
+	}
+	n := int64(2)
+	for _, c := range b {
+		switch {
+		case c == '"' || c == '\\':
+			n += 2
+		case c < 0x20 || c == '<' || c == '>' || c == '&':
+			n += 6 // \u00XX
+		case c >= 0x80:
+			n += 2 // U+2028 and U+2029 become \u2028: 6 bytes for 3
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+// errGrew means a file meant for a bulk write is now larger than the bulk
+// threshold; it goes through a streamed write instead.
+var errGrew = errors.New("file grew beyond the bulk threshold")
+
+// readSmall reads the whole file at path, refusing more than limit bytes.
+func readSmall(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
+	}
+	if fi.Size() > limit {
+		return nil, errGrew
+	}
+	buf := make([]byte, fi.Size())
+	n, err := io.ReadFull(f, buf)
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return buf[:n], nil // it shrank since Stat: what we read is the content now
+	case err != nil:
+		return nil, err
+	}
+	var probe [1]byte
+	if m, _ := f.Read(probe[:]); m > 0 {
+		return nil, errGrew
+	}
+	return buf, nil
+}
+
+// sentValue wraps a Value and hashes the bytes each attempt actually reads,
+// so the record names what the API received, not what the watcher saw.
+type sentValue struct {
+	v   kvapi.Value
+	mu  sync.Mutex
+	cur *hashReader
+}
+
+func (s *sentValue) Size() int64 { return s.v.Size() }
+
+func (s *sentValue) Open() (io.ReadCloser, error) {
+	r, err := s.v.Open()
+	if err != nil {
+		return nil, err
+	}
+	hr := &hashReader{r: r, h: sha256.New()}
+	s.mu.Lock()
+	s.cur = hr
+	s.mu.Unlock()
+	return hr, nil
+}
+
+// sent returns the hash and length of the last attempt's bytes, and whether
+// that attempt read the value to its end.
+func (s *sentValue) sent() (sum string, n int64, complete bool) {
+	s.mu.Lock()
+	hr := s.cur
+	s.mu.Unlock()
+	if hr == nil {
+		return "", 0, false
+	}
+	hr.mu.Lock()
+	defer hr.mu.Unlock()
+	return hex.EncodeToString(hr.h.Sum(nil)), hr.n, hr.eof
+}
+
+type hashReader struct {
+	r   io.ReadCloser
+	mu  sync.Mutex // the transport may read while the caller inspects the sum
+	h   hash.Hash
+	n   int64
+	eof bool
+}
+
+func (h *hashReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.mu.Lock()
+	h.h.Write(p[:n])
+	h.n += int64(n)
+	if err == io.EOF {
+		h.eof = true
+	}
+	h.mu.Unlock()
+	return n, err
+}
+
+func (h *hashReader) Close() error { return h.r.Close() }
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}

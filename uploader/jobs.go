@@ -1,0 +1,471 @@
+package uploader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"time"
+
+	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/uploader/kvapi"
+)
+
+type jobKind int
+
+const (
+	jobPut jobKind = iota
+	jobBulkPut
+	jobDelete
+	jobBulkDelete
+	jobExpire
+	jobKeep
+)
+
+// job is one request's worth of keys, all marked in flight.
+type job struct {
+	kind  jobKind
+	items []*item
+}
+
+// result settles one in-flight key. requeue puts it back at once with its
+// waiters still waiting; retry settles it as failed and tries it again after
+// RetryBackoff.
+type result struct {
+	it      *item
+	out     outcome
+	requeue bool
+	retry   bool
+}
+
+// runJob makes the job's request and returns one result per item.
+func (e *Engine) runJob(ctx context.Context, j *job) []result {
+	switch j.kind {
+	case jobPut:
+		return []result{e.putOne(ctx, j.items[0])}
+	case jobBulkPut:
+		return e.putBulk(ctx, j.items)
+	case jobExpire:
+		return []result{e.expireOne(ctx, j.items[0])}
+	case jobKeep:
+		return e.keep(j.items)
+	case jobDelete:
+		return []result{e.deleteOne(ctx, j.items[0])}
+	default:
+		return e.deleteBulk(ctx, j.items)
+	}
+}
+
+func settled(it *item, k outKind) result { return result{it: it, out: outcome{kind: k}} }
+
+// putOne streams one file with a single PUT.
+func (e *Engine) putOne(ctx context.Context, it *item) result {
+	st := it.st
+	now := e.o.Now()
+	opts, err := putOptions(st, now)
+	if err != nil {
+		return e.writeFailure(ctx, it, err, true)
+	}
+	if r, done := e.precheck(it, now); done {
+		return r
+	}
+	v, err := kvapi.File(st.Path)
+	if err != nil {
+		return e.writeFailure(ctx, it, err, true)
+	}
+	sv := &sentValue{v: v}
+	if err := e.o.KV.PutValue(ctx, e.o.Namespace, st.Key, sv, opts); err != nil {
+		return e.writeFailure(ctx, it, err, true)
+	}
+	sum, n, complete := sv.sent()
+	if !complete {
+		// The API confirmed a body we did not see end; record no hash so
+		// the next comparison rewrites the key rather than trust a guess.
+		sum = ""
+	}
+	if sum != st.Hash {
+		e.log.Debug("file changed after it was hashed; recorded the bytes actually sent", "key", st.Key, "path", st.Path)
+	}
+	e.record(map[string]state.Record{st.Key: newRecord(st, sum, n, now)})
+	return result{it: it, out: outcome{kind: outWritten, bytes: n}}
+}
+
+// precheck settles a write that needs no request: its state is what was
+// last written, or this is a dry run.
+func (e *Engine) precheck(it *item, now time.Time) (result, bool) {
+	st := it.st
+	rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key)
+	if err != nil {
+		return result{it: it, out: outcome{kind: outFailed, err: fmt.Errorf("reading the state store: %w", err)}, retry: true}, true
+	}
+	if ok && unchanged(st, rec, now) {
+		return settled(it, outUnchanged), true
+	}
+	if e.o.DryRun {
+		e.log.Info("dry run: would write", "key", st.Key, "path", st.Path, "bytes", st.Size)
+		return settled(it, outPlanned), true
+	}
+	return result{}, false
+}
+
+func newRecord(st desired.State, sum string, size int64, now time.Time) state.Record {
+	ttl, at := expirationFields(st.Expiration)
+	return state.Record{Hash: sum, Size: size, Metadata: st.Metadata, ExpirationTTL: ttl, ExpirationAt: at, Written: now}
+}
+
+// record stores confirmed writes. A failure here loses no data: the key is
+// written, and without its record it is merely written again later.
+func (e *Engine) record(recs map[string]state.Record) {
+	if len(recs) == 0 {
+		return
+	}
+	if err := e.o.Store.PutBatch(e.o.Scope, recs); err != nil {
+		e.log.Error("keys written but not recorded; they will be written again", "keys", len(recs), "err", err)
+	}
+}
+
+func (e *Engine) forget(keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	if err := e.o.Store.DeleteBatch(e.o.Scope, keys); err != nil {
+		e.log.Error("keys deleted but their records not removed", "keys", len(keys), "err", err)
+	}
+}
+
+// permanent reports whether sending the same request again cannot succeed.
+func permanent(err error) bool {
+	var ve *kvapi.ValidationError
+	if errors.As(err, &ve) {
+		return true
+	}
+	var ae *kvapi.APIError
+	return errors.As(err, &ae) && !ae.Retryable()
+}
+
+// writeFailure classifies a failed write of one key.
+func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bool) result {
+	st := it.st
+	var ve *kvapi.ValueError
+	switch {
+	case ctx.Err() != nil:
+		return result{it: it, requeue: true} // shutting down: stays queued
+	case errors.Is(err, fs.ErrNotExist):
+		e.log.Debug("file vanished before upload; skipped", "key", st.Key, "path", st.Path)
+		return settled(it, outVanished)
+	case errors.Is(err, kvapi.ErrValueSizeMismatch) && it.attempts+1 < maxAttempts:
+		// The file changed while it was sent; send its new content.
+		it.attempts++
+		e.log.Debug("file changed while it was sent; sending it again", "key", st.Key, "path", st.Path)
+		return result{it: it, requeue: true}
+	case errors.As(err, &ve):
+		// Its source could not be read; another try later may work.
+	case permanent(err):
+		if logIt {
+			e.log.Error("write refused; not retried until the file changes or the next full sync",
+				append([]any{"key", st.Key, "path", st.Path, "err", err}, codes(err)...)...)
+		}
+		return result{it: it, out: outcome{kind: outRejected, err: err}}
+	}
+	if logIt {
+		e.log.Warn("write failed; retrying later", append([]any{"key", st.Key, "path", st.Path, "err", err,
+			"retry_in", e.o.RetryBackoff}, codes(err)...)...)
+	}
+	return result{it: it, out: outcome{kind: outFailed, err: err}, retry: true}
+}
+
+func codes(err error) []any {
+	var ae *kvapi.APIError
+	if errors.As(err, &ae) && len(ae.Errors) > 0 {
+		return []any{"cf_codes", ae.Codes(), "status", ae.StatusCode}
+	}
+	if s := kvapi.StatusCode(err); s != 0 {
+		return []any{"status", s}
+	}
+	return nil
+}
+
+// prepared is one pair of a bulk request being built.
+type prepared struct {
+	it   *item
+	pair kvapi.BulkPair
+	rec  state.Record
+}
+
+// putBulk reads the batch's files now (so at most Concurrency batches are in
+// memory) and writes them in one bulk request.
+func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
+	now := e.o.Now()
+	rs := make([]result, 0, len(items))
+	batch := make([]prepared, 0, len(items))
+	var raw, enc int64
+	for _, it := range items {
+		st := it.st
+		opts, err := putOptions(st, now)
+		if err != nil {
+			rs = append(rs, e.writeFailure(ctx, it, err, true))
+			continue
+		}
+		if r, done := e.precheck(it, now); done {
+			rs = append(rs, r)
+			continue
+		}
+		data, err := readSmall(st.Path, e.o.BulkThreshold)
+		if errors.Is(err, errGrew) {
+			it.split = 1 // streamed alone from now on
+			rs = append(rs, result{it: it, requeue: true})
+			continue
+		}
+		if err != nil {
+			rs = append(rs, e.writeFailure(ctx, it, err, true))
+			continue
+		}
+		r := int64(len(data)+len(st.Key)+len(opts.Metadata)) + pairOverhead
+		n := jsonLen(data) + jsonLen([]byte(st.Key)) + int64(len(opts.Metadata)) + pairOverhead
+		if len(batch) > 0 && (raw+r > e.o.BulkMaxBytes || enc+n > maxEncodedBulk) {
+			// Larger than its size said: it goes in a later batch.
+			rs = append(rs, result{it: it, requeue: true})
+			continue
+		}
+		raw, enc = raw+r, enc+n
+		batch = append(batch, prepared{
+			it:   it,
+			pair: kvapi.BulkPair{Key: st.Key, Value: data, Metadata: opts.Metadata, Expiration: opts.Expiration, ExpirationTTL: opts.ExpirationTTL},
+			rec:  newRecord(st, sha256Hex(data), int64(len(data)), now),
+		})
+	}
+	if len(batch) == 0 {
+		return rs
+	}
+	pairs := make([]kvapi.BulkPair, len(batch))
+	for i := range batch {
+		pairs[i] = batch[i].pair
+		batch[i].pair.Value = nil
+	}
+	res, err := e.o.KV.BulkPut(ctx, e.o.Namespace, pairs)
+	pairs = nil
+	if err != nil {
+		return append(rs, e.bulkFailure(ctx, batch, err)...)
+	}
+	bad := make(map[string]bool, len(res.Unsuccessful))
+	for _, k := range res.Unsuccessful {
+		bad[k] = true
+	}
+	recs := make(map[string]state.Record, len(batch))
+	for _, b := range batch {
+		if bad[b.it.st.Key] {
+			rs = append(rs, e.unsuccessful(b.it, kvapi.OpBulkPut))
+			continue
+		}
+		recs[b.it.st.Key] = b.rec
+		rs = append(rs, result{it: b.it, out: outcome{kind: outWritten, bytes: b.rec.Size}})
+	}
+	e.record(recs)
+	return rs
+}
+
+// unsuccessful handles a key the API listed in unsuccessful_keys: tried
+// again at once a few times, then failed and retried after RetryBackoff.
+func (e *Engine) unsuccessful(it *item, op kvapi.Op) result {
+	it.attempts++
+	if it.attempts < maxAttempts {
+		return result{it: it, requeue: true}
+	}
+	err := fmt.Errorf("kv %s key %q: listed in unsuccessful_keys %d times", op, it.st.Key, it.attempts)
+	e.log.Warn("bulk request left key unwritten; retrying later", "key", it.st.Key, "path", it.st.Path, "retry_in", e.o.RetryBackoff)
+	return result{it: it, out: outcome{kind: outFailed, err: err}, retry: true}
+}
+
+// bulkFailure classifies a bulk request refused as a whole.
+func (e *Engine) bulkFailure(ctx context.Context, batch []prepared, err error) []result {
+	rs := make([]result, 0, len(batch))
+	if ctx.Err() != nil {
+		for _, b := range batch {
+			rs = append(rs, result{it: b.it, requeue: true})
+		}
+		return rs
+	}
+	var ve *kvapi.ValidationError
+	var ae *kvapi.APIError
+	switch {
+	case errors.As(err, &ve) && ve.Key != "":
+		// One pair is invalid: it fails, the others go in another batch.
+		for _, b := range batch {
+			if b.it.st.Key == ve.Key {
+				rs = append(rs, e.writeFailure(ctx, b.it, err, true))
+			} else {
+				rs = append(rs, result{it: b.it, requeue: true})
+			}
+		}
+		return rs
+	case errors.As(err, &ve),
+		errors.As(err, &ae) && (ae.StatusCode == http.StatusBadRequest || ae.StatusCode == http.StatusRequestEntityTooLarge):
+		// The batch as a whole was refused: halve it until the culprit is
+		// alone and gets its own verdict from a single PUT.
+		if len(batch) > 1 {
+			half := len(batch) / 2
+			e.log.Warn("bulk write refused; splitting the batch", append([]any{"pairs", len(batch), "next_pairs", half, "err", err}, codes(err)...)...)
+			for _, b := range batch {
+				b.it.split = half
+				rs = append(rs, result{it: b.it, requeue: true})
+			}
+			return rs
+		}
+	}
+	logIt := true
+	for _, b := range batch {
+		rs = append(rs, e.writeFailure(ctx, b.it, err, logIt))
+		logIt = false
+	}
+	if len(batch) > 1 {
+		e.log.Warn("bulk write failed for every key of the batch", "pairs", len(batch))
+	}
+	return rs
+}
+
+// ownRecord returns the record of a key to delete, or settles the deletion
+// when the key is not kvsync's or was written again since it was planned.
+func (e *Engine) ownRecord(it *item) (state.Record, *result) {
+	key := it.st.Key
+	rec, ok, err := e.o.Store.Get(e.o.Scope, key)
+	if err != nil {
+		return rec, &result{it: it, out: outcome{kind: outFailed, err: fmt.Errorf("reading the state store: %w", err)}, retry: true}
+	}
+	if !ok {
+		e.log.Debug("file gone but kvsync has no record of its key; left alone", "key", key)
+		r := settled(it, outNotOurs)
+		return rec, &r
+	}
+	if it.expect != nil && (rec.Hash != it.expect.Hash || !rec.Written.Equal(it.expect.Written)) {
+		e.log.Debug("key written again since its deletion was planned; not deleted", "key", key)
+		r := settled(it, outSuperseded)
+		return rec, &r
+	}
+	if e.o.DryRun {
+		e.log.Info("dry run: would delete", "key", key, "policy", e.o.Delete)
+		r := settled(it, outPlanned)
+		return rec, &r
+	}
+	return rec, nil
+}
+
+func (e *Engine) deleteOne(ctx context.Context, it *item) result {
+	if _, r := e.ownRecord(it); r != nil {
+		return *r
+	}
+	err := e.o.KV.DeleteValue(ctx, e.o.Namespace, it.st.Key)
+	if err != nil && kvapi.StatusCode(err) != http.StatusNotFound {
+		return e.deleteFailure(ctx, it, err, true)
+	}
+	e.forget([]string{it.st.Key})
+	return settled(it, outDeleted)
+}
+
+func (e *Engine) deleteBulk(ctx context.Context, items []*item) []result {
+	rs := make([]result, 0, len(items))
+	var todo []*item
+	for _, it := range items {
+		if _, r := e.ownRecord(it); r != nil {
+			rs = append(rs, *r)
+			continue
+		}
+		todo = append(todo, it)
+	}
+	if len(todo) == 0 {
+		return rs
+	}
+	keys := make([]string, len(todo))
+	for i, it := range todo {
+		keys[i] = it.st.Key
+	}
+	res, err := e.o.KV.BulkDelete(ctx, e.o.Namespace, keys)
+	if err != nil {
+		logIt := true
+		for _, it := range todo {
+			rs = append(rs, e.deleteFailure(ctx, it, err, logIt))
+			logIt = false
+		}
+		return rs
+	}
+	bad := make(map[string]bool, len(res.Unsuccessful))
+	for _, k := range res.Unsuccessful {
+		bad[k] = true
+	}
+	done := keys[:0]
+	for _, it := range todo {
+		if bad[it.st.Key] {
+			rs = append(rs, e.unsuccessful(it, kvapi.OpBulkDelete))
+			continue
+		}
+		done = append(done, it.st.Key)
+		rs = append(rs, settled(it, outDeleted))
+	}
+	e.forget(done)
+	return rs
+}
+
+// keep forgets keys whose file went away but leaves them in KV.
+func (e *Engine) keep(items []*item) []result {
+	rs := make([]result, 0, len(items))
+	var keys []string
+	for _, it := range items {
+		if _, r := e.ownRecord(it); r != nil {
+			rs = append(rs, *r)
+			continue
+		}
+		e.log.Info("file gone; key kept in KV (delete policy keep) and no longer managed", "key", it.st.Key)
+		keys = append(keys, it.st.Key)
+		rs = append(rs, settled(it, outKept))
+	}
+	e.forget(keys)
+	return rs
+}
+
+// expireOne rewrites a key whose file went away with expiration_ttl =
+// DeleteTTL: a read of its current value, then a write of it (two requests),
+// keeping the recorded metadata.
+func (e *Engine) expireOne(ctx context.Context, it *item) result {
+	rec, r := e.ownRecord(it)
+	if r != nil {
+		return *r
+	}
+	key := it.st.Key
+	ttl := int64(e.o.DeleteTTL / time.Second)
+	vi, err := e.o.KV.GetValue(ctx, e.o.Namespace, key)
+	if kvapi.StatusCode(err) == http.StatusNotFound {
+		e.forget([]string{key})
+		return settled(it, outExpired) // gone already
+	}
+	if err != nil {
+		return e.deleteFailure(ctx, it, err, true)
+	}
+	if vi.Expiration > 0 && vi.Expiration <= e.o.Now().Unix()+ttl {
+		e.forget([]string{key})
+		return settled(it, outExpired) // expires soon enough by itself
+	}
+	opts := kvapi.PutOptions{Metadata: rec.Metadata, ExpirationTTL: ttl}
+	if err := e.o.KV.PutValue(ctx, e.o.Namespace, key, kvapi.Bytes(vi.Value), opts); err != nil {
+		return e.deleteFailure(ctx, it, err, true)
+	}
+	e.forget([]string{key})
+	return settled(it, outExpired)
+}
+
+func (e *Engine) deleteFailure(ctx context.Context, it *item, err error, logIt bool) result {
+	key := it.st.Key
+	switch {
+	case ctx.Err() != nil:
+		return result{it: it, requeue: true}
+	case permanent(err):
+		if logIt {
+			e.log.Error("delete refused; not retried until the next full sync", append([]any{"key", key, "err", err}, codes(err)...)...)
+		}
+		return result{it: it, out: outcome{kind: outRejected, err: err}}
+	}
+	if logIt {
+		e.log.Warn("delete failed; retrying later", append([]any{"key", key, "err", err, "retry_in", e.o.RetryBackoff}, codes(err)...)...)
+	}
+	return result{it: it, out: outcome{kind: outFailed, err: err}, retry: true}
+}

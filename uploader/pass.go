@@ -1,0 +1,231 @@
+package uploader
+
+import (
+	"context"
+	"time"
+
+	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/uploader/kvapi"
+)
+
+type outKind int
+
+const (
+	outWritten outKind = iota
+	outUnchanged
+	outVanished   // the file was gone before it could be sent
+	outFailed     // retryable; tried again later
+	outRejected   // permanent for this desired state
+	outDeleted    // deleted from KV
+	outExpired    // rewritten to expire (the expire policy)
+	outKept       // left in KV (the keep policy)
+	outNotOurs    // no record: kvsync never wrote the key
+	outSuperseded // a planned deletion of a key written since
+	outHeldBack
+	outPlanned // dry run
+)
+
+type outcome struct {
+	kind  outKind
+	bytes int64
+	err   error
+}
+
+func (r *Report) add(st desired.State, o outcome) {
+	switch o.kind {
+	case outWritten:
+		r.Written++
+		r.Bytes += o.bytes
+	case outUnchanged:
+		r.Unchanged++
+	case outFailed, outRejected:
+		r.Failed++
+		r.addFailure(st, o.err)
+	case outDeleted, outExpired:
+		r.Deleted++
+	case outKept:
+		r.Kept++
+	case outHeldBack:
+		r.HeldBack++
+		r.addFailure(st, o.err)
+	case outPlanned:
+		if st.Deleted {
+			r.WouldDelete = append(r.WouldDelete, st.Key)
+		} else {
+			r.WouldWrite = append(r.WouldWrite, st.Key)
+			r.Bytes += st.Size
+		}
+	}
+}
+
+func (r *Report) addFailure(st desired.State, err error) {
+	if len(r.Failures) < maxReportFailures {
+		r.Failures = append(r.Failures, Failure{Key: st.Key, Path: st.Path, Err: err})
+	}
+}
+
+type phase int
+
+const (
+	phaseWrites phase = iota
+	phaseDeletes
+	phaseDone
+)
+
+// pass is one full sync in progress. Its fields are guarded by Engine.mu.
+type pass struct {
+	trigger desired.Trigger
+	started time.Time
+	rep     Report
+	// left counts the queued keys whose outcome is still unknown.
+	left   int
+	sealed bool // every state of the snapshot was offered
+	phase  phase
+	cands  []candidate
+	done   chan struct{}
+}
+
+// startPass offers every state of s as one pass and seals it. Deletions
+// wait until its writes are settled (advance).
+func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *pass {
+	p := &pass{trigger: s.Trigger, started: time.Now(), done: make(chan struct{})}
+	cands, refused, err := e.candidates(s)
+	if err != nil {
+		refused = "reading the state store failed: " + err.Error() + "; nothing deleted"
+		cands = nil
+	}
+	p.cands, p.rep.DeletesRefused = cands, refused
+	if refused != "" {
+		e.log.Warn("full sync will delete nothing", "trigger", s.Trigger, "reason", refused)
+	}
+	e.reconcile(ctx, s)
+
+	e.mu.Lock()
+	e.openPasses++
+	clear(e.rejected) // a full sync retries what failed permanently
+	e.mu.Unlock()
+
+	interrupted := error(nil)
+	for _, st := range s.States {
+		if st.Deleted {
+			continue // a deletion in a snapshot is a key absent from it: cands has it
+		}
+		e.mu.Lock()
+		if err := e.offer(ctx, st, p); err != nil {
+			interrupted = err
+		}
+		e.mu.Unlock()
+		if interrupted != nil {
+			break
+		}
+	}
+	e.mu.Lock()
+	if interrupted != nil {
+		// Not every key was offered: absent keys prove nothing now.
+		p.cands = nil
+		p.rep.DeletesRefused = "full sync interrupted before every key was queued (" + interrupted.Error() + "); nothing deleted"
+	}
+	p.sealed = true
+	if p.left == 0 {
+		e.advance(p)
+	}
+	e.mu.Unlock()
+	return p
+}
+
+// reconcile lists the namespace once after the store was found fresh, to
+// report keys that exist in KV but not in the tree: they are not known to be
+// kvsync's, so they are left alone. Every key of the tree is rewritten
+// anyway, since without records nothing can be compared.
+func (e *Engine) reconcile(ctx context.Context, s desired.Snapshot) {
+	e.mu.Lock()
+	run := e.o.Reconcile && !e.reconciled
+	e.reconciled = true
+	e.mu.Unlock()
+	if !run {
+		return
+	}
+	present := make(map[string]struct{}, len(s.States))
+	for _, st := range s.States {
+		present[st.Key] = struct{}{}
+	}
+	foreign, listed := 0, 0
+	err := kvapi.ListAll(ctx, e.o.KV, e.o.Namespace, e.o.Prefix, func(k kvapi.KeyInfo) error {
+		listed++
+		if _, ok := present[k.Name]; !ok {
+			foreign++
+		}
+		return nil
+	})
+	if err != nil {
+		e.log.Warn("state store was fresh; listing the namespace failed, keys of the tree are rewritten anyway", "prefix", e.o.Prefix, "err", err)
+		return
+	}
+	e.log.Info("state store was fresh: every key of the tree is rewritten; keys in KV but not in the tree are not known to be kvsync's and are left alone",
+		"prefix", e.o.Prefix, "listed", listed, "not_in_tree", foreign, "in_tree", len(s.States))
+}
+
+// advance moves a pass whose queued keys are all settled to its next phase.
+// mu is held.
+func (e *Engine) advance(p *pass) {
+	if p.phase == phaseWrites {
+		p.phase = phaseDeletes
+		e.queueDeletes(p)
+		if p.left > 0 {
+			return
+		}
+	}
+	e.finishPass(p)
+}
+
+// queueDeletes queues the pass's deletions, after its writes, only when all
+// of them succeeded (rclone's --delete-after) and within MaxDeletes.
+func (e *Engine) queueDeletes(p *pass) {
+	cands := p.cands
+	p.cands = nil
+	if len(cands) == 0 || p.rep.DeletesRefused != "" {
+		return
+	}
+	if p.rep.Failed > 0 {
+		p.rep.DeletesRefused = "writes failed in this full sync; deletions wait for one in which every write succeeds"
+		e.log.Warn("full sync deletes nothing", "trigger", p.trigger, "failed_writes", p.rep.Failed, "deletions_postponed", len(cands))
+		return
+	}
+	// A key queued or in flight since the snapshot has a newer intent.
+	live := cands[:0]
+	for _, c := range cands {
+		if !e.busy(c.key) && e.deferred[c.key] == nil {
+			live = append(live, c)
+		}
+	}
+	if r := e.capRefusal(len(live)); r != "" {
+		p.rep.DeletesRefused = r
+		e.log.Error(r, "trigger", p.trigger, "prefix", e.o.Prefix)
+		if m := e.o.Metrics; m != nil {
+			m.Deletes.WithLabelValues("kept").Add(float64(len(live)))
+		}
+		return
+	}
+	for _, c := range live {
+		rec := c.rec
+		it := &item{st: desired.State{Key: c.key, Deleted: true}, expect: &rec, passes: []*pass{p}}
+		p.left++
+		_ = e.submit(nil, it, false) // never blocks, never fails unblocked
+	}
+}
+
+func (e *Engine) finishPass(p *pass) {
+	p.phase = phaseDone
+	e.openPasses--
+	close(p.done)
+	r := p.rep
+	e.log.Info("full sync finished", "trigger", p.trigger, "written", r.Written, "unchanged", r.Unchanged,
+		"deleted", r.Deleted, "kept", r.Kept, "failed", r.Failed, "held_back", r.HeldBack, "bytes", r.Bytes,
+		"deletes_refused", r.DeletesRefused, "duration", time.Since(p.started).Round(time.Millisecond))
+	if r.err() == nil {
+		if m := e.o.Metrics; m != nil {
+			m.LastSuccess.Set(float64(e.o.Now().UnixNano()) / 1e9)
+		}
+	}
+	e.broadcast()
+}
