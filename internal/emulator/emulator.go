@@ -167,6 +167,10 @@ type Emulator struct {
 
 	countMu sync.Mutex
 	counts  map[CountKey]int
+
+	// maxBulkBytes is MaxBulkRequestBytes; tests lower it to exercise the
+	// limit without 100 MB bodies.
+	maxBulkBytes int64
 }
 
 // New builds an emulator. With Options.DataDir it replays the data found
@@ -191,6 +195,8 @@ func New(opts Options) (*Emulator, error) {
 		store:  st,
 		faults: newFaultGate(opts.Faults, now),
 		counts: make(map[CountKey]int),
+
+		maxBulkBytes: MaxBulkRequestBytes,
 	}, nil
 }
 

@@ -290,12 +290,12 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 // decodeArray streams a JSON array from the body, calling fn per element,
 // and enforces the request size and element count limits.
-func decodeArray(r *http.Request, what string, fn func(i int, dec *json.Decoder) *apiError) *apiError {
-	cr := &countingReader{r: io.LimitReader(r.Body, MaxBulkRequestBytes+1)}
+func decodeArray(r *http.Request, limit int64, what string, fn func(i int, dec *json.Decoder) *apiError) *apiError {
+	cr := &countingReader{r: io.LimitReader(r.Body, limit+1)}
 	dec := json.NewDecoder(cr)
 	tooBig := func() *apiError {
-		if cr.n > MaxBulkRequestBytes {
-			return tooLarge(fmt.Sprintf("request too large: a %s body must be at most %d bytes", what, MaxBulkRequestBytes))
+		if cr.n > limit {
+			return tooLarge(fmt.Sprintf("request too large: a %s body must be at most %d bytes", what, limit))
 		}
 		return nil
 	}
@@ -330,7 +330,7 @@ func decodeArray(r *http.Request, what string, fn func(i int, dec *json.Decoder)
 func handleBulkPut(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
 	now := e.now()
 	var muts []mutation
-	aerr := decodeArray(r, "bulk write", func(i int, dec *json.Decoder) *apiError {
+	aerr := decodeArray(r, e.maxBulkBytes, "bulk write", func(i int, dec *json.Decoder) *apiError {
 		var p bulkPair
 		if err := dec.Decode(&p); err != nil {
 			return badRequest(10029, fmt.Sprintf("invalid request: item %d: %v", i, err))
@@ -386,7 +386,7 @@ func jsonNum(f *float64) string {
 
 func handleBulkDelete(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
 	var muts []mutation
-	aerr := decodeArray(r, "bulk delete", func(i int, dec *json.Decoder) *apiError {
+	aerr := decodeArray(r, e.maxBulkBytes, "bulk delete", func(i int, dec *json.Decoder) *apiError {
 		var k *string
 		if err := dec.Decode(&k); err != nil || k == nil {
 			return badRequest(10029, fmt.Sprintf("invalid request: item %d is not a key name string", i))
