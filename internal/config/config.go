@@ -1,0 +1,293 @@
+// Package config is kvsync's configuration: the YAML schema, its defaults,
+// the flags of the single-directory case, the environment, validation whose
+// errors name the field and where it was set, and the API credentials.
+//
+// Precedence, highest first: flags > environment > config file > defaults.
+// Every error about a value names its field path (syncs[0].expiration[1].ttl)
+// and its origin: file:line for the config file, the flag (--concurrency) or
+// the environment variable ($CLOUDFLARE_API_BASE_URL).
+//
+// Relative paths in a config file (dir, state_dir, api.token_file,
+// api.ca_file) resolve against the directory holding the config file, so a
+// config means the same thing whatever the working directory of the daemon.
+// "~" is not expanded (no shell is involved); such paths are rejected.
+package config
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Config is the whole configuration of one kvsync process.
+//
+// Config carries, unexported, where each value was set so that Validate can
+// name a file line or a flag; values set in code are reported by field path
+// only.
+type Config struct {
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `yaml:"log_level"`
+	// LogFormat is text or json.
+	LogFormat string `yaml:"log_format"`
+	// StateDir holds the state database. See DefaultStateDir.
+	StateDir string `yaml:"state_dir"`
+	// MetricsListen is the address of /metrics, /healthz and /readyz;
+	// "" or "off" disables the listener. A non-loopback address is allowed:
+	// it can only come from explicit configuration.
+	MetricsListen string `yaml:"metrics_listen"`
+	// API is how to reach and authenticate to the KV REST API.
+	API API `yaml:"api"`
+	// Syncs are the directory trees to publish; at least one.
+	Syncs []Sync `yaml:"syncs"`
+
+	src *sources
+}
+
+// API describes the Cloudflare API endpoint, account, credentials source
+// and request budget.
+type API struct {
+	// BaseURL is the API root. http:// is accepted only for loopback hosts,
+	// since the token travels in every request.
+	BaseURL string `yaml:"base_url"`
+	// AccountID owns the namespaces.
+	AccountID string `yaml:"account_id"`
+	// TokenFile holds an API token; see ResolveCredentials for the order in
+	// which credential sources are tried.
+	TokenFile string `yaml:"token_file"`
+	// CAFile is an extra PEM bundle trusted in addition to the system roots
+	// (a TLS-intercepting proxy). There is deliberately no option to disable
+	// certificate verification.
+	CAFile string `yaml:"ca_file"`
+	// Rate is the sustained request rate, per second, of the one token
+	// bucket all syncs share.
+	//
+	// Cloudflare allows 1,200 API requests per 5 minutes per token, counted
+	// across every client using it, and going over blocks the token for 5
+	// minutes. A bucket admits at most Rate×300+Burst requests in any 5
+	// minutes, so Validate rejects values where that exceeds 1,200. The
+	// defaults (1000/300 per second, burst 100) leave 100 requests of
+	// headroom, as wrangler does, for a dashboard or CLI sharing the token;
+	// lower Rate if other tools use the same token heavily.
+	Rate float64 `yaml:"rate"`
+	// Burst is the bucket size; see Rate.
+	Burst int `yaml:"burst"`
+	// Concurrency is how many requests may be in flight at once, 1..64.
+	Concurrency int `yaml:"concurrency"`
+	// Timeout bounds one request; bulk requests can carry up to 100 MB.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxRetries is how often a retryable failure (429, 5xx, network) is
+	// retried; 0 disables retries.
+	MaxRetries int `yaml:"max_retries"`
+}
+
+// Sync publishes one directory tree into one namespace under one prefix.
+type Sync struct {
+	// Name identifies the sync in logs and metrics. It defaults to the last
+	// element of Dir, reduced to [A-Za-z0-9._-]; names must be unique.
+	Name string `yaml:"name"`
+	// Dir is the root of the tree.
+	Dir string `yaml:"dir"`
+	// NamespaceID is the KV namespace written to.
+	NamespaceID string `yaml:"namespace_id"`
+	// Prefix is prepended to each file's path relative to Dir to form its key.
+	Prefix string `yaml:"prefix"`
+	// Include and Exclude are doublestar globs matched against the path
+	// relative to Dir with "/" separators. With Include set, only matching
+	// files are published; Exclude wins over Include.
+	Include []string `yaml:"include"`
+	Exclude []string `yaml:"exclude"`
+	// DefaultExcludes applies the watcher's built-in excludes (VCS metadata,
+	// editor temporary files).
+	DefaultExcludes bool `yaml:"default_excludes"`
+	// IncludeHidden publishes files and directories whose name starts with ".".
+	IncludeHidden bool `yaml:"include_hidden"`
+	// FollowSymlinksOutside publishes symlinks that point outside Dir.
+	FollowSymlinksOutside bool `yaml:"follow_symlinks_outside"`
+	// Expiration rules are tried in order; the first whose Match matches the
+	// relative path sets the key's expiration.
+	Expiration []ExpirationRule `yaml:"expiration"`
+	// DefaultExpiration applies to files no rule matched; zero means never.
+	DefaultExpiration ExpirationRule `yaml:"default_expiration"`
+	// Delete is what happens to a key whose file is gone.
+	Delete DeletePolicy `yaml:"delete"`
+	// DeleteTTL is the expiration given to orphaned keys under DeleteExpire.
+	DeleteTTL time.Duration `yaml:"delete_ttl"`
+	// MaxDeletes caps the deletions of one sync pass, so that a directory
+	// that vanished or was emptied by mistake cannot wipe the namespace.
+	// 0 allows no deletions at all; -1 removes the cap.
+	MaxDeletes int `yaml:"max_deletes"`
+	// Quiet is how long a file must stay unchanged before it is uploaded.
+	Quiet time.Duration `yaml:"quiet"`
+	// MaxDelay bounds how long a file that keeps changing waits.
+	MaxDelay time.Duration `yaml:"max_delay"`
+	// RescanInterval is the period of the full rescan that catches events the
+	// watcher lost; 0 disables it.
+	RescanInterval time.Duration `yaml:"rescan_interval"`
+	// BulkThreshold: files up to this size go through bulk writes; larger
+	// ones are written one request each. 0 disables bulk writes.
+	BulkThreshold int64 `yaml:"bulk_threshold"`
+	// BulkMaxBytes caps the body of one bulk request (the API allows 100 MB).
+	BulkMaxBytes int64 `yaml:"bulk_max_bytes"`
+}
+
+// ExpirationRule gives matching keys an expiration: exactly one of TTL
+// (relative to each write, at least 60 s) and At (an absolute instant).
+type ExpirationRule struct {
+	// Match is a doublestar glob over the path relative to the sync's Dir.
+	// It is empty in Sync.DefaultExpiration.
+	Match string `yaml:"match"`
+	// TTL is written in whole seconds, at least 60.
+	TTL time.Duration `yaml:"ttl"`
+	// At is an RFC 3339 instant, whole seconds.
+	At time.Time `yaml:"at"`
+}
+
+// DeletePolicy is what happens to a key whose file disappeared.
+type DeletePolicy string
+
+// The delete policies.
+const (
+	// DeletePolicyDelete deletes the key.
+	DeletePolicyDelete DeletePolicy = "delete"
+	// DeletePolicyKeep leaves the key in KV.
+	DeletePolicyKeep DeletePolicy = "keep"
+	// DeletePolicyExpire rewrites the key with Sync.DeleteTTL, so that
+	// readers still served the old version keep working for a while.
+	DeletePolicyExpire DeletePolicy = "expire"
+)
+
+// Defaults. The rate budget is explained at API.Rate.
+const (
+	defaultLogLevel       = "info"
+	defaultLogFormat      = "text"
+	defaultMetricsListen  = "127.0.0.1:9464"
+	defaultBaseURL        = "https://api.cloudflare.com/client/v4"
+	defaultRate           = 1000.0 / 300
+	defaultBurst          = 100
+	defaultConcurrency    = 4
+	defaultTimeout        = 5 * time.Minute
+	defaultMaxRetries     = 5
+	defaultDeleteTTL      = time.Hour
+	defaultMaxDeletes     = 1000
+	defaultQuiet          = time.Second
+	defaultMaxDelay       = 10 * time.Second
+	defaultRescanInterval = time.Hour
+	defaultBulkThreshold  = 1 << 20
+	defaultBulkMaxBytes   = 32 << 20
+)
+
+// Default returns the defaults, with StateDir derived from the process's
+// environment (DefaultStateDir) and no syncs.
+func Default() Config {
+	c := baseDefaults()
+	c.StateDir = DefaultStateDir(os.Getenv, os.Geteuid())
+	return c
+}
+
+// baseDefaults is Default without anything derived from the environment.
+func baseDefaults() Config {
+	return Config{
+		LogLevel:      defaultLogLevel,
+		LogFormat:     defaultLogFormat,
+		MetricsListen: defaultMetricsListen,
+		API: API{
+			BaseURL:     defaultBaseURL,
+			Rate:        defaultRate,
+			Burst:       defaultBurst,
+			Concurrency: defaultConcurrency,
+			Timeout:     defaultTimeout,
+			MaxRetries:  defaultMaxRetries,
+		},
+	}
+}
+
+// DefaultSync returns a Sync holding every default; Name, Dir and
+// NamespaceID are left empty.
+func DefaultSync() Sync {
+	return Sync{
+		DefaultExcludes: true,
+		Delete:          DeletePolicyDelete,
+		DeleteTTL:       defaultDeleteTTL,
+		MaxDeletes:      defaultMaxDeletes,
+		Quiet:           defaultQuiet,
+		MaxDelay:        defaultMaxDelay,
+		RescanInterval:  defaultRescanInterval,
+		BulkThreshold:   defaultBulkThreshold,
+		BulkMaxBytes:    defaultBulkMaxBytes,
+	}
+}
+
+// DefaultStateDir is where state lives when state_dir is not set:
+// $STATE_DIRECTORY (set by systemd's StateDirectory=; the first entry when it
+// lists several), else /var/lib/kvsync for root, else
+// $XDG_STATE_HOME/kvsync, else $HOME/.local/state/kvsync. It returns "" when
+// none applies (no HOME), which Validate reports.
+func DefaultStateDir(getenv func(string) string, euid int) string {
+	if v := getenv("STATE_DIRECTORY"); v != "" {
+		first, _, _ := strings.Cut(v, ":")
+		return first
+	}
+	if euid == 0 {
+		return "/var/lib/kvsync"
+	}
+	// The XDG spec says relative values are invalid and must be ignored.
+	if v := getenv("XDG_STATE_HOME"); filepath.IsAbs(v) {
+		return filepath.Join(v, "kvsync")
+	}
+	if v := getenv("HOME"); v != "" {
+		return filepath.Join(v, ".local", "state", "kvsync")
+	}
+	return ""
+}
+
+// MetricsEnabled reports whether the metrics listener should run.
+func (c *Config) MetricsEnabled() bool {
+	return c.MetricsListen != "" && c.MetricsListen != "off"
+}
+
+// SlogLevel is LogLevel as a slog.Level; info for anything Validate rejects.
+func (c *Config) SlogLevel() slog.Level {
+	switch c.LogLevel {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// fillDefaults fills what depends on the environment or on other fields.
+func (c *Config) fillDefaults(getenv func(string) string, euid int) {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir(getenv, euid)
+	}
+	for i := range c.Syncs {
+		if c.Syncs[i].Name == "" && c.Syncs[i].Dir != "" {
+			c.Syncs[i].Name = nameFromDir(c.Syncs[i].Dir)
+		}
+	}
+}
+
+// nameFromDir derives a sync name from its directory: the last element,
+// with characters outside [A-Za-z0-9._-] replaced by "-".
+func nameFromDir(dir string) string {
+	base := filepath.Base(filepath.Clean(dir))
+	name := strings.Trim(strings.Map(func(r rune) rune {
+		if validNameRune(r) {
+			return r
+		}
+		return '-'
+	}, base), "-.")
+	if name == "" {
+		return "sync"
+	}
+	return name
+}
+
+func validNameRune(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+}
