@@ -110,17 +110,20 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("state file %s is not a regular file", path)
 	case fi.Size() == 0:
 		// bbolt would silently initialise an empty file; an empty file is a
-		// store that lost its content, so it is handled as corrupt.
-		if err := moveAside(path, opts.Now, logger, errors.New("file is empty")); err != nil {
+		// store that lost its content, so it is handled as corrupt. Under
+		// the lock it is checked again: a kvsync starting at this very
+		// moment may just be initialising it.
+		moved, err := moveAside(path, opts, logger, errors.New("file is empty"), func(fi os.FileInfo) bool { return fi.Size() == 0 })
+		if err != nil {
 			return nil, err
 		}
-		fresh = true
+		fresh = moved
 	}
 
 	db, err := openBolt(path, opts.Timeout)
 	var ce *corruptError
 	if errors.As(err, &ce) {
-		if err := moveAside(path, opts.Now, logger, ce.err); err != nil {
+		if _, err := moveAside(path, opts, logger, ce.err, nil); err != nil {
 			return nil, err
 		}
 		fresh = true
@@ -150,13 +153,15 @@ func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
 		if p == nil {
 			return
 		}
-		// The half-opened DB is unreachable; closing its file releases the
-		// lock so the replacement can be opened. Its mapping stays leaked,
-		// which is acceptable for an event this rare.
+		// A half-opened DB is unreachable: its mapping stays leaked, which
+		// is acceptable for an event this rare, but its lock must go so the
+		// file can be moved aside and replaced.
 		if db != nil {
 			closeQuietly(db)
-		} else if file != nil {
-			_ = file.Close()
+		}
+		if file != nil {
+			unlockFile(file)
+			_ = file.Close() // harmless if Close above got that far
 		}
 		db, err = nil, &corruptError{fmt.Errorf("bbolt panicked: %v", p)}
 	}()
@@ -179,6 +184,7 @@ func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
 	}
 	if verr := validate(db, file); verr != nil {
 		closeQuietly(db)
+		_ = file.Close()
 		return nil, &corruptError{verr}
 	}
 	return db, nil
@@ -226,9 +232,31 @@ func closeQuietly(db *bolt.DB) {
 	_ = db.Close()
 }
 
-// moveAside renames a damaged file out of the way, keeping it for inspection.
-func moveAside(path string, now func() time.Time, logger *slog.Logger, cause error) error {
-	base := path + ".corrupt-" + strconv.FormatInt(now().Unix(), 10)
+// moveAside renames a damaged file out of the way, keeping it for
+// inspection. It holds the file's lock meanwhile, so a file another kvsync
+// has open is left alone (ErrInUse); still, if not nil, re-checks under the
+// lock that the file is still damaged, and moveAside reports whether it moved.
+func moveAside(path string, opts Options, logger *slog.Logger, cause error, still func(os.FileInfo) bool) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, fmt.Errorf("state file %s: %w", path, err)
+	}
+	defer f.Close() // releases the lock, after the rename
+	if err := lockFile(f, opts.Timeout); errors.Is(err, ErrInUse) {
+		return false, fmt.Errorf("state file %s is %w (lock not acquired within %s)", path, ErrInUse, opts.Timeout)
+	} else if err != nil {
+		return false, fmt.Errorf("state file %s: lock: %w", path, err)
+	}
+	if still != nil {
+		fi, err := f.Stat()
+		if err != nil {
+			return false, fmt.Errorf("state file %s: %w", path, err)
+		}
+		if !still(fi) {
+			return false, nil
+		}
+	}
+	base := path + ".corrupt-" + strconv.FormatInt(opts.Now().Unix(), 10)
 	dst := base
 	for i := 1; ; i++ {
 		if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
@@ -237,11 +265,11 @@ func moveAside(path string, now func() time.Time, logger *slog.Logger, cause err
 		dst = base + "-" + strconv.Itoa(i)
 	}
 	if err := os.Rename(path, dst); err != nil {
-		return fmt.Errorf("state file %s is unreadable (%v) and could not be moved aside: %w", path, cause, err)
+		return false, fmt.Errorf("state file %s is unreadable (%v) and could not be moved aside: %w", path, cause, err)
 	}
 	logger.Warn("state file is unreadable; moved it aside and starting with an empty store (a full reconcile follows)",
 		"file", path, "moved_to", dst, "err", cause)
-	return nil
+	return true, nil
 }
 
 // Path is the file the store lives in.

@@ -520,3 +520,91 @@ func TestDamagedPagesNeverCrash(t *testing.T) {
 	}
 	t.Logf("%d of 40 damaged variants were detected as corrupt", fresh)
 }
+
+// BenchmarkOpenValidate100k measures startup: Open reads and decodes every
+// record of a 100,000-key store to detect damage early.
+func BenchmarkOpenValidate100k(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "state.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for batch := range 10 {
+		recs := make(map[string]Record, 10000)
+		for i := range 10000 {
+			recs[fmt.Sprintf("site/%d/%06d.html", batch, i)] = sampleRecord(i)
+		}
+		if err := s.PutBatch("acct/ns", recs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		s, err := Open(path, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if s.Fresh() {
+			b.Fatal("a good store was taken for corrupt")
+		}
+		s.Close()
+	}
+}
+
+func BenchmarkGet(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "state.db"), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	recs := make(map[string]Record, 10000)
+	for i := range 10000 {
+		recs[fmt.Sprintf("site/assets/%06d.html", i)] = sampleRecord(i)
+	}
+	if err := s.PutBatch("acct/ns", recs); err != nil {
+		b.Fatal(err)
+	}
+	i := 0
+	for b.Loop() {
+		if _, ok, err := s.Get("acct/ns", fmt.Sprintf("site/assets/%06d.html", i%10000)); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
+		i++
+	}
+}
+
+// TestLockedDamagedFileIsLeftAlone: a file another process holds is never
+// judged or moved, even when its content looks empty or broken.
+func TestLockedDamagedFileIsLeftAlone(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		content []byte
+	}{{"zero length", nil}, {"garbage", []byte("garbage garbage garbage")}} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "state.db")
+			if err := os.WriteFile(path, tc.content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			holder, err := os.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Close()
+			if err := lockFile(holder, 0); err != nil {
+				t.Fatal(err)
+			}
+			_, err = Open(path, Options{Timeout: 50 * time.Millisecond})
+			if !errors.Is(err, ErrInUse) {
+				t.Errorf("Open = %v, want ErrInUse", err)
+			}
+			if m, _ := filepath.Glob(path + ".corrupt-*"); len(m) != 0 {
+				t.Errorf("a locked file was moved aside: %v", m)
+			}
+			if b, err := os.ReadFile(path); err != nil || !bytes.Equal(b, tc.content) {
+				t.Errorf("locked file changed: %q, %v", b, err)
+			}
+		})
+	}
+}
