@@ -94,7 +94,13 @@ func openStore(dir string, now func() time.Time, logger *slog.Logger) (*store, e
 	if dir == "" {
 		return s, nil
 	}
-	w, err := openWAL(dir, logger, func(ref nsRef, m mutation, l loc) {
+	w, err := openWAL(dir, logger)
+	if err != nil {
+		return nil, err
+	}
+	// applyOne keeps only value locations once s.log is set.
+	s.log = w
+	err = w.load(func(ref nsRef, m mutation, l loc) {
 		ns := s.nss[ref]
 		if ns == nil {
 			ns = &namespace{title: ref.id, keys: make(map[string]*item)}
@@ -103,9 +109,9 @@ func openStore(dir string, now func() time.Time, logger *slog.Logger) (*store, e
 		s.applyOne(ns, m, l)
 	})
 	if err != nil {
+		w.f.Close()
 		return nil, err
 	}
-	s.log = w
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.maybeCompactLocked()

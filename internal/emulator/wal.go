@@ -48,7 +48,8 @@ type wal struct {
 	compactMinGarbage int64
 }
 
-func openWAL(dir string, logger *slog.Logger, replay func(nsRef, mutation, loc)) (*wal, error) {
+// openWAL opens (creating) the log; load must be called next.
+func openWAL(dir string, logger *slog.Logger) (*wal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("emulator: data dir %s: %w", dir, err)
 	}
@@ -57,12 +58,7 @@ func openWAL(dir string, logger *slog.Logger, replay func(nsRef, mutation, loc))
 	if err != nil {
 		return nil, fmt.Errorf("emulator: open %s: %w", path, err)
 	}
-	w := &wal{dir: dir, logger: logger, f: f, compactMinGarbage: defaultCompactMinGarbage}
-	if err := w.load(replay); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return w, nil
+	return &wal{dir: dir, logger: logger, f: f, compactMinGarbage: defaultCompactMinGarbage}, nil
 }
 
 // load replays the log and cuts off an unreadable tail.
