@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,7 +38,7 @@ var (
 // Credentials authenticate to the API: an API token (preferred), or a
 // global API key with its account email.
 //
-// Every way of printing them (fmt verbs, %#v, slog) redacts the secrets and
+// Every way of printing them (fmt verbs, %#v, slog, JSON) redacts the secrets and
 // says where they came from instead. That cannot reach a Credentials held in
 // an unexported field of another struct printed with %v: fmt cannot call
 // methods there, so keep them in exported fields or out of printed structs.
@@ -82,18 +83,34 @@ func (c Credentials) Format(f fmt.State, verb rune) {
 
 // LogValue logs the kind and source of the credentials, never the secret.
 func (c Credentials) LogValue() slog.Value {
-	kind := "none"
-	switch {
-	case c.Token != "":
-		kind = "api_token"
-	case c.APIKey != "":
-		kind = "global_api_key"
-	}
-	attrs := []slog.Attr{slog.String("kind", kind), slog.String("source", c.source)}
-	if c.Token == "" && c.Email != "" {
-		attrs = append(attrs, slog.String("email", c.Email))
+	r := c.redacted()
+	attrs := []slog.Attr{slog.String("kind", r.Kind), slog.String("source", r.Source)}
+	if r.Email != "" {
+		attrs = append(attrs, slog.String("email", r.Email))
 	}
 	return slog.GroupValue(attrs...)
+}
+
+// MarshalJSON writes the redacted form. slog's JSON handler marshals a
+// struct that merely contains Credentials this way, not through LogValue.
+func (c Credentials) MarshalJSON() ([]byte, error) { return json.Marshal(c.redacted()) }
+
+type redactedCredentials struct {
+	Kind   string `json:"kind"`
+	Source string `json:"source"`
+	Email  string `json:"email,omitempty"`
+}
+
+func (c Credentials) redacted() redactedCredentials {
+	r := redactedCredentials{Kind: "none", Source: c.source}
+	switch {
+	case c.Token != "":
+		r.Kind = "api_token"
+	case c.APIKey != "":
+		r.Kind = "global_api_key"
+		r.Email = c.Email
+	}
+	return r
 }
 
 // ResolveCredentials finds the API credentials, trying in order:
