@@ -193,7 +193,7 @@ func TestParseValues(t *testing.T) {
 		{"default_excludes", s.DefaultExcludes, false},
 		{"include_hidden", s.IncludeHidden, true},
 		{"ttl days", s.Expiration[0].TTL, 36 * time.Hour},
-		{"at", s.Expiration[1].At.UTC(), time.Date(2030, 1, 2, 2, 4, 5, 0, time.UTC)},
+		{"at in UTC", s.Expiration[1].At, time.Date(2030, 1, 2, 2, 4, 5, 0, time.UTC)},
 		{"default ttl", s.DefaultExpiration, ExpirationRule{TTL: 30 * 24 * time.Hour}},
 		{"delete", s.Delete, DeletePolicyExpire},
 		{"delete_ttl", s.DeleteTTL, 2 * time.Minute},

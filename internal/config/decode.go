@@ -297,7 +297,9 @@ func (d *decoder) time(n *yaml.Node, path string) (time.Time, bool) {
 		d.fail(n, path, ErrInvalid, "%q is not an RFC 3339 time such as 2030-01-01T00:00:00Z", n.Value)
 		return time.Time{}, false
 	}
-	return t, true
+	// The zone carries no meaning for an expiration instant; UTC makes equal
+	// instants compare equal with == and reflect.DeepEqual.
+	return t.UTC(), true
 }
 
 func (d *decoder) size(n *yaml.Node, path string) (int64, bool) {
