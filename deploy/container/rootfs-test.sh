@@ -18,7 +18,7 @@
 #      kernel-chosen port), then run `kvsync sync` twice inside the root with
 #      chroot --userspec=65532:65532, pointing it at the emulator through
 #      CLOUDFLARE_API_BASE_URL / CLOUDFLARE_API_TOKEN (the first pass uploads,
-#      the second reopens the state database).
+#      the second reopens the state database and must write nothing).
 #   4. Check with curl against the emulator's REST API: the key list is exactly
 #      the expected keys, every value is byte-identical to its file, the
 #      sidecar's metadata arrived and the sidecar itself was not uploaded; and
@@ -162,6 +162,10 @@ for pass in 1 2; do
 	fi
 	log "sync pass $pass OK"
 done
+# The second pass must find everything in the state database the first one
+# wrote under the read-only root, and rewrite nothing.
+grep -q 'msg="full sync finished".* written=0 unchanged=3 ' "$tmp/sync2.log" ||
+	{ cat "$tmp/sync2.log" >&2; die "the second pass did not find all 3 keys unchanged in the state database"; }
 
 # --- 4. what arrived --------------------------------------------------------
 api=$base/accounts/$account/storage/kv/namespaces/$namespace
