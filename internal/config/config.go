@@ -66,13 +66,17 @@ type API struct {
 	// Cloudflare allows 1,200 API requests per 5 minutes per token, counted
 	// across every client using it, and going over blocks the token for 5
 	// minutes. A bucket admits at most Rate×300+Burst requests in any 5
-	// minutes, so Validate rejects values where that exceeds 1,200. The
+	// minutes, so Validate rejects values where that exceeds Budget. The
 	// defaults (1000/300 per second, burst 100) leave 100 requests of
 	// headroom, as wrangler does, for a dashboard or CLI sharing the token;
 	// lower Rate if other tools use the same token heavily.
 	Rate float64 `yaml:"rate"`
 	// Burst is the bucket size; see Rate.
 	Burst int `yaml:"burst"`
+	// Budget is the number of API requests the account may make per 5
+	// minutes: 1,200 unless Cloudflare raised it for the account. It only
+	// bounds Rate and Burst; kvsync never spends it all.
+	Budget int `yaml:"budget"`
 	// Concurrency is how many requests may be in flight at once, 1..64.
 	Concurrency int `yaml:"concurrency"`
 	// Timeout bounds one request; bulk requests can carry up to 100 MB.
@@ -166,6 +170,7 @@ const (
 	defaultBaseURL        = "https://api.cloudflare.com/client/v4"
 	defaultRate           = 1000.0 / 300
 	defaultBurst          = 100
+	defaultBudget         = 1200
 	defaultConcurrency    = 4
 	defaultTimeout        = 5 * time.Minute
 	defaultMaxRetries     = 5
@@ -196,6 +201,7 @@ func baseDefaults() Config {
 			BaseURL:     defaultBaseURL,
 			Rate:        defaultRate,
 			Burst:       defaultBurst,
+			Budget:      defaultBudget,
 			Concurrency: defaultConcurrency,
 			Timeout:     defaultTimeout,
 			MaxRetries:  defaultMaxRetries,

@@ -41,7 +41,7 @@ func TestDefaults(t *testing.T) {
 	if c.StateDir != DefaultStateDir(os.Getenv, os.Geteuid()) {
 		t.Errorf("StateDir = %q, want DefaultStateDir of the process environment", c.StateDir)
 	}
-	wantAPI := API{BaseURL: "https://api.cloudflare.com/client/v4", Rate: 1000.0 / 300, Burst: 100, Concurrency: 4, Timeout: 5 * time.Minute, MaxRetries: 5}
+	wantAPI := API{BaseURL: "https://api.cloudflare.com/client/v4", Rate: 1000.0 / 300, Burst: 100, Budget: 1200, Concurrency: 4, Timeout: 5 * time.Minute, MaxRetries: 5}
 	if c.API != wantAPI {
 		t.Errorf("API defaults = %+v, want %+v", c.API, wantAPI)
 	}
@@ -244,8 +244,9 @@ func TestValidationErrors(t *testing.T) {
 		{"base url query", y("api:", "  base_url: https://h/v4?x=1", "  account_id: a", "syncs: [{dir: /a, namespace_id: n}]"), "api.base_url", 2, ErrInvalid, "no query"},
 		{"account missing", y("api:", "  rate: 1", "syncs: [{dir: /a, namespace_id: n}]"), "api.account_id", 1, ErrRequired, "CLOUDFLARE_ACCOUNT_ID"},
 		{"account too long", y("api: {account_id: 0123456789abcdef0123456789abcdef0}", "syncs: [{dir: /a, namespace_id: n}]"), "api.account_id", 1, ErrInvalid, "33 characters; ids have at most 32"},
-		{"rate budget", y("api:", "  account_id: a", "  rate: 4", "  burst: 1", "syncs: [{dir: /a, namespace_id: n}]"), "api.rate, api.burst", 3, ErrConflict, "= 1201 requests per 5 minutes, over Cloudflare's 1,200 per 5 minutes"},
-		{"burst alone over budget", y("api:", "  account_id: a", "  burst: 201", "syncs: [{dir: /a, namespace_id: n}]"), "api.rate, api.burst", 3, ErrConflict, "over Cloudflare's 1,200"},
+		{"rate budget", y("api:", "  account_id: a", "  rate: 4", "  burst: 1", "syncs: [{dir: /a, namespace_id: n}]"), "api.rate, api.burst", 3, ErrConflict, "= 1201 requests per 5 minutes, over the account's budget of 1200 per 5 minutes"},
+		{"over a raised budget", y("api:", "  account_id: a", "  rate: 100", "  budget: 30000", "syncs: [{dir: /a, namespace_id: n}]"), "api.rate, api.burst", 3, ErrConflict, "over the account's budget of 30000"},
+		{"burst alone over budget", y("api:", "  account_id: a", "  burst: 201", "syncs: [{dir: /a, namespace_id: n}]"), "api.rate, api.burst", 3, ErrConflict, "over the account's budget of 1200"},
 		{"rate zero", y("api:", "  account_id: a", "  rate: 0", "syncs: [{dir: /a, namespace_id: n}]"), "api.rate", 3, ErrInvalid, "must be above 0"},
 		{"rate nan", y("api:", "  account_id: a", "  rate: .nan", "syncs: [{dir: /a, namespace_id: n}]"), "api.rate", 3, ErrInvalid, "finite"},
 		{"burst zero", y("api:", "  account_id: a", "  burst: 0", "syncs: [{dir: /a, namespace_id: n}]"), "api.burst", 3, ErrInvalid, "at least 1"},
@@ -346,6 +347,7 @@ func TestValidConfigs(t *testing.T) {
 		{"metrics off", y("metrics_listen: ''", "api: {account_id: a}", "syncs: [{dir: /a, namespace_id: n}]")},
 		{"metrics public", y("metrics_listen: '0.0.0.0:9464'", "api: {account_id: a}", "syncs: [{dir: /a, namespace_id: n}]")},
 		{"rate budget exactly 1200", y("api: {account_id: a, rate: 3, burst: 300}", "syncs: [{dir: /a, namespace_id: n}]")},
+		{"raised account budget", y("api: {account_id: a, rate: 100, burst: 100, budget: 30100}", "syncs: [{dir: /a, namespace_id: n}]")},
 		{"same namespace disjoint prefixes", y("api: {account_id: a}", "syncs:", "  - {dir: /a, namespace_id: n, prefix: a/}", "  - {dir: /b, namespace_id: n, prefix: b/}")},
 		{"same prefix other namespaces", y("api: {account_id: a}", "syncs:", "  - {dir: /a, name: a, namespace_id: n1}", "  - {dir: /a, name: b, namespace_id: n2}")},
 		{"nulls keep defaults", y("log_level:", "api: {account_id: a, rate: ~}", "syncs: [{dir: /a, namespace_id: n, quiet: null}]")},

@@ -17,8 +17,7 @@ import (
 
 // Limits Validate enforces.
 const (
-	// rateBudget requests per rateWindow is Cloudflare's API limit per token.
-	rateBudget        = 1200
+	// The account's budget (api.budget) is counted per rateWindow seconds.
 	rateWindowSeconds = 300
 	maxConcurrency    = 64
 	// maxIDLength is the schema's maxLength for account and namespace ids.
@@ -128,15 +127,19 @@ func (v *validator) api(a *API) {
 		v.fail("api.burst", ErrInvalid, "%d: must be at least 1", a.Burst)
 		rateOK = false
 	}
+	if a.Budget < 1 {
+		v.fail("api.budget", ErrInvalid, "%d requests per 5 minutes: must be at least 1", a.Budget)
+		rateOK = false
+	}
 	if rateOK {
-		if window := a.Rate*rateWindowSeconds + float64(a.Burst); window > rateBudget {
+		if window := a.Rate*rateWindowSeconds + float64(a.Burst); window > float64(a.Budget) {
 			where := "api.rate"
 			if !v.src.has(where) && v.src.has("api.burst") {
 				where = "api.burst"
 			}
 			v.failAt(where, "api.rate, api.burst", ErrConflict,
-				"rate×300 + burst = %s + %d = %s requests per 5 minutes, over Cloudflare's 1,200 per 5 minutes per token (going over blocks the token for 5 minutes); lower rate or burst",
-				strconv.FormatFloat(a.Rate*rateWindowSeconds, 'f', -1, 64), a.Burst, strconv.FormatFloat(window, 'f', -1, 64))
+				"rate×300 + burst = %s + %d = %s requests per 5 minutes, over the account's budget of %d per 5 minutes (api.budget; Cloudflare's is 1,200 unless raised for the account, and going over blocks the token for 5 minutes); lower rate or burst",
+				strconv.FormatFloat(a.Rate*rateWindowSeconds, 'f', -1, 64), a.Burst, strconv.FormatFloat(window, 'f', -1, 64), a.Budget)
 		}
 	}
 	if a.Concurrency < 1 || a.Concurrency > maxConcurrency {
