@@ -1,0 +1,274 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/time/rate"
+
+	"github.com/kvsync/kvsync/internal/config"
+	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/metrics"
+	"github.com/kvsync/kvsync/ratelimit"
+	"github.com/kvsync/kvsync/uploader"
+	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/watcher"
+)
+
+// errSyncFailed marks a run that completed but left keys unwritten.
+var errSyncFailed = errors.New("some keys were not synced")
+
+// commonFlags are the flags run, sync and plan share.
+type commonFlags struct {
+	cfg         config.Flags
+	local       bool
+	localListen string
+	drain       time.Duration
+}
+
+func (c *commonFlags) register(fsName string, fs interface {
+	BoolVar(*bool, string, bool, string)
+	StringVar(*string, string, string, string)
+	DurationVar(*time.Duration, string, time.Duration, string)
+}) {
+	fs.BoolVar(&c.local, "local", false, "start the built-in KV emulator (persisted under the state directory) and sync into it: no Cloudflare account needed")
+	def := "127.0.0.1:0"
+	if fsName == "run" {
+		def = "127.0.0.1:8787"
+	}
+	fs.StringVar(&c.localListen, "local-listen", def, "with --local: where the emulator listens")
+	fs.DurationVar(&c.drain, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long in-flight work may take to finish")
+}
+
+// app is one wired process: config, logger, metrics, the decorated KV client,
+// the state store, and one watcher plus engine per configured sync.
+type app struct {
+	cfg   config.Config
+	log   *slog.Logger
+	reg   *prometheus.Registry
+	m     *metrics.Metrics
+	kv    kvapi.KV
+	store *state.Store
+	local *localEmulator
+	units []*unit
+}
+
+type unit struct {
+	cfg     config.Sync
+	watcher *watcher.Watcher
+	engine  *uploader.Engine
+}
+
+// loadConfig builds the config from the flags, environment and file; it
+// needs no network and no state, so check uses it alone.
+func loadConfig(cf *commonFlags) (config.Config, error) {
+	f := cf.cfg
+	if cf.local {
+		// The emulator accepts any ids; fill them so one flag is enough.
+		if f.Config == "" && f.NamespaceID == "" {
+			f.NamespaceID = "local"
+		}
+		if f.AccountID == "" {
+			f.AccountID = "local"
+		}
+		// Replaced by the emulator's real address once it listens.
+		f.APIBaseURL = "http://127.0.0.1/client/v4"
+	}
+	cfg, err := config.FromSources(f, os.Getenv)
+	if err != nil {
+		return cfg, usageError{err}
+	}
+	return cfg, nil
+}
+
+// newApp wires everything but starts nothing that runs in the background,
+// except the local emulator when asked for.
+func newApp(ctx context.Context, cf *commonFlags, stderr io.Writer, dryRun bool) (*app, error) {
+	cfg, err := loadConfig(cf)
+	if err != nil {
+		return nil, err
+	}
+	logger, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	a := &app{cfg: cfg, log: logger, reg: prometheus.NewRegistry()}
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.m = metrics.New(a.reg, version)
+
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	var creds config.Credentials
+	if cf.local {
+		a.local, err = startLocalEmulator(ctx, filepath.Join(cfg.StateDir, "emulator"), cf.localListen, logger)
+		if err != nil {
+			return nil, err
+		}
+		a.cfg.API.BaseURL = a.local.baseURL
+		creds = config.Credentials{Token: localToken}
+	} else {
+		creds, err = config.ResolveCredentials(cfg.API, os.Getenv, logger)
+		if err != nil {
+			return nil, usageError{err}
+		}
+	}
+	if err := a.buildClient(creds); err != nil {
+		a.close()
+		return nil, err
+	}
+
+	a.store, err = state.Open(filepath.Join(cfg.StateDir, "state.db"), state.Options{Logger: logger})
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	if a.store.Fresh() {
+		logger.Info("no usable state store: the first sync compares with the namespace's key list and rewrites every file", "state", filepath.Join(cfg.StateDir, "state.db"))
+	}
+	for _, s := range a.cfg.Syncs {
+		u, err := a.newUnit(s, dryRun)
+		if err != nil {
+			a.close()
+			return nil, usageError{err}
+		}
+		a.units = append(a.units, u)
+	}
+	return a, nil
+}
+
+func (a *app) buildClient(creds config.Credentials) error {
+	tlsCfg, err := tlsConfig(a.cfg.API.CAFile)
+	if err != nil {
+		return usageError{err}
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.TLSClientConfig = tlsCfg
+	transport.MaxIdleConnsPerHost = a.cfg.API.Concurrency + 2
+	client, err := kvapi.New(kvapi.Options{
+		BaseURL:    a.cfg.API.BaseURL,
+		AccountID:  a.cfg.API.AccountID,
+		Token:      creds.Token,
+		Email:      creds.Email,
+		APIKey:     creds.APIKey,
+		HTTPClient: &http.Client{Transport: transport, Timeout: a.cfg.API.Timeout},
+		UserAgent:  "kvsync/" + version,
+	})
+	if err != nil {
+		return usageError{err}
+	}
+	lim := ratelimit.NewLimiter(ratelimit.LimiterOptions{
+		Rate:    rate.Limit(a.cfg.API.Rate),
+		Burst:   a.cfg.API.Burst,
+		Metrics: a.m,
+	})
+	a.kv = ratelimit.Retry(
+		ratelimit.Limit(metrics.Instrument(client, a.m, time.Now), lim),
+		ratelimit.RetryPolicy{MaxAttempts: a.cfg.API.MaxRetries + 1},
+		lim, a.m, a.log)
+	return nil
+}
+
+// tlsConfig trusts the system roots plus an optional CA bundle. There is
+// deliberately no way to turn verification off.
+func tlsConfig(caFile string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return cfg, nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("api.ca_file: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("api.ca_file %s: no PEM certificate found", caFile)
+	}
+	cfg.RootCAs = pool
+	return cfg, nil
+}
+
+func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
+	w, err := watcher.New(watcherOptions(s, a.log, a.m))
+	if err != nil {
+		return nil, fmt.Errorf("sync %q: %w", s.Name, err)
+	}
+	e, err := uploader.New(uploader.Options{
+		KV:            a.kv,
+		Store:         a.store,
+		Scope:         a.cfg.API.AccountID + "/" + s.NamespaceID,
+		Namespace:     s.NamespaceID,
+		Prefix:        s.Prefix,
+		Concurrency:   a.cfg.API.Concurrency,
+		Delete:        uploader.DeletePolicy(s.Delete),
+		DeleteTTL:     s.DeleteTTL,
+		MaxDeletes:    s.MaxDeletes,
+		BulkThreshold: s.BulkThreshold,
+		BulkMaxBytes:  s.BulkMaxBytes,
+		DryRun:        dryRun,
+		Reconcile:     a.store.Fresh(),
+		Logger:        a.log.With("sync", s.Name),
+		Metrics:       a.m,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sync %q: %w", s.Name, err)
+	}
+	return &unit{cfg: s, watcher: w, engine: e}, nil
+}
+
+func watcherOptions(s config.Sync, logger *slog.Logger, m *metrics.Metrics) watcher.Options {
+	rules := make([]watcher.ExpirationRule, len(s.Expiration))
+	for i, r := range s.Expiration {
+		rules[i] = watcher.ExpirationRule{Match: r.Match, TTL: r.TTL, At: r.At}
+	}
+	return watcher.Options{
+		Root:                 s.Dir,
+		Prefix:               s.Prefix,
+		Include:              s.Include,
+		Exclude:              s.Exclude,
+		NoDefaultExcludes:    !s.DefaultExcludes,
+		IncludeHidden:        s.IncludeHidden,
+		ExpirationRules:      rules,
+		DefaultExpiration:    desired.Expiration{TTL: s.DefaultExpiration.TTL, At: s.DefaultExpiration.At},
+		Quiet:                s.Quiet,
+		MaxDelay:             s.MaxDelay,
+		RescanInterval:       rescanInterval(s.RescanInterval),
+		AllowSymlinksOutside: s.FollowSymlinksOutside,
+		Logger:               logger.With("sync", s.Name),
+		Metrics:              m,
+	}
+}
+
+// rescanInterval maps the config's "0 disables" onto the watcher's "<0 disables".
+func rescanInterval(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}
+
+func (a *app) close() {
+	if a.store != nil {
+		if err := a.store.Close(); err != nil {
+			a.log.Error("closing the state store", "err", err)
+		}
+	}
+	if a.local != nil {
+		a.local.stop()
+	}
+}

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Exit codes, so scripts and CI can tell a failed file from a broken setup.
+const (
+	exitOK          = 0
+	exitSyncFailed  = 1 // the run finished but some key could not be written or was held back
+	exitUsage       = 2 // bad flags, bad config, missing credentials
+	exitRuntimeFail = 3 // the run could not proceed (state store, network setup, ...)
+)
+
+// usageError marks errors that are the caller's input, so they exit with exitUsage.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"run", "sync, then keep watching and syncing every change (the daemon)", cmdRun},
+		{"sync", "one full sync, then exit (for CI); non-zero exit if any file failed", cmdSync},
+		{"plan", "show what a sync would write and delete, writing nothing", cmdPlan},
+		{"check", "validate the config and the tree offline: keys, sidecars, sizes, expirations", cmdCheck},
+		{"emulator", "serve a local Workers KV API emulator", cmdEmulator},
+		{"version", "print the version", cmdVersion},
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printUsage(stderr)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(ctx, args[1:], stdout, stderr)
+		switch {
+		case err == nil:
+			return exitOK
+		case errors.Is(err, flag.ErrHelp):
+			return exitOK
+		case errors.Is(err, errSyncFailed):
+			fmt.Fprintf(stderr, "kvsync %s: %v\n", c.name, err)
+			return exitSyncFailed
+		case errors.As(err, new(usageError)):
+			fmt.Fprintf(stderr, "kvsync %s: %v\n", c.name, err)
+			return exitUsage
+		default:
+			fmt.Fprintf(stderr, "kvsync %s: %v\n", c.name, err)
+			return exitRuntimeFail
+		}
+	}
+	fmt.Fprintf(stderr, "kvsync: unknown command %q\n\n", args[0])
+	printUsage(stderr)
+	return exitUsage
+}
+
+func printUsage(w io.Writer) {
+	var b strings.Builder
+	b.WriteString("kvsync keeps a directory tree published in a Cloudflare Workers KV namespace.\n\nUsage:\n  kvsync <command> [flags]\n\nCommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(&b, "  %-9s %s\n", c.name, c.summary)
+	}
+	b.WriteString("\nRun 'kvsync <command> -h' for a command's flags.\n")
+	io.WriteString(w, b.String())
+}
+
+// newFlagSet returns a flag set that reports errors instead of exiting.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("kvsync "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parseFlags parses and turns a flag error into a usage error.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}

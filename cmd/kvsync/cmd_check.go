@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kvsync/kvsync/internal/config"
+	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/metrics"
+	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/watcher"
+)
+
+// problemSkips are the skip reasons that mean a file the user wants published
+// cannot be; excluded files and editor debris are intentional and not problems.
+var problemSkips = []string{"too_large", "key_invalid", "bad_metadata", "unreadable"}
+
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("check", stderr)
+	var cf commonFlags
+	cf.cfg.Register(fs)
+	cf.register("check", fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(&cf)
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return usageError{err}
+	}
+	if !cf.local {
+		if _, err := config.ResolveCredentials(cfg.API, os.Getenv, logger); err != nil {
+			fmt.Fprintf(stdout, "warning: %v\n", err)
+		}
+	}
+	problems := 0
+	for _, s := range cfg.Syncs {
+		m := metrics.New(prometheus.NewRegistry(), version)
+		w, err := watcher.New(watcherOptions(s, logger, m))
+		if err != nil {
+			return usageError{fmt.Errorf("sync %q: %w", s.Name, err)}
+		}
+		snap, err := w.Scan(ctx, desired.TriggerManual)
+		if err != nil {
+			return fmt.Errorf("sync %q: scanning %s: %w", s.Name, s.Dir, err)
+		}
+		if !snap.Complete {
+			fmt.Fprintf(stdout, "error: sync %q: %s could not be read whole: %s\n", s.Name, s.Dir, snap.Reason)
+			problems++
+		}
+		var keys int
+		var bytes int64
+		now := time.Now()
+		for _, st := range snap.States {
+			switch {
+			case st.Err != nil:
+				fmt.Fprintf(stdout, "error: %s: %v\n", st.Path, st.Err)
+				problems++
+			case !st.Expiration.At.IsZero() && st.Expiration.TTL == 0 &&
+				st.Expiration.At.Before(now.Add(kvapi.MinExpirationAheadSeconds*time.Second)):
+				fmt.Fprintf(stdout, "error: %s: key %q expires at %s, less than 60 s from now\n", st.Path, st.Key, st.Expiration.At.Format(time.RFC3339))
+				problems++
+			default:
+				keys++
+				bytes += st.Size
+			}
+		}
+		line := fmt.Sprintf("sync %q: %s -> namespace %s prefix %q: %d keys, %s", s.Name, s.Dir, s.NamespaceID, s.Prefix, keys, humanBytes(bytes))
+		for _, reason := range problemSkips {
+			if n := counterValue(m.FilesSkipped.WithLabelValues(reason)); n > 0 {
+				line += fmt.Sprintf(", %.0f skipped (%s)", n, reason)
+				problems += int(n)
+			}
+		}
+		fmt.Fprintln(stdout, line)
+	}
+	if problems > 0 {
+		return fmt.Errorf("%w: check found %d problems", errSyncFailed, problems)
+	}
+	fmt.Fprintln(stdout, "check: ok")
+	return nil
+}

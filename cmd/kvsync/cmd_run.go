@@ -1,0 +1,267 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/kvsync/kvsync/internal/config"
+	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/metrics"
+)
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run", stderr)
+	var cf commonFlags
+	cf.cfg.Register(fs)
+	cf.register("run", fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	a, err := newApp(ctx, &cf, stderr, false)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	if a.local != nil {
+		fmt.Fprintf(stdout, "kvsync: local emulator at %s (account %s); read a key with:\n  curl -H 'Authorization: Bearer %s' %s/accounts/%s/storage/kv/namespaces/%s/values/<key>\n",
+			a.local.baseURL, a.cfg.API.AccountID, localToken, a.local.baseURL, a.cfg.API.AccountID, a.cfg.Syncs[0].NamespaceID)
+	}
+
+	var ready atomic.Bool
+	metricsCtx, stopMetrics := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopMetrics()
+	if err := a.serveMetrics(metricsCtx, ready.Load); err != nil {
+		return err
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	sup := &supervisor{app: a, running: map[string]*runningUnit{}}
+	for _, u := range a.units {
+		sup.start(u)
+	}
+	go func() {
+		if err := sup.waitInitial(ctx); err != nil {
+			return
+		}
+		ready.Store(true)
+		a.log.Info("initial sync done; watching for changes", "syncs", len(a.units))
+		if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+			a.log.Warn("systemd readiness notification failed", "err", err)
+		}
+	}()
+
+	var watchdog <-chan time.Time
+	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
+		t := time.NewTicker(interval / 2)
+		defer t.Stop()
+		watchdog = t.C
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			a.log.Info("stopping: finishing in-flight work", "timeout", cf.drain)
+			daemon.SdNotify(false, daemon.SdNotifyStopping)
+			drainCtx, cancel := context.WithTimeout(context.Background(), cf.drain)
+			err := sup.stopAll(drainCtx)
+			cancel()
+			if err != nil {
+				a.log.Error("stopped before all work finished; it is picked up on the next start", "err", err)
+			}
+			return nil
+		case <-hup:
+			daemon.SdNotify(false, daemon.SdNotifyReloading)
+			sup.reload(ctx, &cf)
+			daemon.SdNotify(false, daemon.SdNotifyReady)
+		case <-watchdog:
+			daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+		}
+	}
+}
+
+// serveMetrics starts /metrics, /healthz and /readyz unless disabled, and
+// fails at once if the address cannot be bound.
+func (a *app) serveMetrics(ctx context.Context, ready func() bool) error {
+	addr := a.cfg.MetricsListen
+	if addr == "" || addr == "off" {
+		return nil
+	}
+	bound := make(chan net.Addr, 1)
+	failed := make(chan error, 1)
+	go func() {
+		failed <- metrics.Serve(ctx, metrics.ServerOptions{Addr: addr, Gatherer: a.reg, Ready: ready, Logger: a.log}, func(na net.Addr) { bound <- na })
+	}()
+	select {
+	case na := <-bound:
+		a.log.Info("metrics serving", "addr", na.String())
+		return nil
+	case err := <-failed:
+		if err == nil {
+			err = errors.New("stopped")
+		}
+		return fmt.Errorf("metrics_listen %s: %w", addr, err)
+	}
+}
+
+// supervisor runs one watcher and one engine per sync and replaces them on
+// reload.
+type supervisor struct {
+	app     *app
+	mu      sync.Mutex
+	running map[string]*runningUnit
+}
+
+type runningUnit struct {
+	u             *unit
+	stopWatcher   context.CancelFunc
+	stopEngine    context.CancelFunc
+	watcherDone   chan error
+	engineDone    chan error
+	firstSnapshot chan struct{}
+}
+
+// firstSnapshotSink tells readiness when the initial scan reached the engine.
+type firstSnapshotSink struct {
+	desired.Sink
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (f *firstSnapshotSink) Snapshot(s desired.Snapshot) {
+	f.Sink.Snapshot(s)
+	f.once.Do(func() { close(f.ch) })
+}
+
+func (s *supervisor) start(u *unit) {
+	ectx, stopEngine := context.WithCancel(context.Background())
+	wctx, stopWatcher := context.WithCancel(context.Background())
+	r := &runningUnit{
+		u: u, stopWatcher: stopWatcher, stopEngine: stopEngine,
+		watcherDone: make(chan error, 1), engineDone: make(chan error, 1),
+		firstSnapshot: make(chan struct{}),
+	}
+	go func() { r.engineDone <- u.engine.Run(ectx) }()
+	sink := &firstSnapshotSink{Sink: u.engine, ch: r.firstSnapshot}
+	go func() {
+		err := u.watcher.Run(wctx, sink)
+		if err != nil {
+			s.app.log.Error("watcher stopped", "sync", u.cfg.Name, "err", err)
+		}
+		r.watcherDone <- err
+	}()
+	s.mu.Lock()
+	s.running[u.cfg.Name] = r
+	s.mu.Unlock()
+}
+
+func (s *supervisor) waitInitial(ctx context.Context) error {
+	s.mu.Lock()
+	units := make([]*runningUnit, 0, len(s.running))
+	for _, r := range s.running {
+		units = append(units, r)
+	}
+	s.mu.Unlock()
+	for _, r := range units {
+		select {
+		case <-r.firstSnapshot:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := r.u.engine.WaitIdle(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stop ends a unit's watcher first, so nothing new arrives, then lets its
+// engine finish what is queued.
+func (s *supervisor) stop(ctx context.Context, r *runningUnit) error {
+	r.stopWatcher()
+	<-r.watcherDone
+	err := r.u.engine.Drain(ctx)
+	r.stopEngine()
+	<-r.engineDone
+	return err
+}
+
+func (s *supervisor) stopAll(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for name, r := range s.running {
+		if err := s.stop(ctx, r); err != nil {
+			errs = append(errs, fmt.Errorf("sync %q: %w", name, err))
+		}
+		delete(s.running, name)
+	}
+	return errors.Join(errs...)
+}
+
+// reload re-reads the config. Syncs whose settings did not change keep
+// running untouched (and rescan); changed ones finish their queued work
+// before their replacement starts, so no queued change is lost and no key is
+// ever written by two engines at once. A config that does not load leaves
+// everything as it was.
+func (s *supervisor) reload(ctx context.Context, cf *commonFlags) {
+	log := s.app.log
+	cfg, err := loadConfig(cf)
+	if err != nil {
+		log.Error("reload: config not applied; still running the previous one", "err", err)
+		return
+	}
+	if s.app.local != nil {
+		cfg.API.BaseURL = s.app.cfg.API.BaseURL
+	}
+	if !reflect.DeepEqual(cfg.API, s.app.cfg.API) || cfg.StateDir != s.app.cfg.StateDir || cfg.MetricsListen != s.app.cfg.MetricsListen {
+		log.Warn("reload: api, state_dir and metrics_listen changes take effect on restart only")
+	}
+	next := map[string]config.Sync{}
+	for _, sc := range cfg.Syncs {
+		next[sc.Name] = sc
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, r := range s.running {
+		sc, keep := next[name]
+		if keep && reflect.DeepEqual(sc, r.u.cfg) {
+			r.u.watcher.Rescan(desired.TriggerReload)
+			delete(next, name)
+			continue
+		}
+		if err := s.stop(ctx, r); err != nil {
+			log.Error("reload: sync stopped before its queue drained; the new one rescans", "sync", name, "err", err)
+		}
+		delete(s.running, name)
+		if !keep {
+			log.Info("reload: sync removed", "sync", name)
+		}
+	}
+	s.mu.Unlock()
+	for name, sc := range next {
+		u, err := s.app.newUnit(sc, false)
+		if err != nil {
+			log.Error("reload: sync not started", "sync", name, "err", err)
+			continue
+		}
+		s.start(u)
+		log.Info("reload: sync (re)started", "sync", name)
+	}
+	s.mu.Lock()
+	s.app.cfg.Syncs = cfg.Syncs
+}

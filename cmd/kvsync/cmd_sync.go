@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/uploader"
+)
+
+func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("sync", stderr)
+	var cf commonFlags
+	cf.cfg.Register(fs)
+	cf.register("sync", fs)
+	dryRun := fs.Bool("dry-run", false, "show what would be written and deleted, like plan")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *dryRun {
+		return plan(ctx, &cf, stdout, stderr)
+	}
+	a, err := newApp(ctx, &cf, stderr, false)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+
+	start := time.Now()
+	prog := startProgress(stderr, a.m)
+	var total uploader.Report
+	var runErr error
+	for _, u := range a.units {
+		snap, err := u.watcher.Scan(ctx, desired.TriggerStartup)
+		if err != nil {
+			runErr = errors.Join(runErr, fmt.Errorf("sync %q: scanning %s: %w", u.cfg.Name, u.cfg.Dir, err))
+			continue
+		}
+		rep, err := u.engine.SyncOnce(ctx, snap)
+		addReport(&total, rep)
+		if err != nil && ctx.Err() != nil {
+			runErr = errors.Join(runErr, err)
+			break
+		}
+		if rep.DeletesRefused != "" {
+			a.log.Warn("deletes refused", "sync", u.cfg.Name, "reason", rep.DeletesRefused)
+		}
+	}
+	prog.stop()
+	fmt.Fprintln(stdout, summaryLine(total, time.Since(start)))
+	for _, f := range total.Failures {
+		fmt.Fprintf(stderr, "failed: %s (%s): %v\n", f.Key, f.Path, f.Err)
+	}
+	if a.local != nil {
+		fmt.Fprintf(stdout, "The local namespace is kept in %s; serve it with: kvsync emulator --data %s\n", a.local.dataDir, a.local.dataDir)
+	}
+	if runErr != nil {
+		return runErr
+	}
+	if total.Failed > 0 || total.HeldBack > 0 {
+		return fmt.Errorf("%w: %d failed, %d held back", errSyncFailed, total.Failed, total.HeldBack)
+	}
+	a.m.LastSuccess.SetToCurrentTime()
+	return nil
+}
+
+func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("plan", stderr)
+	var cf commonFlags
+	cf.cfg.Register(fs)
+	cf.register("plan", fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	return plan(ctx, &cf, stdout, stderr)
+}
+
+func plan(ctx context.Context, cf *commonFlags, stdout, stderr io.Writer) error {
+	a, err := newApp(ctx, cf, stderr, true)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	var total uploader.Report
+	for _, u := range a.units {
+		snap, err := u.watcher.Scan(ctx, desired.TriggerManual)
+		if err != nil {
+			return fmt.Errorf("sync %q: scanning %s: %w", u.cfg.Name, u.cfg.Dir, err)
+		}
+		rep, err := u.engine.Plan(ctx, snap)
+		if err != nil && ctx.Err() != nil {
+			return err
+		}
+		for _, k := range rep.WouldWrite {
+			fmt.Fprintf(stdout, "write  %s\n", k)
+		}
+		for _, k := range rep.WouldDelete {
+			fmt.Fprintf(stdout, "delete %s\n", k)
+		}
+		if rep.DeletesRefused != "" {
+			fmt.Fprintf(stdout, "# sync %q: no deletes: %s\n", u.cfg.Name, rep.DeletesRefused)
+		}
+		addReport(&total, rep)
+	}
+	for _, f := range total.Failures {
+		fmt.Fprintf(stderr, "held back: %s (%s): %v\n", f.Key, f.Path, f.Err)
+	}
+	fmt.Fprintf(stdout, "plan: %d to write, %d to delete, %d unchanged, %d held back\n",
+		len(total.WouldWrite), len(total.WouldDelete), total.Unchanged, total.HeldBack)
+	return nil
+}
+
+func addReport(total *uploader.Report, r uploader.Report) {
+	total.Written += r.Written
+	total.Unchanged += r.Unchanged
+	total.Deleted += r.Deleted
+	total.Kept += r.Kept
+	total.Failed += r.Failed
+	total.HeldBack += r.HeldBack
+	total.Bytes += r.Bytes
+	total.WouldWrite = append(total.WouldWrite, r.WouldWrite...)
+	total.WouldDelete = append(total.WouldDelete, r.WouldDelete...)
+	total.Failures = append(total.Failures, r.Failures...)
+}
+
+func summaryLine(r uploader.Report, took time.Duration) string {
+	parts := []string{
+		fmt.Sprintf("%d written (%s)", r.Written, humanBytes(r.Bytes)),
+		fmt.Sprintf("%d unchanged", r.Unchanged),
+		fmt.Sprintf("%d deleted", r.Deleted),
+	}
+	if r.Kept > 0 {
+		parts = append(parts, fmt.Sprintf("%d kept", r.Kept))
+	}
+	parts = append(parts, fmt.Sprintf("%d failed", r.Failed))
+	if r.HeldBack > 0 {
+		parts = append(parts, fmt.Sprintf("%d held back", r.HeldBack))
+	}
+	return fmt.Sprintf("kvsync: %s in %s", strings.Join(parts, ", "), took.Round(time.Millisecond))
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
