@@ -38,12 +38,14 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type wal struct {
-	dir    string
-	logger *slog.Logger
-	f      *os.File
-	size   int64 // end of the log
-	live   int64 // bytes of put records still current
-	closed bool
+	dir     string
+	logger  *slog.Logger
+	f       *os.File
+	size    int64 // end of the log
+	live    int64 // bytes of put records still current
+	closed  bool
+	bw      *bufio.Writer // reused across appends
+	scratch []byte
 
 	compactMinGarbage int64
 }
@@ -279,8 +281,12 @@ func (w *wal) append(ref nsRef, muts []mutation) ([]loc, error) {
 	if w.closed {
 		return nil, errors.New("emulator: closed")
 	}
-	bw := bufio.NewWriterSize(w.f, 256<<10)
-	locs, end, err := writeRecords(bw, w.size, ref, muts, make([]byte, 0, 1024))
+	if w.bw == nil {
+		w.bw = bufio.NewWriterSize(w.f, 256<<10)
+		w.scratch = make([]byte, 0, 1024)
+	}
+	w.bw.Reset(w.f)
+	locs, end, err := writeRecords(w.bw, w.size, ref, muts, w.scratch)
 	if err == nil {
 		err = w.f.Sync()
 	}
