@@ -84,12 +84,18 @@ func (f multipartFrame) length(valueSize int64) int64 {
 // putBody streams head, exactly size bytes of the value, then tail. A value
 // reader that ends early or has bytes left over fails the body before the
 // tail, so the request is cut off instead of carrying a corrupt value.
+//
+// The transport may Close a body from another goroutine while it is being
+// read, so Read never touches value's lifetime and Close runs once.
 type putBody struct {
 	head, tail []byte
 	value      io.ReadCloser
+	valueDone  bool
 	remain     int64
 	fault      *bodyFault
 	err        error
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 func (b *putBody) Read(p []byte) (int, error) {
@@ -101,13 +107,12 @@ func (b *putBody) Read(p []byte) (int, error) {
 		b.head = b.head[n:]
 		return n, nil
 	}
-	if b.value != nil {
+	if !b.valueDone {
 		if b.remain == 0 {
 			if err := b.checkExhausted(); err != nil {
 				return 0, b.fail(err)
 			}
-			b.value.Close()
-			b.value = nil
+			b.valueDone = true
 		} else {
 			if int64(len(p)) > b.remain {
 				p = p[:b.remain]
@@ -155,10 +160,8 @@ func (b *putBody) fail(err error) error {
 }
 
 func (b *putBody) Close() error {
-	if b.value != nil {
-		return b.value.Close()
-	}
-	return nil
+	b.closeOnce.Do(func() { b.closeErr = b.value.Close() })
+	return b.closeErr
 }
 
 // bulkItem is one pair of a bulk write, framed: head is `[{"key":…,"value":"`

@@ -55,7 +55,8 @@ type Options struct {
 	// Email and APIKey are the legacy X-Auth-Email/X-Auth-Key pair.
 	Email, APIKey string
 	// HTTPClient sends the requests; when nil, one with connect, TLS and
-	// response-header timeouts is used.
+	// response-header timeouts is used. The Client works on a copy that
+	// follows redirects only within the original scheme, host and port.
 	HTTPClient *http.Client
 	// UserAgent is sent with every request; DefaultUserAgent when empty.
 	UserAgent string
@@ -152,6 +153,7 @@ func New(opts Options) (*Client, error) {
 	if c.hc == nil {
 		c.hc = defaultHTTPClient()
 	}
+	c.hc = sameOriginRedirects(c.hc)
 	if c.userAgent == "" {
 		c.userAgent = DefaultUserAgent
 	}
@@ -184,6 +186,29 @@ func defaultHTTPClient() *http.Client {
 	t.IdleConnTimeout = 90 * time.Second
 	t.MaxIdleConnsPerHost = 16
 	return &http.Client{Transport: t, Timeout: 15 * time.Minute}
+}
+
+// sameOriginRedirects returns a copy of hc that follows a redirect only to
+// the origin (scheme, host and port) of the original request. net/http drops
+// Authorization on a cross-domain redirect but forwards X-Auth-Email and
+// X-Auth-Key, and would follow https to http; neither may happen to a
+// credential. A refused redirect comes back as the 3xx reply, an *APIError.
+func sameOriginRedirects(hc *http.Client) *http.Client {
+	cp := *hc
+	next := hc.CheckRedirect
+	cp.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if first := via[0].URL; req.URL.Scheme != first.Scheme || req.URL.Host != first.Host {
+			return http.ErrUseLastResponse
+		}
+		if next != nil {
+			return next(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &cp
 }
 
 func validHeaderValue(v string) bool {

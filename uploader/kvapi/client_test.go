@@ -774,3 +774,67 @@ func ExampleNew() {
 	fmt.Println(c)
 	// Output: kvapi.Client{https://api.cloudflare.com/client/v4 account 023e105f4ecef8ad9ca31a8372d0c353, auth token}
 }
+
+// TestRedirectsStayOnOrigin: a redirect to another origin is not followed,
+// so neither the token nor the legacy key headers reach it.
+func TestRedirectsStayOnOrigin(t *testing.T) {
+	for _, legacy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("legacy=%v", legacy), func(t *testing.T) {
+			foreign, foreignHits := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
+				t.Errorf("foreign origin reached with Authorization %q X-Auth-Key %q", r.Header.Get("Authorization"), r.Header.Get("X-Auth-Key"))
+				writeOK(w, "null")
+			})
+			target := foreign.base.Scheme + "://" + foreign.base.Host + "/elsewhere"
+			c, _ := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
+				io.Copy(io.Discard, r.Body)
+				http.Redirect(w, r, target, http.StatusTemporaryRedirect)
+			}, func(o *Options) {
+				if legacy {
+					o.Token, o.Email, o.APIKey = "", "me@example.com", "legacykey"
+				}
+			})
+			err := c.PutValue(context.Background(), testNS, "k", Bytes([]byte("v")), PutOptions{})
+			if StatusCode(err) != http.StatusTemporaryRedirect || IsRetryable(err) {
+				t.Errorf("got %v, want the 307 as a permanent APIError", err)
+			}
+			if foreignHits.Load() != 0 {
+				t.Errorf("%d requests reached the foreign origin", foreignHits.Load())
+			}
+		})
+	}
+}
+
+// errorBodyReader is an endless reply body that counts what was read.
+type errorBodyReader struct{ n int64 }
+
+func (e *errorBodyReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	e.n += int64(len(p))
+	return len(p), nil
+}
+
+func (e *errorBodyReader) Close() error { return nil }
+
+// TestErrorBodyIsBounded: an endless error reply is read only up to the
+// limit (plus the small drain for connection reuse).
+func TestErrorBodyIsBounded(t *testing.T) {
+	c, err := New(Options{AccountID: testAccount, Token: testToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := &errorBodyReader{}
+	resp := &http.Response{StatusCode: 500, Header: http.Header{}, Body: body}
+	_, err = c.envelope(context.Background(), OpPut, "k", resp)
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.StatusCode != 500 || !strings.Contains(ae.Detail, "not a JSON envelope") {
+		t.Fatalf("got %v", err)
+	}
+	if len(ae.Detail) > 1000 {
+		t.Errorf("Detail quotes %d bytes of the body", len(ae.Detail))
+	}
+	if limit := int64(maxErrorBody + 64<<10); body.n > limit+32<<10 {
+		t.Errorf("read %d bytes of an error body, limit %d", body.n, limit)
+	}
+}
