@@ -167,7 +167,7 @@ func TestOpenAPIConformance(t *testing.T) {
 	metaTooBig := jsonMeta(`{"a":"` + strings.Repeat("x", 1018) + `"}`)
 	noValue := mustForm(t, "metadata", `{"a":1}`)
 	longASCII := strings.Repeat("k", 513)
-	longBytes := strings.Repeat("é", 300)    // 300 characters, 600 bytes
+	longBytes := strings.Repeat("é", 300)     // 300 characters, 600 bytes
 	escapedLong := strings.Repeat("%25", 200) // 200 bytes once decoded, 600 characters escaped
 	id33 := strings.Repeat("a", 33)
 
