@@ -42,6 +42,11 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		rep, err := u.engine.SyncOnce(ctx, snap)
 		addReport(&total, rep)
+		if !snap.Complete {
+			// What could be read was published; the run still fails, since
+			// part of the tree (maybe all of it) did not reach KV.
+			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: %s could not be read whole: %s", errSyncFailed, u.cfg.Name, u.cfg.Dir, snap.Reason))
+		}
 		if err != nil && ctx.Err() != nil {
 			runErr = errors.Join(runErr, err)
 			break

@@ -22,7 +22,7 @@ func TestRestartOnUnchangedTreeWritesNothing(t *testing.T) {
 	env.writeConfig("", "")
 	d := env.startDaemon()
 	d.waitReady(converge)
-	env.waitConverged(expectTree(t, env.root, nil), converge)
+	env.waitConverged(t, expectTree(t, env.root, nil), converge)
 	d.stop()
 
 	before := env.writes()
@@ -59,7 +59,7 @@ func TestKill9DuringUploadsConverges(t *testing.T) {
 
 	d = env.startDaemon()
 	d.waitReady(2 * converge)
-	env.waitConverged(expectTree(t, env.root, nil), 2*converge)
+	env.waitConverged(t, expectTree(t, env.root, nil), 2*converge)
 	d.stop()
 }
 
@@ -88,7 +88,7 @@ func TestSyncUnderCloudflareBudget(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kvsync sync: %v\n%s", err, tail(out, 40))
 	}
-	env.waitConverged(expectTree(t, env.root, nil), converge)
+	env.waitConverged(t, expectTree(t, env.root, nil), converge)
 	puts := env.em.Count("put", 0)
 	limited := env.em.Count("put", 429)
 	windows := int(took/window) + 1

@@ -16,13 +16,23 @@ import (
 // publish syncs n files under root once, so later steps have keys kvsync wrote.
 func publish(t *testing.T, env *kvEnv, n int) {
 	t.Helper()
+	publishKeeping(t, env, n, nil)
+}
+
+// publishKeeping is publish when KV also holds keys kvsync did not write.
+func publishKeeping(t *testing.T, env *kvEnv, n int, others map[string]kvEntry) {
+	t.Helper()
 	for i := 0; i < n; i++ {
 		mustWrite(t, filepath.Join(env.root, fmt.Sprintf("f%02d.txt", i)), fmt.Sprintf("file %d", i))
 	}
 	if out, err := runKvsync(t, env, "sync", "--config", env.config); err != nil {
 		t.Fatalf("first sync: %v\n%s", err, out)
 	}
-	env.waitConverged(expectTree(t, env.root, nil), converge)
+	want := expectTree(t, env.root, nil)
+	for k, v := range others {
+		want[k] = v
+	}
+	env.waitConverged(t, want, converge)
 }
 
 func TestNothingDeletedWhen(t *testing.T) {
@@ -39,7 +49,7 @@ func TestNothingDeletedWhen(t *testing.T) {
 		if got := len(env.em.Snapshot(testAccount, testNamespace)); got != len(want) {
 			t.Fatalf("%d keys left of %d after syncing an empty root\n%s", got, len(want), out)
 		}
-		if !strings.Contains(out, "empty") {
+		if !strings.Contains(out, "nothing deleted") {
 			t.Errorf("the output does not say why nothing was deleted:\n%s", out)
 		}
 	})
@@ -78,7 +88,7 @@ func TestNothingDeletedWhen(t *testing.T) {
 		if err := env.em.Seed(testAccount, testNamespace, "theirs.txt", theirs); err != nil {
 			t.Fatal(err)
 		}
-		publish(t, env, 3)
+		publishKeeping(t, env, 3, map[string]kvEntry{"theirs.txt": {Value: "someone else's", Metadata: `{"owner":"them"}`}})
 		os.Remove(filepath.Join(env.root, "f00.txt"))
 		if out, err := runKvsync(t, env, "sync", "--config", env.config); err != nil {
 			t.Fatalf("sync: %v\n%s", err, out)

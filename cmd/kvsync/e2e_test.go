@@ -37,7 +37,7 @@ func TestRunFollowsEveryChange(t *testing.T) {
 
 	d := env.startDaemon()
 	d.waitReady(converge)
-	env.waitConverged(expect(), converge)
+	env.waitConverged(t, expect(), converge)
 
 	steps := []struct {
 		name   string
@@ -64,7 +64,7 @@ func TestRunFollowsEveryChange(t *testing.T) {
 			for i := 0; i < 20; i++ {
 				mustWrite(t, filepath.Join(env.root, "dir1", fmt.Sprintf("sub%d", i%3), fmt.Sprintf("f%02d.txt", i)), "file")
 			}
-			env.waitConverged(expect(), converge)
+			env.waitConverged(t, expect(), converge)
 			os.Rename(filepath.Join(env.root, "dir1"), filepath.Join(env.root, "dir2"))
 		}},
 		{name: "atomic save through a temp file", change: func(t *testing.T) {
@@ -80,7 +80,8 @@ func TestRunFollowsEveryChange(t *testing.T) {
 		}},
 		{name: "sidecar deleted", change: func(t *testing.T) { os.Remove(filepath.Join(env.root, "a/moved.txt.meta.json")) }},
 		{name: "symlink to a file inside the tree", change: func(t *testing.T) {
-			os.Symlink(filepath.Join(env.root, "index.html"), filepath.Join(env.root, "link.html"))
+			mustWrite(t, filepath.Join(env.root, "target.txt"), "the link's target")
+			os.Symlink(filepath.Join(env.root, "target.txt"), filepath.Join(env.root, "link.txt"))
 		}},
 		{name: "fifo is skipped", unchanged: true, change: func(t *testing.T) { syscall.Mkfifo(filepath.Join(env.root, "pipe"), 0o644) }},
 		{name: "invalid sidecar holds its file back", unchanged: true, change: func(t *testing.T) {
@@ -103,15 +104,18 @@ func TestRunFollowsEveryChange(t *testing.T) {
 	}
 	for _, st := range steps {
 		if !t.Run(st.name, func(t *testing.T) {
-			held := expect()
+			var held map[string]kvEntry
+			if st.unchanged {
+				held = expect()
+			}
 			st.change(t)
 			if st.unchanged {
 				// Past the debounce window, KV must still hold the old state.
 				time.Sleep(2 * time.Second)
-				env.waitConverged(held, converge)
+				env.waitConverged(t, held, converge)
 				return
 			}
-			env.waitConverged(expect(), converge)
+			env.waitConverged(t, expect(), converge)
 		}) {
 			t.FailNow()
 		}

@@ -363,8 +363,8 @@ func absDur(d time.Duration) time.Duration {
 // waitConverged polls until the emulator holds exactly want, or fails after
 // within. The deadline is the debounce window plus a generous margin for a
 // shared, loaded machine; the assertion is convergence, not speed.
-func (e *kvEnv) waitConverged(want map[string]kvEntry, within time.Duration) {
-	e.t.Helper()
+func (e *kvEnv) waitConverged(t testing.TB, want map[string]kvEntry, within time.Duration) {
+	t.Helper()
 	deadline := time.Now().Add(within)
 	var diffs []string
 	for {
@@ -380,7 +380,7 @@ func (e *kvEnv) waitConverged(want map[string]kvEntry, within time.Duration) {
 	if len(diffs) > 10 {
 		diffs = append(diffs[:10], fmt.Sprintf("... and %d more", len(diffs)-10))
 	}
-	e.t.Fatalf("emulator does not hold the tree after %s:\n  %s", within, strings.Join(diffs, "\n  "))
+	t.Fatalf("emulator does not hold the tree after %s:\n  %s", within, strings.Join(diffs, "\n  "))
 }
 
 func (e *kvEnv) writes() int {
