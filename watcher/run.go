@@ -231,7 +231,10 @@ func (l *loop) event(ev fsnotify.Event) {
 	}
 	if rel == "" {
 		// The root itself went away or moved; a scan reports it incomplete.
+		// Its watches died with it; forgetting them lets a later rescan
+		// watch a root that comes back.
 		if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
+			w.dropWatches(ev.Name)
 			l.q.requestScan(desired.TriggerError)
 		}
 		return

@@ -642,3 +642,28 @@ func TestRunSlowSinkCoalesces(t *testing.T) {
 		t.Fatalf("20 writes behind a blocked sink produced %d states, want them coalesced: %s", len(got), fmtStates(got))
 	}
 }
+
+func TestRunRootRemovedAndBack(t *testing.T) {
+	t.Parallel()
+	parent := t.TempDir()
+	root := filepath.Join(parent, "site")
+	write(t, root, "a.txt", "a")
+	r := start(t, testOpts(t, root), nil)
+	if err := os.RemoveAll(root); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "incomplete snapshot", func() bool {
+		s := r.sink.snaps()
+		return len(s) >= 2 && s[len(s)-1].Trigger == desired.TriggerError && !s[len(s)-1].Complete
+	})
+	write(t, root, "b.txt", "b")
+	r.w.Rescan(desired.TriggerReload)
+	waitFor(t, "snapshot of the new root", func() bool {
+		s := r.sink.snaps()
+		return s[len(s)-1].Trigger == desired.TriggerReload && s[len(s)-1].Complete
+	})
+	// The new root is watched again.
+	m := r.sink.mark()
+	write(t, root, "c.txt", "c")
+	checkStates(t, r.sync(t, m), []desired.State{present(root, "c.txt", "c")})
+}

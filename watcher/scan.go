@@ -221,9 +221,18 @@ func (w *Watcher) relToRoot(target string) (rel string, inside bool) {
 	return filepath.ToSlash(r), true
 }
 
+// Whether a file has a sidecar, when a directory listing already says.
+type sidecarHint int
+
+const (
+	sidecarUnknown sidecarHint = iota
+	sidecarAbsent
+	sidecarPresent
+)
+
 // fileState computes the desired state of the file at rel. ok is false when
-// it is not a key: excluded, a sidecar, skipped, or gone.
-func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo) (desired.State, bool) {
+// it is not a key: excluded, a sidecar, skipped, or gone. lst may be nil.
+func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint) (desired.State, bool) {
 	if isSidecar(rel) {
 		return desired.State{}, false
 	}
@@ -250,7 +259,12 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo) (desired.State, bo
 	}
 	st := desired.State{Key: key, Path: r.path, Size: r.info.Size(), Expiration: w.opts.expiration(rel)}
 
-	meta, err := w.sidecar(rel + SidecarSuffix)
+	var meta json.RawMessage
+	if hint == sidecarAbsent {
+		delete(w.st.sidecars, rel+SidecarSuffix) // saves a stat per file in scans
+	} else {
+		meta, err = w.sidecar(rel + SidecarSuffix)
+	}
 	if err != nil {
 		w.noteSkip(rel, reasonMetadata, true, "holding back file: its metadata sidecar is invalid", "error", err)
 		return desired.State{Key: key, Path: r.path, Err: err}, true
@@ -342,6 +356,17 @@ func (w *Watcher) hash(rel string, r resolved) (string, int64, error) {
 func (w *Watcher) sidecar(rel string) (json.RawMessage, error) {
 	s := w.st
 	abs := filepath.Join(w.opts.Root, rel)
+	if lst, err := os.Lstat(abs); err == nil && lst.Mode()&fs.ModeSymlink != 0 && !w.opts.AllowSymlinksOutside {
+		// The symlink rule holds for sidecars too: metadata must not be
+		// read from outside the root.
+		target, err := filepath.EvalSymlinks(abs)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+		}
+		if _, inside := w.relToRoot(target); !inside {
+			return nil, fmt.Errorf("%w: %s is a symlink leading outside the root", ErrBadSidecar, abs)
+		}
+	}
 	fi, err := os.Stat(abs)
 	if err != nil {
 		delete(s.sidecars, rel)
@@ -431,7 +456,11 @@ func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *sc
 		if err != nil {
 			continue // removed since the listing
 		}
-		if st, ok := w.fileState(crel, cabs, lst); ok {
+		hint := sidecarAbsent
+		if names[name+SidecarSuffix] {
+			hint = sidecarPresent
+		}
+		if st, ok := w.fileState(crel, cabs, lst, hint); ok {
 			res.found[crel] = st
 		}
 	}
@@ -557,7 +586,7 @@ func (w *Watcher) evalOne(ctx context.Context, rel string, out []desired.State) 
 			w.walk(ctx, rel, abs, w.watching(), res)
 		}
 	default:
-		if st, ok := w.fileState(rel, abs, lst); ok {
+		if st, ok := w.fileState(rel, abs, lst, sidecarUnknown); ok {
 			res.found[rel] = st
 		}
 	}

@@ -413,3 +413,22 @@ func FuzzParseSidecar(f *testing.F) {
 		}
 	})
 }
+
+func TestScanSidecarSymlinkOutside(t *testing.T) {
+	t.Parallel()
+	root, outside := t.TempDir(), t.TempDir()
+	write(t, outside, "m.json", `{"secret":1}`)
+	write(t, root, "f.txt", "f")
+	if err := os.Symlink(filepath.Join(outside, "m.json"), filepath.Join(root, "f.txt.meta.json")); err != nil {
+		t.Fatal(err)
+	}
+	got := scanKeys(t, testOpts(t, root))["f.txt"]
+	if !errors.Is(got.Err, ErrBadSidecar) || got.Metadata != nil {
+		t.Fatalf("state %+v, want held back for a sidecar leading outside the root", got)
+	}
+	opts := testOpts(t, root)
+	opts.AllowSymlinksOutside = true
+	if got := scanKeys(t, opts)["f.txt"]; got.Err != nil || string(got.Metadata) != `{"secret":1}` {
+		t.Fatalf("with AllowSymlinksOutside: %+v", got)
+	}
+}

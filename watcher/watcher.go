@@ -25,7 +25,6 @@ package watcher
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -240,4 +239,4 @@ func (w *Watcher) stopSource() {
 }
 
 // errRunning is returned by Run when another Run of the same Watcher is active.
-var errRunning = fmt.Errorf("watcher: Run is already running")
+var errRunning = errors.New("watcher: Run is already running")
