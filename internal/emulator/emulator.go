@@ -304,8 +304,14 @@ func (d *discardWriter) Header() http.Header         { return d.h }
 func (d *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (d *discardWriter) WriteHeader(int)             {}
 
-// ServeHTTP serves the API under PathPrefix.
+// ServeHTTP serves the API under PathPrefix, and StatsPath.
 func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == StatsPath {
+		// The emulator's own observation endpoint (see StatsPath); it is
+		// no Cloudflare route, so it bypasses counters, budget and faults.
+		e.serveStats(w, r)
+		return
+	}
 	rt, rerr := parseRoute(r)
 	op := rt.op
 	if op == "" {
