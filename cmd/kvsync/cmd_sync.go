@@ -69,7 +69,6 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if total.Failed > 0 || total.HeldBack > 0 {
 		return fmt.Errorf("%w: %d failed, %d held back", errSyncFailed, total.Failed, total.HeldBack)
 	}
-	a.m.LastSuccess.SetToCurrentTime()
 	return nil
 }
 

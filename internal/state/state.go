@@ -23,6 +23,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // DefaultTimeout is how long Open waits for another process's lock on the
@@ -175,7 +176,7 @@ func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
 	})
 	switch {
 	case err == nil:
-	case errors.Is(err, bolt.ErrTimeout):
+	case errors.Is(err, bolterrors.ErrTimeout):
 		return nil, fmt.Errorf("state file %s is %w (lock not acquired within %s)", path, ErrInUse, timeout)
 	case openErr != nil:
 		return nil, fmt.Errorf("state file %s: %w", path, err)
