@@ -45,7 +45,12 @@ func runHelper(path string) {
 		os.Exit(2)
 	}
 	fmt.Println("ready")
-	select {} // hold the lock until killed
+	// Hold the lock until killed. A bare select{} would be reported as a
+	// deadlock and end the process (releasing the lock) when no other
+	// goroutine exists; a sleep keeps a timer alive.
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 var fixedNow = time.Unix(1_700_000_000, 123456789)
