@@ -62,8 +62,8 @@ bin=$tmp/kvsync
 
 if command -v readelf >/dev/null; then
 	hdrs=$(readelf -lW "$bin") || die "readelf cannot read $bin"
-	printf '%s\n' "$hdrs" | grep -q 'LOAD' || die "readelf shows no LOAD segments: not an ELF executable?"
-	if printf '%s\n' "$hdrs" | grep -q 'INTERP'; then die "$bin has a PT_INTERP header: it is dynamically linked"; fi
+	grep -q 'LOAD' <<<"$hdrs" || die "readelf shows no LOAD segments: not an ELF executable?"
+	if grep -q 'INTERP' <<<"$hdrs"; then die "$bin has a PT_INTERP header: it is dynamically linked"; fi
 else
 	mkdir "$tmp/elfcheck"
 	cat >"$tmp/elfcheck/main.go" <<'EOF'
@@ -93,8 +93,8 @@ EOF
 	(cd "$tmp/elfcheck" && GO111MODULE=off go run main.go "$bin") || die "$bin is not static"
 fi
 info=$(go version -m "$bin") || die "go version -m cannot read $bin"
-printf '%s\n' "$info" | grep -Eq '^[[:space:]]+build[[:space:]]+CGO_ENABLED=0$' || die "build info lacks CGO_ENABLED=0"
-printf '%s\n' "$info" | grep -Eq '^[[:space:]]+build[[:space:]]+-trimpath=true$' || die "build info lacks -trimpath=true"
+grep -Eq '^[[:space:]]+build[[:space:]]+CGO_ENABLED=0$' <<<"$info" || die "build info lacks CGO_ENABLED=0"
+grep -Eq '^[[:space:]]+build[[:space:]]+-trimpath=true$' <<<"$info" || die "build info lacks -trimpath=true"
 got=$("$bin" version) || die "kvsync version failed"
 case $got in
 "kvsync ${version} "*) ;;
@@ -131,6 +131,7 @@ touch "$tmp/stamp"
 sleep 1 # mtime granularity: anything written after the stamp is newer
 
 # --- 3. emulator on the host, kvsync in the root ---------------------------
+: >"$tmp/emulator.out" # exists before the background child opens it
 "$bin" emulator --listen 127.0.0.1:0 --token "$token" >"$tmp/emulator.out" 2>"$tmp/emulator.err" &
 emu_pid=$!
 base=
@@ -179,7 +180,7 @@ for k in $expected_keys; do
 	cmp -s "$tmp/got" "$root/data/$k" || die "value of $k differs from /data/$k"
 done
 meta=$(curl -fsS "${auth[@]}" "$api/metadata/index.html") || die "GET metadata index.html failed"
-printf '%s' "$meta" | grep -q '"owner":[[:space:]]*"rootfs-test"' || die "index.html metadata is not the sidecar's: $meta"
+grep -q '"owner":[[:space:]]*"rootfs-test"' <<<"$meta" || die "index.html metadata is not the sidecar's: $meta"
 log "KV holds exactly: $(echo $keys); values and metadata match"
 
 # Nothing but the state directory may have been written (a read-only root).
