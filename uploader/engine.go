@@ -129,6 +129,12 @@ type Engine struct {
 
 	jobs       int // requests in flight
 	openPasses int
+	// filling counts full syncs still offering their keys: their small
+	// files wait until a bulk request is full or the pass is sealed, so a
+	// large tree goes out in as few requests as possible.
+	filling int
+	// waiting counts producers blocked on a full queue.
+	waiting int
 	holders    int
 	cur        *run
 	closed     bool // Drain was called: nothing new is accepted
@@ -540,6 +546,7 @@ func (e *Engine) submit(ctx context.Context, it *item, block bool) error {
 			return ErrClosed
 		}
 		ch := e.bcast
+		e.waiting++
 		e.mu.Unlock()
 		var done <-chan struct{}
 		if ctx != nil {
@@ -550,6 +557,7 @@ func (e *Engine) submit(ctx context.Context, it *item, block bool) error {
 		case <-done:
 		}
 		e.mu.Lock()
+		e.waiting--
 		if ctx != nil && ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -693,8 +701,15 @@ func (e *Engine) dispatch(r *run) time.Time {
 	}
 	var jobs []*job
 	for e.jobs < e.o.Concurrency && len(e.pending) > 0 {
-		jobs = append(jobs, e.nextJob())
+		j := e.nextJob()
+		if j == nil {
+			break
+		}
+		jobs = append(jobs, j)
 		e.jobs++
+	}
+	if len(jobs) > 0 {
+		e.broadcast() // the queue shrank: blocked producers may go on
 	}
 	e.gauges()
 	due := e.nextDue
@@ -711,24 +726,37 @@ func (e *Engine) dispatch(r *run) time.Time {
 	return due
 }
 
-// nextJob picks the next request to make. mu is held; pending is not empty.
+// nextJob picks the next request to make, or nil when what is queued should
+// wait to be batched. mu is held; pending is not empty.
 func (e *Engine) nextJob() *job {
+	// While a full sync is still queueing, small files wait for a full
+	// batch, unless the queue is full and the producer needs room.
+	hold := e.filling > 0 && e.size() < e.o.QueueSize
 	if e.nSmall > 1 && (e.nSmallPass > 0 || e.nSmall >= e.o.BulkMinPending) {
-		if j := e.takeBulkPut(); j != nil {
+		if j := e.takeBulkPut(hold); j != nil {
 			return j
 		}
 	}
-	for e.queue[0].taken {
-		e.queue[0] = nil
-		e.queue = e.queue[1:]
+	var front *item
+	for _, it := range e.queue {
+		if !hold || it.cat != catSmall {
+			front = it
+			break
+		}
 	}
-	front := e.queue[0]
+	if front == nil {
+		return nil
+	}
 	if front.cat == catDelete && e.nDelete > 1 && e.o.Delete != DeleteExpire {
 		return e.takeDeletes()
 	}
-	e.queue[0] = nil
-	e.queue = e.queue[1:]
 	e.take(front)
+	if e.queue[0] == front {
+		e.queue[0] = nil
+		e.queue = e.queue[1:]
+	} else {
+		e.queue = slices.DeleteFunc(e.queue, func(it *item) bool { return it.taken })
+	}
 	switch {
 	case front.cat != catDelete:
 		return &job{kind: jobPut, items: []*item{front}}
@@ -742,8 +770,10 @@ func (e *Engine) nextJob() *job {
 }
 
 // takeBulkPut collects queued bulk-eligible writes into one batch bounded by
-// pairs and estimated bytes. Content is read later, by the job.
-func (e *Engine) takeBulkPut() *job {
+// pairs and estimated bytes; with onlyFull, only a batch that reached a
+// bound. Content is read later, by the job.
+func (e *Engine) takeBulkPut(onlyFull bool) *job {
+	full := false
 	var batch []*item
 	var bytes int64
 	limit := e.o.BulkMaxPairs
@@ -760,16 +790,18 @@ func (e *Engine) takeBulkPut() *job {
 		}
 		est := it.st.Size + int64(len(it.st.Key)+len(it.st.Metadata)) + pairOverhead
 		if len(batch) > 0 && bytes+est > e.o.BulkMaxBytes {
+			full = true
 			continue
 		}
 		batch = append(batch, it)
 		bytes += est
 		limit = l
 		if len(batch) == limit {
+			full = true
 			break
 		}
 	}
-	if len(batch) < 2 {
+	if len(batch) < 2 || onlyFull && !full {
 		return nil
 	}
 	for _, it := range batch {

@@ -103,7 +103,7 @@ type Options struct {
 	// the "keep" policy, which deletes nothing.
 	MaxDeletes int
 	// BulkThreshold: files up to this size go through bulk writes when
-	// batching applies; default 1 MiB.
+	// batching applies; default 1 MiB; -1 streams every file alone.
 	BulkThreshold int64
 	// BulkMaxBytes bounds a bulk request's raw value bytes plus an overhead
 	// estimate per pair; default 32 MiB. The encoded body is kept under
@@ -197,8 +197,8 @@ func (o Options) withDefaults() (Options, error) {
 		return bad("DeleteTTL", "is %s; the expire policy needs at least 60s", o.DeleteTTL)
 	case o.MaxDeletes < -1:
 		return bad("MaxDeletes", "is %d; want -1 (unlimited) or more", o.MaxDeletes)
-	case o.BulkThreshold < 0 || o.BulkThreshold > kvapi.MaxValueBytes:
-		return bad("BulkThreshold", "is %d; want 0..%d", o.BulkThreshold, kvapi.MaxValueBytes)
+	case o.BulkThreshold < -1 || o.BulkThreshold > kvapi.MaxValueBytes:
+		return bad("BulkThreshold", "is %d; want -1..%d", o.BulkThreshold, kvapi.MaxValueBytes)
 	case o.BulkMaxBytes < 0 || o.BulkMaxBytes > maxEncodedBulk*3/4:
 		// base64 grows values by 4/3; beyond this even a body of binary
 		// values could exceed the API's 100 MB.

@@ -102,6 +102,7 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 
 	e.mu.Lock()
 	e.openPasses++
+	e.filling++
 	clear(e.rejected) // a full sync retries what failed permanently
 	e.mu.Unlock()
 
@@ -126,6 +127,8 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 		p.rep.DeletesRefused = "full sync interrupted before every key was queued (" + interrupted.Error() + "); nothing deleted"
 	}
 	p.sealed = true
+	e.filling--
+	e.poke()
 	if p.left == 0 {
 		e.advance(p)
 	}
