@@ -134,7 +134,7 @@ type Engine struct {
 	// large tree goes out in as few requests as possible.
 	filling int
 	// waiting counts producers blocked on a full queue.
-	waiting int
+	waiting    int
 	holders    int
 	cur        *run
 	closed     bool // Drain was called: nothing new is accepted

@@ -38,7 +38,7 @@ type fakeKV struct {
 	bulkFail   func(keys []string) []string // unsuccessful_keys of a bulk write
 	deleteErr  func(key string) error
 	duringPut  func(ctx context.Context, key string) // runs while the key's write is in flight
-	listExtras []string         // keys listed besides data's (not stored)
+	listExtras []string                              // keys listed besides data's (not stored)
 }
 
 type fakeEntry struct {
