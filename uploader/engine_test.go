@@ -234,8 +234,8 @@ func TestVanishedFileIsSkipped(t *testing.T) {
 func TestLastWriteWinsUnderStorm(t *testing.T) {
 	tr := newTree(t)
 	kv := newFakeKV(t)
-	kv.latency = 200 * time.Microsecond
-	e, _ := newTestEngine(t, kv, newMemStore(), func(o *Options) { o.Concurrency = 8; o.QueueSize = 3; o.BulkMinPending = 2 })
+	kv.latency = time.Millisecond
+	e, _ := newTestEngine(t, kv, newMemStore(), func(o *Options) { o.Concurrency = 8; o.BulkMinPending = 2 })
 	running(t, e)
 	const keys, versions = 4, 40
 	// Every version is its own file, so what a write sends is fixed.
@@ -252,6 +252,9 @@ func TestLastWriteWinsUnderStorm(t *testing.T) {
 		wg.Go(func() {
 			for v := range versions {
 				e.Changed([]desired.State{states[k][v]})
+				// Paced so that changes also land while the key is in
+				// flight; the assertions hold for any interleaving.
+				time.Sleep(time.Duration(v%3) * 300 * time.Microsecond)
 			}
 		})
 	}
