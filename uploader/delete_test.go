@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -327,4 +329,116 @@ func TestChangedDeletion(t *testing.T) {
 		t.Fatalf("calls %v, %d records", kv.calls, store.len())
 	}
 	mustContent(t, kv, testPrefix+"foreign", "not ours")
+}
+
+// Failed deletions: a retryable error is retried after the backoff until it
+// succeeds; a permanent one is reported and the record kept; keys left in
+// unsuccessful_keys are retried.
+func TestDeleteFailures(t *testing.T) {
+	cases := []struct {
+		name     string
+		n        int
+		err      error
+		failures int // how many calls fail before success
+		wantGone bool
+	}{
+		{"single retryable", 1, apiErr(503, 10001), 2, true},
+		{"bulk retryable", 3, apiErr(502, 10001), 1, true},
+		{"single permanent", 1, apiErr(403, 10000), 100, false},
+		{"bulk permanent", 3, apiErr(403, 10000), 100, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			store, kv := seeded(t, tc.n)
+			var mu sync.Mutex
+			calls := 0
+			kv.deleteErr = func(string) error {
+				mu.Lock()
+				defer mu.Unlock()
+				calls++
+				if calls <= tc.failures {
+					return tc.err
+				}
+				return nil
+			}
+			e, logs := newTestEngine(t, kv, store, nil)
+			var dels []desired.State
+			for i := range tc.n {
+				dels = append(dels, desired.State{Key: fmt.Sprintf("%sold%d", testPrefix, i), Deleted: true})
+			}
+			e.Changed(dels)
+			running(t, e)
+			waitIdle(t, e)
+			_, present := kv.get(testPrefix + "old0")
+			if present == tc.wantGone {
+				t.Fatalf("key present = %v after %d calls", present, calls)
+			}
+			if !tc.wantGone {
+				if store.len() != tc.n {
+					t.Fatal("record of an undeleted key dropped")
+				}
+				if !strings.Contains(logs.String(), "cf_codes=[10000]") {
+					t.Fatalf("log lacks the code:\n%s", logs)
+				}
+			} else if store.len() != 0 {
+				t.Fatal("records of deleted keys kept")
+			}
+		})
+	}
+	t.Run("bulk unsuccessful", func(t *testing.T) {
+		store, kv := seeded(t, 3)
+		var mu sync.Mutex
+		first := true
+		e, _ := newTestEngine(t, &unsuccessfulDeletes{fakeKV: kv, fail: func(keys []string) []string {
+			mu.Lock()
+			defer mu.Unlock()
+			if first {
+				first = false
+				return keys[:1]
+			}
+			return nil
+		}}, store, nil)
+		rep, err := e.SyncOnce(context.Background(), complete(newTree(t).write("x", "x")))
+		if err != nil || rep.Deleted != 3 || store.len() != 1 {
+			t.Fatalf("%+v, %v, %d records", rep, err, store.len())
+		}
+	})
+}
+
+// unsuccessfulDeletes reports some keys of a bulk delete as unsuccessful.
+type unsuccessfulDeletes struct {
+	*fakeKV
+	fail func(keys []string) []string
+}
+
+func (u *unsuccessfulDeletes) BulkDelete(ctx context.Context, ns string, keys []string) (kvapi.BulkResult, error) {
+	bad := u.fail(keys)
+	var ok []string
+	for _, k := range keys {
+		if !slices.Contains(bad, k) {
+			ok = append(ok, k)
+		}
+	}
+	res, err := u.fakeKV.BulkDelete(ctx, ns, ok)
+	res.Unsuccessful = bad
+	return res, err
+}
+
+// The expire policy skips the rewrite when the key expires soon enough by
+// itself, and forgets a key already gone.
+func TestExpireShortcuts(t *testing.T) {
+	now := time.Now()
+	store, kv := seeded(t, 2)
+	kv.mu.Lock()
+	kv.data[testPrefix+"old0"] = fakeEntry{value: []byte("old"), exp: now.Add(time.Minute).Unix()}
+	delete(kv.data, testPrefix+"old1")
+	kv.mu.Unlock()
+	e, _ := newTestEngine(t, kv, store, func(o *Options) { o.Delete = DeleteExpire; o.DeleteTTL = time.Hour; o.Now = func() time.Time { return now } })
+	rep, err := e.SyncOnce(context.Background(), complete(newTree(t).write("x", "x")))
+	if err != nil || rep.Deleted != 2 {
+		t.Fatalf("%+v, %v", rep, err)
+	}
+	if kv.count(kvapi.OpGet) != 2 || kv.count(kvapi.OpPut) != 1 || store.len() != 1 {
+		t.Fatalf("calls %v, %d records", kv.calls, store.len())
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -901,5 +902,23 @@ func TestWithStateStore(t *testing.T) {
 	}
 	if _, ok := kv2.get(a.Key); ok || kv2.count(kvapi.OpDelete) != 1 {
 		t.Fatal("not deleted")
+	}
+}
+
+func TestJSONLenBoundsEncoding(t *testing.T) {
+	cases := []string{"", "plain", `quote " and \ slash`, "ctrl \x00\x01\n\t", "<html>&amp;</html>", "unicode é ✓ \u2028", "\xff\xfe binary"}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%q", c), func(t *testing.T) {
+			b := []byte(c)
+			var enc []byte
+			if utf8.Valid(b) {
+				enc, _ = json.Marshal(c)
+			} else {
+				enc, _ = json.Marshal(b) // base64
+			}
+			if got := jsonLen(b); got < int64(len(enc)) {
+				t.Fatalf("jsonLen %d < encoded %d (%s)", got, len(enc), enc)
+			}
+		})
 	}
 }
