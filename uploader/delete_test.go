@@ -433,7 +433,11 @@ func TestExpireShortcuts(t *testing.T) {
 	kv.data[testPrefix+"old0"] = fakeEntry{value: []byte("old"), exp: now.Add(time.Minute).Unix()}
 	delete(kv.data, testPrefix+"old1")
 	kv.mu.Unlock()
-	e, _ := newTestEngine(t, kv, store, func(o *Options) { o.Delete = DeleteExpire; o.DeleteTTL = time.Hour; o.Now = func() time.Time { return now } })
+	e, _ := newTestEngine(t, kv, store, func(o *Options) {
+		o.Delete = DeleteExpire
+		o.DeleteTTL = time.Hour
+		o.Now = func() time.Time { return now }
+	})
 	rep, err := e.SyncOnce(context.Background(), complete(newTree(t).write("x", "x")))
 	if err != nil || rep.Deleted != 2 {
 		t.Fatalf("%+v, %v", rep, err)
