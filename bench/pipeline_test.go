@@ -106,6 +106,12 @@ func (p *pipeline) syncOnce(tb testing.TB, root, ns string) uploader.Report {
 }
 
 func (p *pipeline) syncOncePhases(tb testing.TB, root, ns string) (uploader.Report, phases) {
+	return p.syncOnceWith(tb, root, ns, uploader.Options{})
+}
+
+// syncOnceWith is syncOncePhases with engine options: the zero fields of
+// tune get kvsync's values, the others override them.
+func (p *pipeline) syncOnceWith(tb testing.TB, root, ns string, tune uploader.Options) (uploader.Report, phases) {
 	tb.Helper()
 	ctx := context.Background()
 	var ph phases
@@ -119,10 +125,10 @@ func (p *pipeline) syncOncePhases(tb testing.TB, root, ns string) (uploader.Repo
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e, err := uploader.New(uploader.Options{
-		KV: p.kv, Store: st, Scope: benchAccount + "/" + ns, Namespace: ns,
-		MaxDeletes: 1000, Reconcile: st.Fresh(),
-	})
+	o := tune
+	o.KV, o.Store, o.Scope, o.Namespace = p.kv, st, benchAccount+"/"+ns, ns
+	o.MaxDeletes, o.Reconcile = 1000, st.Fresh()
+	e, err := uploader.New(o)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -143,6 +149,10 @@ func (p *pipeline) syncOncePhases(tb testing.TB, root, ns string) (uploader.Repo
 func benchmarkFullSync(b *testing.B, files, size int) {
 	root := b.TempDir()
 	writeTree(b, root, files, size)
+	benchmarkFullSyncOf(b, root, files, size, uploader.Options{})
+}
+
+func benchmarkFullSyncOf(b *testing.B, root string, files, size int, tune uploader.Options) {
 	p := newPipeline(b)
 	b.SetBytes(int64(files) * int64(size))
 	var total phases
@@ -150,7 +160,7 @@ func benchmarkFullSync(b *testing.B, files, size int) {
 	for i := 0; i < b.N; i++ {
 		ns := fmt.Sprintf("bench-%d", i)
 		before := p.em.Count(emulator.OpBulkPut, 0) + p.em.Count(emulator.OpPut, 0)
-		rep, ph := p.syncOncePhases(b, root, ns)
+		rep, ph := p.syncOnceWith(b, root, ns, tune)
 		total.open += ph.open
 		total.scan += ph.scan
 		total.sync += ph.sync
@@ -175,6 +185,19 @@ func benchmarkFullSync(b *testing.B, files, size int) {
 // BenchmarkFullSync10kx1KiB is the first tree: its target is at most
 // two write requests.
 func BenchmarkFullSync10kx1KiB(b *testing.B) { benchmarkFullSync(b, 10_000, 1<<10) }
+
+// BenchmarkFullSync10kx1KiBBatches compares bulk batch sizes on the same
+// tree: one batch of 10,000 pairs, or two of 5,000 (still within the
+// issue's two write requests), whose reading and sending overlap.
+func BenchmarkFullSync10kx1KiBBatches(b *testing.B) {
+	root := b.TempDir()
+	writeTree(b, root, 10_000, 1<<10)
+	for _, pairs := range []int{10_000, 5_000} {
+		b.Run(fmt.Sprintf("pairs=%d", pairs), func(b *testing.B) {
+			benchmarkFullSyncOf(b, root, 10_000, 1<<10, uploader.Options{BulkMaxPairs: pairs})
+		})
+	}
+}
 
 // BenchmarkFullSync1kx100KiB: a thousand mid-sized files, still bulk-eligible.
 func BenchmarkFullSync1kx100KiB(b *testing.B) { benchmarkFullSync(b, 1_000, 100<<10) }
