@@ -124,6 +124,10 @@ type Engine struct {
 	delayed  map[string]*item // failed keys waiting for RetryBackoff
 	nextDue  time.Time
 	rejected map[string]desired.State // permanently failed states
+	held     map[string]bool          // keys whose latest state is held back
+	// lastPassClean: the latest full sync wrote and deleted all it had to.
+	// With nothing queued, failed or held back since, KV holds the tree.
+	lastPassClean bool
 
 	nSmall, nSmallPass, nDelete int
 
@@ -157,6 +161,7 @@ func New(o Options) (*Engine, error) {
 		deferred: map[string]*item{},
 		delayed:  map[string]*item{},
 		rejected: map[string]desired.State{},
+		held:     map[string]bool{},
 	}
 	if o.Metrics != nil {
 		o.Metrics.QueueDepth.Set(0)
@@ -233,7 +238,7 @@ func (e *Engine) Changed(states []desired.State) {
 		e.mu.Lock()
 		if e.closed {
 			dropped++
-		} else if err := e.offer(nil, st, nil); err != nil {
+		} else if err := e.offer(context.Background(), st, nil); err != nil {
 			dropped++
 		}
 		e.mu.Unlock()
@@ -427,6 +432,7 @@ func (e *Engine) candidates(s desired.Snapshot) ([]candidate, string, error) {
 func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 	key := st.Key
 	if st.Err != nil {
+		e.held[key] = true
 		e.holdBack(st)
 		if p != nil {
 			p.rep.addFailure(st, st.Err)
@@ -438,6 +444,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 		e.log.Error("key outside the configured prefix ignored", "key", key, "path", st.Path, "prefix", e.o.Prefix)
 		return nil
 	}
+	delete(e.held, key)
 	if p == nil {
 		if r, ok := e.rejected[key]; ok {
 			if sameIntent(r, st) {
@@ -548,17 +555,13 @@ func (e *Engine) submit(ctx context.Context, it *item, block bool) error {
 		ch := e.bcast
 		e.waiting++
 		e.mu.Unlock()
-		var done <-chan struct{}
-		if ctx != nil {
-			done = ctx.Done()
-		}
 		select {
 		case <-ch:
-		case <-done:
+		case <-ctx.Done():
 		}
 		e.mu.Lock()
 		e.waiting--
-		if ctx != nil && ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
@@ -882,8 +885,24 @@ func (e *Engine) complete(rs []result) {
 	}
 	e.jobs--
 	e.gauges()
+	e.noteCaughtUp()
 	e.broadcast()
 	e.poke()
+}
+
+// noteCaughtUp moves the last-successful-sync gauge when KV is known to hold
+// the whole tree: the latest full sync was clean and since then every change
+// was written, none failed and none is held back. Refreshing it between the
+// hourly full syncs lets an alert on its age catch a daemon whose writes
+// keep failing within minutes, not hours.
+func (e *Engine) noteCaughtUp() {
+	m := e.o.Metrics
+	if m == nil || !e.lastPassClean || e.o.DryRun {
+		return
+	}
+	if e.size() == 0 && e.jobs == 0 && e.openPasses == 0 && len(e.rejected) == 0 && len(e.held) == 0 {
+		m.LastSuccess.Set(float64(e.o.Now().UnixNano()) / 1e9)
+	}
 }
 
 // resolve tells the passes waiting for it its outcome and counts it.

@@ -922,3 +922,53 @@ func TestJSONLenBoundsEncoding(t *testing.T) {
 		})
 	}
 }
+
+// The last-successful-sync gauge moves after a clean full sync and whenever
+// the daemon has caught up since, but not while a key is held back or failed.
+func TestLastSuccessTracksCaughtUp(t *testing.T) {
+	tr := newTree(t)
+	a := tr.write("a", "a")
+	b := tr.write("b", "b")
+	kv := newFakeKV(t)
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	var mu sync.Mutex
+	now := time.Unix(1_800_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func() { mu.Lock(); now = now.Add(time.Minute); mu.Unlock() }
+	e, _ := newTestEngine(t, kv, newMemStore(), func(o *Options) { o.Metrics = m; o.Now = clock; o.BulkThreshold = -1 })
+	running(t, e)
+
+	e.Snapshot(complete(a, b))
+	waitIdle(t, e)
+	if got := testutil.ToFloat64(m.LastSuccess); got != float64(clock().Unix()) {
+		t.Fatalf("after a clean full sync: %v, want %v", got, clock().Unix())
+	}
+
+	advance()
+	a2 := tr.write("a", "a, changed")
+	e.Changed([]desired.State{a2})
+	waitIdle(t, e)
+	if got := testutil.ToFloat64(m.LastSuccess); got != float64(clock().Unix()) {
+		t.Fatalf("after catching up with a change: %v, want %v", got, clock().Unix())
+	}
+
+	stale := clock().Unix()
+	advance()
+	heldB := tr.write("b", "b, changed")
+	heldB.Err = errors.New("invalid sidecar")
+	e.Changed([]desired.State{heldB})
+	a3 := tr.write("a", "a, changed again")
+	e.Changed([]desired.State{a3})
+	waitIdle(t, e)
+	if got := testutil.ToFloat64(m.LastSuccess); got != float64(stale) {
+		t.Fatalf("moved to %v while b is held back, want it to stay %v", got, stale)
+	}
+
+	advance()
+	fixed := tr.write("b", "b, changed")
+	e.Changed([]desired.State{fixed})
+	waitIdle(t, e)
+	if got := testutil.ToFloat64(m.LastSuccess); got != float64(clock().Unix()) {
+		t.Fatalf("after the held-back key was fixed: %v, want %v", got, clock().Unix())
+	}
+}

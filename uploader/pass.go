@@ -104,6 +104,7 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 	e.openPasses++
 	e.filling++
 	clear(e.rejected) // a full sync retries what failed permanently
+	clear(e.held)     // and states its held-back keys afresh
 	e.mu.Unlock()
 
 	interrupted := error(nil)
@@ -213,7 +214,7 @@ func (e *Engine) queueDeletes(p *pass) {
 		rec := c.rec
 		it := &item{st: desired.State{Key: c.key, Deleted: true}, expect: &rec, passes: []*pass{p}}
 		p.left++
-		_ = e.submit(nil, it, false) // never blocks, never fails unblocked
+		_ = e.submit(context.Background(), it, false) // never blocks, never fails unblocked
 	}
 }
 
@@ -225,10 +226,7 @@ func (e *Engine) finishPass(p *pass) {
 	e.log.Info("full sync finished", "trigger", p.trigger, "written", r.Written, "unchanged", r.Unchanged,
 		"deleted", r.Deleted, "kept", r.Kept, "failed", r.Failed, "held_back", r.HeldBack, "bytes", r.Bytes,
 		"deletes_refused", r.DeletesRefused, "duration", time.Since(p.started).Round(time.Millisecond))
-	if r.err() == nil {
-		if m := e.o.Metrics; m != nil {
-			m.LastSuccess.Set(float64(e.o.Now().UnixNano()) / 1e9)
-		}
-	}
+	e.lastPassClean = r.err() == nil
+	e.noteCaughtUp()
 	e.broadcast()
 }
