@@ -80,7 +80,7 @@ mkdir -p "$OUT/trees" "$RUN" "$CACHE"
 RUN=$(cd "$RUN" && pwd)
 OUT=$(cd "$OUT" && pwd)
 CACHE=$(cd "$CACHE" && pwd)
-BIN=$RUN/bin
+BIN=$OUT/bin
 FAILED=()
 
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -389,26 +389,27 @@ REPORT=$RUN/results.md
 	if [[ -n $k ]]; then
 		if [[ -n $WRANGLER ]]; then
 			w=$(median_line 'wrangler-small-[0-9]' | cut -f4)
-			[[ -z $w ]] || awk -v k="$k" -v w="$w" 'BEGIN { printf "- kvsync vs `wrangler kv bulk put` (the installed binary), 10,000 x 1 KiB: %.3f s vs %.3f s, **%.1fx faster** (target: at least 5x)\n", k, w, w/k }'
+			[[ -z $w ]] || awk -v k="$k" -v w="$w" 'BEGIN { printf "- kvsync vs `wrangler kv bulk put` (the installed binary), 10,000 x 1 KiB: %.3f s vs %.3f s, **%.1fx faster** (target: at least 5x: %s)\n", k, w, w/k, (w/k >= 5 ? "met" : "MISSED") }'
 			w=$(median_line 'wrangler-npx-small-[0-9]' | cut -f4)
-			[[ -z $w ]] || awk -v k="$k" -v w="$w" 'BEGIN { printf "- kvsync vs `npx wrangler kv bulk put`, 10,000 x 1 KiB: %.3f s vs %.3f s, **%.1fx faster** (target: at least 5x)\n", k, w, w/k }'
+			[[ -z $w ]] || awk -v k="$k" -v w="$w" 'BEGIN { printf "- kvsync vs `npx wrangler kv bulk put`, 10,000 x 1 KiB: %.3f s vs %.3f s, **%.1fx faster** (target: at least 5x: %s)\n", k, w, w/k, (w/k >= 5 ? "met" : "MISSED") }'
 		fi
 		if want curl; then
 			c=$(median_line curl-small | cut -f4)
 			[[ -z $c ]] || awk -v k="$k" -v c="$c" 'BEGIN { printf "- kvsync vs a per-file curl loop, 10,000 x 1 KiB, no budget: %.3f s vs %.3f s, **%.0fx faster**\n", k, c, c/k }'
 		fi
 		wr=$(median_line 'kvsync-small-[0-9]' | cut -f7)
-		echo "- kvsync write requests for 10,000 x 1 KiB: **$wr** (target: at most 2)"
+		echo "- kvsync write requests for 10,000 x 1 KiB: **$wr** (target: at most 2: $( ((wr <= 2)) && echo met || echo MISSED))"
 	fi
 	echo "- A per-file uploader under the budget is capped at 1,100 requests per 300 s (the same 100 of headroom kvsync keeps): computed, not measured, 10,000 files take 10,000 / (1,100 / 300 s) = $(awk 'BEGIN { printf "%.0f s (%.0f min)", 10000/(1100/300), 10000/(1100/300)/60 }') and 100,000 files $(awk 'BEGIN { printf "%.0f s (%.1f h)", 100000/(1100/300), 100000/(1100/300)/3600 }')."
 	b=$(median_line kvsync-huge-budget)
 	if [[ -n $b ]]; then
 		IFS=$'\t' read -r _ _ _ bw brss breq bwr _ b429 bok <<<"$b"
 		awk -v w="$bw" -v r="$breq" -v wr="$bwr" -v q="$b429" -v ok="$bok" -v rss="$brss" 'BEGIN {
-			printf "- 100,000 x 1 KiB under the 1,200 / 5 min budget: **%.1f s** (target: under 60 s), %d requests (%d writes), **%d x 429** (target: 0), keys verified: %s, peak RSS %.1f MiB; %.0fx faster than the computed per-file figure\n", w, r, wr, q, ok, rss/1024, (100000/(1100/300))/w }'
+			printf "- 100,000 x 1 KiB under the 1,200 / 5 min budget: **%.1f s** (target: under 60 s: %s), %d requests (%d writes), **%d x 429** (target: 0: %s), keys verified: %s, peak RSS %.1f MiB; %.0fx faster than the computed per-file figure\n", w, (w < 60 && ok == "yes" ? "met" : "MISSED"), r, wr, q, (q == 0 ? "met" : "MISSED"), ok, rss/1024, (100000/(1100/300))/w }'
 	fi
-	maxrss=$(awk -F'\t' '$2 == "kvsync" && $1 !~ /warmup/ { if ($5 > m) m = $5 } END { printf "%.1f", m/1024 }' "$SAMPLES")
-	echo "- kvsync's largest peak RSS over every tree: **$maxrss MiB** (target: under 100 MiB)"
+	# Every kvsync run counts, warm-ups included: the target is for every tree.
+	awk -F'\t' '$2 == "kvsync" { if ($5 > m) { m = $5; l = $1 } } END {
+		if (m) printf "- kvsync'"'"'s largest peak RSS over the trees run: **%.1f MiB** (%s) (target: under 100 MiB: %s)\n", m/1024, l, (m < 100*1024 ? "met" : "MISSED") }' "$SAMPLES"
 	if ((${#FAILED[@]})); then
 		echo
 		echo "**Failures:**"
@@ -416,6 +417,7 @@ REPORT=$RUN/results.md
 	fi
 } >"$REPORT"
 cp "$REPORT" "$OUT/results.md"
+rm -f "$RUN/small-pairs.json" "$RUN/small-files.tsv" # 10 MB of inputs, regenerated each run
 echo
 cat "$REPORT"
 echo
