@@ -29,6 +29,7 @@ type recSink struct {
 	batches   int
 	view      map[string]desired.State
 	block     chan struct{} // when set, Changed waits for it to close
+	entered   int           // Changed calls begun, blocked or not
 }
 
 func newRecSink() *recSink { return &recSink{view: make(map[string]desired.State)} }
@@ -48,6 +49,7 @@ func (s *recSink) Snapshot(snap desired.Snapshot) {
 func (s *recSink) Changed(states []desired.State) {
 	s.mu.Lock()
 	block := s.block
+	s.entered++
 	s.mu.Unlock()
 	if block != nil {
 		<-block
@@ -152,6 +154,24 @@ type running struct {
 	sink    *recSink
 	root    string
 	barrier atomic.Int64
+	// cancel ends Run's ctx; done closes when Run has returned err.
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// stop cancels Run's ctx and waits, generously, for Run to return.
+func (r *running) stop(t testing.TB) {
+	t.Helper()
+	r.cancel()
+	select {
+	case <-r.done:
+		if r.err != nil {
+			t.Errorf("Run: %v", r.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("Run did not return after cancel")
+	}
 }
 
 // start runs a Watcher on opts until the test ends, waiting for the
@@ -165,21 +185,14 @@ func start(t *testing.T, opts Options, setup func(*Watcher)) *running {
 	if setup != nil {
 		setup(w)
 	}
-	r := &running{w: w, sink: newRecSink(), root: w.opts.Root}
+	r := &running{w: w, sink: newRecSink(), root: w.opts.Root, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx, r.sink) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("Run did not return after cancel")
-		}
-	})
+	r.cancel = cancel
+	go func() {
+		r.err = w.Run(ctx, r.sink)
+		close(r.done)
+	}()
+	t.Cleanup(func() { r.stop(t) })
 	waitFor(t, "startup snapshot", func() bool { return len(r.sink.snaps()) > 0 })
 	return r
 }

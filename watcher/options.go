@@ -26,6 +26,10 @@ const (
 	DefaultQuiet          = time.Second
 	DefaultMaxDelay       = 10 * time.Second
 	DefaultRescanInterval = time.Hour
+	// DefaultFlushTimeout bounds the shutdown flush of Run. It sits well
+	// inside systemd's default 90 s stop timeout and Kubernetes' default
+	// 30 s grace period, leaving the uploader time to drain what it gets.
+	DefaultFlushTimeout = 10 * time.Second
 	// MinQuiet is the floor of Options.Quiet: "no delay at all isn't ok,
 	// notify sometimes creates multiple events for a single change"
 	// (syncthing PR #7864).
@@ -88,6 +92,14 @@ type Options struct {
 	// RescanInterval is the period of full rescans; default
 	// DefaultRescanInterval, negative disables them.
 	RescanInterval time.Duration
+	// FlushTimeout bounds how long Run, once its ctx is done, spends
+	// handing the changes it has seen but not yet emitted (paths still in
+	// their debounce window or queued) to the sink; default
+	// DefaultFlushTimeout. Negative skips the flush, and Run returns
+	// without waiting for a sink call in progress: such changes wait for
+	// the next start's full scan, which on a volume that dies with the
+	// process (a Kubernetes emptyDir) never comes.
+	FlushTimeout time.Duration
 	// AllowSymlinksOutside follows symlinks that lead outside Root.
 	// Symlink loops are never followed.
 	AllowSymlinksOutside bool
@@ -229,6 +241,9 @@ func (o Options) finalize() (Options, error) {
 	o.MaxDelay = max(o.MaxDelay, o.Quiet)
 	if o.RescanInterval == 0 {
 		o.RescanInterval = DefaultRescanInterval
+	}
+	if o.FlushTimeout == 0 {
+		o.FlushTimeout = DefaultFlushTimeout
 	}
 	if o.MaxFileSize < 0 {
 		return o, optErr("MaxFileSize", "negative")

@@ -18,10 +18,15 @@ import (
 // while the sink is slow, paths that fire again coalesce instead of piling
 // up, so memory is bounded by the number of distinct paths.
 type work struct {
-	mu     sync.Mutex
-	paths  map[string]struct{}
-	scan   desired.Trigger
-	notify chan struct{}
+	mu    sync.Mutex
+	paths map[string]struct{}
+	scan  desired.Trigger
+	// final is set by Run's flush: no more scans, drain the paths, stop.
+	final bool
+	// inflight counts the paths taken but not yet through the sink, for
+	// the log of a flush that times out.
+	inflight int
+	notify   chan struct{}
 }
 
 func newWork() *work {
@@ -54,54 +59,116 @@ func (q *work) requestScan(t desired.Trigger) {
 	q.signal()
 }
 
-// take returns the pending work. A pending full scan subsumes the paths:
-// it reads every file after they fired.
-func (q *work) take() (desired.Trigger, []string) {
+// finish queues the paths still in their debounce window and tells the
+// emitter to drain and stop.
+func (q *work) finish(rels []string) {
+	q.mu.Lock()
+	for _, r := range rels {
+		q.paths[r] = struct{}{}
+	}
+	q.final = true
+	q.mu.Unlock()
+	q.signal()
+}
+
+// take returns the pending work. A pending full scan subsumes the paths: it
+// reads every file after they fired. They are returned with it so that, if
+// the scan is abandoned, they can be queued again. Once final, a pending
+// scan is dropped and stop reports that nothing is left.
+func (q *work) take() (trigger desired.Trigger, rels []string, stop bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.scan != "" {
-		t := q.scan
+	if q.final {
 		q.scan = ""
+	}
+	if len(q.paths) > 0 {
+		rels = make([]string, 0, len(q.paths))
+		for r := range q.paths {
+			rels = append(rels, r)
+		}
 		clear(q.paths)
-		return t, nil
 	}
-	if len(q.paths) == 0 {
-		return "", nil
+	q.inflight = len(rels)
+	if q.scan != "" {
+		trigger, q.scan = q.scan, ""
 	}
-	rels := make([]string, 0, len(q.paths))
-	for r := range q.paths {
-		rels = append(rels, r)
-	}
-	clear(q.paths)
-	return "", rels
+	return trigger, rels, q.final && trigger == "" && len(rels) == 0
+}
+
+// delivered records that the paths last taken are through the sink.
+func (q *work) delivered() {
+	q.mu.Lock()
+	q.inflight = 0
+	q.mu.Unlock()
+}
+
+// unflushed counts the paths not yet through the sink.
+func (q *work) unflushed() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.paths) + q.inflight
+}
+
+// gate lets Run, when its flush times out, stop sink calls from starting
+// without waiting for the one in progress.
+type gate struct {
+	mu     sync.Mutex
+	closed bool
+}
+
+func (g *gate) open() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.closed
+}
+
+func (g *gate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
 }
 
 // Run scans the tree, hands the result to sink.Snapshot, then watches it:
 // changes go to sink.Changed after debouncing; periodic, overflow and
 // requested rescans go to sink.Snapshot. Sink calls come from one goroutine,
 // never from the loop reading events, so a slow sink cannot overflow the
-// kernel's queue. Run returns nil when ctx is done, after the sink call in
-// progress returns.
+// kernel's queue, and they never overlap.
+//
+// When ctx is done, Run stops reading events and flushes: every path seen
+// but not yet emitted (still in its debounce window, or queued behind a
+// slow sink) is evaluated at once, exactly as its debounce would have
+// done, and handed to sink.Changed in one or a few calls; then Run returns
+// nil. A stop right after a write thus publishes it now, not at the next
+// start, which on a volume that dies with the process never comes. A full
+// scan in progress (or pending) at that moment is abandoned, not emitted:
+// finishing it could take minutes on a large tree, and the next start's
+// full scan covers it; the paths whose debounce it had subsumed are still
+// flushed, but changes only a rescan would find (after an inotify
+// overflow) are not. The flush takes at most Options.FlushTimeout. When that
+// passes, Run logs how many paths were not flushed and returns without
+// waiting for the sink call in progress, which may still be running (or
+// just starting) after Run returns; no further call is made.
 func (w *Watcher) Run(ctx context.Context, sink desired.Sink) error {
 	if !w.running.CompareAndSwap(false, true) {
 		return errRunning
 	}
 	defer w.running.Store(false)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Evaluating paths and calling the sink outlive ctx: they are the
+	// flush. Only its deadline stops them. Full scans stop with ctx.
+	evalCtx, stopEval := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEval()
 
 	q := newWork()
 	src := w.startSource()
 	defer w.stopSource()
 	q.requestScan(desired.TriggerStartup)
 
-	var wg sync.WaitGroup
-	wg.Add(1)
+	g := &gate{}
+	emitted := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		w.emit(ctx, sink, q)
+		defer close(emitted)
+		w.emit(ctx, evalCtx, sink, q, g)
 	}()
-	defer wg.Wait()
 
 	l := loop{w: w, q: q, pending: make(map[string]*pend)}
 	l.timer = time.NewTimer(time.Hour)
@@ -116,7 +183,9 @@ func (w *Watcher) Run(ctx context.Context, sink desired.Sink) error {
 		defer func() { ticker.Stop() }()
 		tick = ticker.C
 	}
-	for {
+	// select picks at random among ready cases; checking ctx first keeps
+	// a busy event stream from delaying the flush.
+	for ctx.Err() == nil {
 		var events <-chan fsnotify.Event
 		var errs <-chan error
 		if src != nil {
@@ -124,7 +193,6 @@ func (w *Watcher) Run(ctx context.Context, sink desired.Sink) error {
 		}
 		select {
 		case <-ctx.Done():
-			return nil
 		case ev, ok := <-events:
 			if !ok {
 				src = w.restart(q, desired.TriggerError, "event source closed")
@@ -155,6 +223,48 @@ func (w *Watcher) Run(ctx context.Context, sink desired.Sink) error {
 			}
 		}
 	}
+	w.flush(&l, q, g, emitted, stopEval)
+	return nil
+}
+
+// flush hands the paths still in their debounce window to the emitter and
+// waits, at most FlushTimeout, for it to drain.
+func (w *Watcher) flush(l *loop, q *work, g *gate, emitted <-chan struct{}, stopEval context.CancelFunc) {
+	// The flush covers what was seen; new events are not read, so their
+	// watches can go now.
+	w.stopSource()
+	l.timer.Stop()
+	rels := make([]string, 0, len(l.pending))
+	for rel := range l.pending {
+		rels = append(rels, rel)
+	}
+	clear(l.pending)
+
+	timeout := w.opts.FlushTimeout
+	if timeout < 0 {
+		g.close()
+		stopEval()
+		if n := len(rels) + q.unflushed(); n > 0 {
+			w.log.Warn("stopping without flushing (FlushTimeout is negative); the next start's full scan publishes these changes if the files survive",
+				"unflushed_paths", n)
+		}
+		return
+	}
+	q.finish(rels)
+	if n := q.unflushed(); n > 0 {
+		w.log.Info("stopping: flushing changes still being debounced", "paths", n, "timeout", timeout)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-emitted:
+		return
+	case <-t.C:
+	}
+	g.close()
+	stopEval()
+	w.log.Error("stopping: flush timed out; the next start's full scan publishes the rest if the files survive",
+		"timeout", timeout, "unflushed_paths", q.unflushed())
 }
 
 // watchError answers an error from the event source: the kernel may have
@@ -181,29 +291,43 @@ func (w *Watcher) restart(q *work, t desired.Trigger, why string) eventSource {
 }
 
 // emit is the emitter goroutine: it does the scanning and hashing and calls
-// the sink, while the event loop keeps reading events.
-func (w *Watcher) emit(ctx context.Context, sink desired.Sink, q *work) {
+// the sink, while the event loop keeps reading events. Full scans stop
+// with scanCtx (Run's ctx); path evaluation and sink calls go on until
+// evalCtx ends, so that the flush can finish. It returns once the flush
+// has drained the work, or when evalCtx or the gate closes.
+func (w *Watcher) emit(scanCtx, evalCtx context.Context, sink desired.Sink, q *work, g *gate) {
 	for {
-		select {
-		case <-ctx.Done():
+		trigger, rels, stop := q.take()
+		switch {
+		case stop:
 			return
-		case <-q.notify:
-		}
-		for ctx.Err() == nil {
-			trigger, rels := q.take()
-			if trigger != "" {
-				snap := w.fullScan(ctx, trigger, true, true)
-				if ctx.Err() != nil {
-					return
-				}
-				sink.Snapshot(snap)
+		case trigger != "":
+			snap, done := w.fullScan(scanCtx, trigger, true, true)
+			if !done {
+				// Abandoned by shutdown; what it would have covered
+				// of the paths goes to the flush.
+				q.addPaths(rels)
 				continue
 			}
-			if len(rels) == 0 {
-				break
+			if !g.open() {
+				return
 			}
-			if states := w.evalPaths(ctx, rels); len(states) > 0 && ctx.Err() == nil {
+			sink.Snapshot(snap)
+			q.delivered()
+		case len(rels) > 0:
+			states := w.evalPaths(evalCtx, rels)
+			if len(states) > 0 {
+				if evalCtx.Err() != nil || !g.open() {
+					return
+				}
 				sink.Changed(states)
+			}
+			q.delivered()
+		default:
+			select {
+			case <-q.notify:
+			case <-evalCtx.Done():
+				return
 			}
 		}
 	}
@@ -285,6 +409,9 @@ func (l *loop) schedule(rel string) {
 	if !l.armed {
 		l.timer.Reset(l.w.opts.Quiet)
 		l.armed = true
+	}
+	if l.w.scheduled != nil {
+		l.w.scheduled(rel)
 	}
 }
 

@@ -301,11 +301,17 @@ var (
 	ErrTooLarge   = errors.New("file too large")
 	ErrUnreadable = errors.New("file unreadable")
 	errNotRegular = errors.New("not a regular file")
-	errRaced      = errors.New("file replaced while being read")
 )
 
 // hash returns the content hash of a resolved file, from the cache when its
 // identity proves it unchanged, else by streaming it through SHA-256.
+//
+// A file written or replaced while it is read is not an error: its hash
+// is returned but never cached. Holding such a file back would keep a file
+// that is always being written (a log) from ever being published, and the
+// hash does no harm: the write that raced produces an event that
+// re-evaluates the file, and the uploader records the hash of the bytes it
+// actually sends, not this one.
 func (w *Watcher) hash(rel string, r resolved) (string, int64, error) {
 	s := w.st
 	id, idOK := fileIDOf(r.info)
@@ -436,6 +442,12 @@ func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *sc
 		names[e.Name()] = true
 	}
 	for _, e := range entries {
+		// Checked per entry, not only per directory: hashing a large flat
+		// directory can take minutes, and Run abandons a scan on shutdown.
+		if err := ctx.Err(); err != nil {
+			res.fail(rel, err)
+			return
+		}
 		name := e.Name()
 		crel, cabs := joinRel(rel, name), filepath.Join(abs, name)
 		if e.IsDir() {
@@ -467,12 +479,15 @@ func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *sc
 }
 
 // fullScan scans the whole tree. With commit, what it found becomes the
-// last emitted state (Run); without, the scan only reports (Scan).
-func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, commit bool) desired.Snapshot {
+// last emitted state (Run); without, the scan only reports (Scan). done is
+// false when ctx ended during the scan: then nothing is committed, since
+// Run abandons such a scan instead of emitting it, and a path the scan saw
+// must still count as unemitted when Run flushes it.
+func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, commit bool) (snap desired.Snapshot, done bool) {
 	if w.opts.Metrics != nil {
 		w.opts.Metrics.FullSyncs.WithLabelValues(string(trigger)).Inc()
 	}
-	snap := desired.Snapshot{Trigger: trigger}
+	snap = desired.Snapshot{Trigger: trigger}
 	root := w.opts.Root
 	fi, err := os.Stat(root)
 	switch {
@@ -483,7 +498,7 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 	}
 	if snap.Reason != "" {
 		w.log.Warn("scan incomplete: nothing will be deleted", "reason", snap.Reason)
-		return snap
+		return snap, ctx.Err() == nil
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -494,6 +509,9 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 	}
 	res := newScanResult()
 	w.walk(ctx, "", root, watch, res)
+	// Checked once, under mu: the caller must see the same answer that
+	// decided the commit.
+	done = ctx.Err() == nil
 	snap.Complete = len(res.incomplete) == 0
 	snap.Reason = strings.Join(res.reasons, "; ")
 	snap.States = make([]desired.State, 0, len(res.found))
@@ -520,7 +538,7 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 			}
 		}
 	}
-	if commit {
+	if commit && done {
 		for rel := range s.known.states {
 			if _, ok := res.found[rel]; !ok && !res.covered(rel) {
 				s.known.remove(rel)
@@ -530,7 +548,7 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 			s.known.set(rel, st)
 		}
 	}
-	return snap
+	return snap, done
 }
 
 // evalPaths re-evaluates the given relative paths (files, directories, or

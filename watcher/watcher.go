@@ -59,6 +59,10 @@ type Watcher struct {
 
 	rescan  chan desired.Trigger
 	running atomic.Bool
+
+	// scheduled, when set, is called by the event loop with each path whose
+	// debounce an event starts or extends; tests wait on it, not on sleeps.
+	scheduled func(rel string)
 }
 
 // eventSource is the part of *fsnotify.Watcher the watcher uses.
@@ -111,7 +115,7 @@ func New(opts Options) (*Watcher, error) {
 // error only when ctx ends; an unreadable tree yields an incomplete
 // snapshot instead.
 func (w *Watcher) Scan(ctx context.Context, trigger desired.Trigger) (desired.Snapshot, error) {
-	snap := w.fullScan(ctx, trigger, false, false)
+	snap, _ := w.fullScan(ctx, trigger, false, false)
 	if err := ctx.Err(); err != nil {
 		return snap, err
 	}
