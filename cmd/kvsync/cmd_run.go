@@ -35,8 +35,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer a.close()
 	if a.local != nil {
-		fmt.Fprintf(stdout, "kvsync: local emulator at %s (account %s); read a key with:\n  curl -H 'Authorization: Bearer %s' %s/accounts/%s/storage/kv/namespaces/%s/values/<key>\n",
-			a.local.baseURL, a.cfg.API.AccountID, localToken, a.local.baseURL, a.cfg.API.AccountID, a.cfg.Syncs[0].NamespaceID)
+		ns := fmt.Sprintf("%s/accounts/%s/storage/kv/namespaces/%s", a.local.baseURL, a.cfg.API.AccountID, a.cfg.Syncs[0].NamespaceID)
+		fmt.Fprintf(stdout, "kvsync: publishing into the local emulator at %s\n  list the keys: curl -H 'Authorization: Bearer %s' %s/keys\n  read one:      curl -H 'Authorization: Bearer %s' %s/values/<key, percent-encoded>\n",
+			a.local.baseURL, localToken, ns, localToken, ns)
 	}
 
 	var ready atomic.Bool
