@@ -39,7 +39,9 @@ var (
 	ErrCorrupt = errors.New("state file is corrupt")
 )
 
-// Record is what was last written successfully to one key.
+// Record is what was last written successfully to one key, or, with
+// Pending set, that a write or deletion of the key was sent whose outcome is
+// not known.
 type Record struct {
 	// Hash is the hex SHA-256 of the content written.
 	Hash string
@@ -51,6 +53,11 @@ type Record struct {
 	// ExpirationAt is in Unix seconds; 0 for none.
 	ExpirationAt int64
 	Written      time.Time
+	// Pending marks a write-ahead intent: a request that may change the key
+	// was (or was about to be) sent and no reply confirmed it, so the key
+	// may be kvsync's and its content in KV is unknown. The other fields
+	// still describe the last confirmed write, if any.
+	Pending bool
 }
 
 // record is Record's stored form: short names keep a large store small.
@@ -61,6 +68,9 @@ type record struct {
 	ExpirationTTL int64           `json:"t,omitempty"`
 	ExpirationAt  int64           `json:"e,omitempty"`
 	Written       int64           `json:"w,omitempty"` // Unix nanoseconds
+	// Pending is omitted when false, so clean records keep the encoding
+	// they had before the field existed and old records decode as clean.
+	Pending bool `json:"p,omitempty"`
 }
 
 // Options configure Open.
@@ -430,6 +440,7 @@ func encode(r Record) ([]byte, error) {
 		Size:          r.Size,
 		ExpirationTTL: r.ExpirationTTL,
 		ExpirationAt:  r.ExpirationAt,
+		Pending:       r.Pending,
 	}
 	if !r.Written.IsZero() {
 		rec.Written = r.Written.UnixNano()
@@ -462,6 +473,7 @@ func decode(v []byte) (Record, error) {
 		Size:          rec.Size,
 		ExpirationTTL: rec.ExpirationTTL,
 		ExpirationAt:  rec.ExpirationAt,
+		Pending:       rec.Pending,
 	}
 	if len(rec.Metadata) > 0 {
 		r.Metadata = append(json.RawMessage(nil), rec.Metadata...)

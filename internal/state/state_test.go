@@ -77,7 +77,8 @@ func sampleRecord(i int) Record {
 
 func equalRecord(a, b Record) bool {
 	return a.Hash == b.Hash && a.Size == b.Size && bytes.Equal(a.Metadata, b.Metadata) &&
-		a.ExpirationTTL == b.ExpirationTTL && a.ExpirationAt == b.ExpirationAt && a.Written.Equal(b.Written)
+		a.ExpirationTTL == b.ExpirationTTL && a.ExpirationAt == b.ExpirationAt && a.Written.Equal(b.Written) &&
+		a.Pending == b.Pending
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -97,6 +98,9 @@ func TestRoundTrip(t *testing.T) {
 		{"metadata compacted, html kept", Record{Hash: "cd", Metadata: json.RawMessage("{ \"a\" : \"<b>&</b>\",\n \"n\": [1, 2] }")},
 			Record{Hash: "cd", Metadata: json.RawMessage(`{"a":"<b>&</b>","n":[1,2]}`), Written: fixedNow}},
 		{"zero written stamped with now", Record{Hash: "ef", Size: 0}, Record{Hash: "ef", Written: fixedNow}},
+		{"pending over a written record", func() Record { r := sampleRecord(3); r.Pending = true; return r }(),
+			func() Record { r := sampleRecord(3); r.Pending = true; return r }()},
+		{"pending new key", Record{Pending: true}, Record{Pending: true, Written: fixedNow}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -138,6 +142,72 @@ func TestRoundTrip(t *testing.T) {
 		if fi.Mode().Perm() != want {
 			t.Errorf("%s mode = %v, want %v", p, fi.Mode().Perm(), want)
 		}
+	}
+}
+
+// A store written before Record.Pending existed must read as clean records,
+// and a clean record must still be stored in that older form, so a
+// downgrade reads it too; Pending survives a reopen and ForEach.
+func TestPendingEncodingCompatible(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := `{"h":"abc","s":3,"m":{"a":1},"t":3600,"w":1700000000000000000}`
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("a/n"))
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte("old"), []byte(old))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := openT(t, path)
+	got, ok, err := s.Get("a/n", "old")
+	want := Record{Hash: "abc", Size: 3, Metadata: json.RawMessage(`{"a":1}`), ExpirationTTL: 3600, Written: time.Unix(1_700_000_000, 0)}
+	if err != nil || !ok || !equalRecord(got, want) {
+		t.Fatalf("old record = %+v, %v, %v; want %+v", got, ok, err, want)
+	}
+	if v, err := encode(got); err != nil || string(v) != old {
+		t.Errorf("clean record encodes as %s (%v), want the old form %s", v, err, old)
+	}
+	pending := got
+	pending.Pending = true
+	if v, err := encode(pending); err != nil || !strings.HasSuffix(string(v), `,"p":true}`) {
+		t.Errorf("pending record encodes as %s (%v)", v, err)
+	}
+	if err := s.PutBatch("a/n", map[string]Record{"old": pending, "new": {Pending: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openT(t, path)
+	defer s.Close()
+	seen := map[string]Record{}
+	if err := s.ForEach("a/n", "", func(k string, r Record) error { seen[k] = r; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if r := seen["old"]; !equalRecord(r, pending) {
+		t.Errorf("pending record after reopen = %+v, want %+v", r, pending)
+	}
+	if r := seen["new"]; !r.Pending || r.Hash != "" || !r.Written.Equal(fixedNow) {
+		t.Errorf("pending new key after reopen = %+v", r)
+	}
+	// Clearing the mark is an ordinary PutBatch of the clean record.
+	if err := s.PutBatch("a/n", map[string]Record{"old": want}); err != nil {
+		t.Fatal(err)
+	}
+	if r, _, _ := s.Get("a/n", "old"); r.Pending {
+		t.Error("a clean record written over a pending one is still pending")
 	}
 }
 
