@@ -57,10 +57,11 @@ func putOptions(st desired.State, now time.Time) (kvapi.PutOptions, error) {
 // unchanged reports whether rec, what was last written to st.Key, is what st
 // asks for, so writing it again would change nothing. A record whose
 // expiration has passed is not: the key is gone from KV although its file
-// is still there.
+// is still there. Nor is a pending one: a request whose outcome is unknown
+// may have changed the key since.
 func unchanged(st desired.State, rec state.Record, now time.Time) bool {
 	ttl, at := expirationFields(st.Expiration)
-	return rec.Hash == st.Hash &&
+	return !rec.Pending && rec.Hash == st.Hash &&
 		rec.ExpirationTTL == ttl && rec.ExpirationAt == at &&
 		metadataEqual(rec.Metadata, st.Metadata) &&
 		!recordExpired(rec, now)

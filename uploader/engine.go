@@ -2,7 +2,9 @@
 // meaning or HTTP: it receives desired states from the watcher (it is a
 // desired.Sink), compares them with the state store, decides put, bulk put,
 // delete or skip, keeps one write in flight per key, applies delete safety,
-// and records a result in the store only after the API confirmed it.
+// marks the keys of every request pending in the store before sending it
+// (a write-ahead intent, since a reply can be lost after the request took
+// effect), and records a result only after the API confirmed it.
 //
 // Work flows through a bounded queue that coalesces by key (the newest state
 // of a key replaces its older queued one; a change arriving while the key is
@@ -174,7 +176,8 @@ var _ desired.Sink = (*Engine)(nil)
 
 // Run runs the worker loop until ctx is done, then cancels the requests in
 // flight and returns once they have returned. Keys whose write was cut short
-// stay queued; nothing is recorded for them. For a graceful stop, call Drain
+// stay queued; only their intent marks are recorded, so a restart writes
+// them again. For a graceful stop, call Drain
 // with a deadline before cancelling ctx.
 func (e *Engine) Run(ctx context.Context) error {
 	e.acquire()

@@ -138,7 +138,9 @@ func TestExpiredRecordIsRewritten(t *testing.T) {
 	}
 }
 
-// Rule 1: the record changes only after the API confirmed the write.
+// Rule 1: a clean record is stored only after the API confirmed the write;
+// a write that failed leaves only its intent mark (the request was sent, so
+// it may have taken effect).
 func TestRecordOnlyAfterConfirmedWrite(t *testing.T) {
 	cases := []struct {
 		name string
@@ -160,8 +162,8 @@ func TestRecordOnlyAfterConfirmedWrite(t *testing.T) {
 			if !errors.Is(err, ErrSyncIncomplete) || rep.Failed != 1 {
 				t.Fatalf("SyncOnce = %+v, %v; want one failure", rep, err)
 			}
-			if _, ok := store.record(st.Key); ok {
-				t.Fatal("a failed write was recorded")
+			if rec, ok := store.record(st.Key); !ok || !rec.Pending || rec.Hash != "" {
+				t.Fatalf("record after a failed write = %+v, %v; want only an intent mark", rec, ok)
 			}
 			if len(rep.Failures) != 1 || rep.Failures[0].Key != st.Key || rep.Failures[0].Path != st.Path || !errors.Is(rep.Failures[0].Err, tc.err) {
 				t.Fatalf("failures %+v", rep.Failures)
@@ -512,8 +514,10 @@ func TestUnsuccessfulKeysRetried(t *testing.T) {
 		if got := kv.writes(); got != 2 {
 			t.Fatalf("write requests %d, want 2 (the bulk and one retry)", got)
 		}
-		if _, ok := store.record(b.Key); !ok || store.puts != 2 {
-			t.Fatalf("record of b missing or store written %d times", store.puts)
+		// One intent mark for the bulk request and one record per
+		// confirmed request; b, still marked, needs no second mark.
+		if rec, ok := store.record(b.Key); !ok || rec.Pending || store.puts != 3 {
+			t.Fatalf("record of b %+v, %v; store written %d times, want 3", rec, ok, store.puts)
 		}
 		mustContent(t, kv, b.Key, "b")
 	})
@@ -543,8 +547,8 @@ func TestUnsuccessfulKeysRetried(t *testing.T) {
 		if !errors.Is(err, ErrSyncIncomplete) || rep.Failed != 1 || rep.Written != 2 || rep.Failures[0].Key != b.Key {
 			t.Fatalf("%+v, %v", rep, err)
 		}
-		if _, ok := store.record(b.Key); ok {
-			t.Fatal("unwritten key recorded")
+		if rec, ok := store.record(b.Key); !ok || !rec.Pending {
+			t.Fatalf("unwritten key's record = %+v, %v; want its intent mark", rec, ok)
 		}
 		e.mu.Lock()
 		_, delayed := e.delayed[b.Key]
@@ -559,8 +563,8 @@ func TestUnsuccessfulKeysRetried(t *testing.T) {
 		if err := e.Drain(context.Background()); err != nil { // retries at once
 			t.Fatal(err)
 		}
-		if _, ok := store.record(b.Key); !ok {
-			t.Fatal("key not written on retry")
+		if rec, ok := store.record(b.Key); !ok || rec.Pending {
+			t.Fatalf("key not written on retry: %+v, %v", rec, ok)
 		}
 	})
 }
@@ -595,8 +599,11 @@ func TestBulkRefusedIsSplit(t *testing.T) {
 	if !errors.Is(err, ErrSyncIncomplete) || rep.Failed != 1 || rep.Written != 7 {
 		t.Fatalf("%+v, %v", rep, err)
 	}
-	if store.len() != 7 {
-		t.Fatalf("%d records", store.len())
+	for _, st := range states {
+		rec, ok := store.record(st.Key)
+		if want := st.Key == bad; !ok || rec.Pending != want {
+			t.Fatalf("record of %s = %+v, %v; want pending=%v", st.Key, rec, ok, want)
+		}
 	}
 	if !strings.Contains(logs.String(), "cf_codes=[10012]") {
 		t.Fatalf("log lacks the Cloudflare code:\n%s", logs)
@@ -863,8 +870,8 @@ func TestDrainGivesUp(t *testing.T) {
 	if err := e.Drain(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Drain = %v", err)
 	}
-	if store.len() != 0 {
-		t.Fatal("a cancelled write was recorded")
+	if rec, ok := store.record(testPrefix + "a"); !ok || !rec.Pending || store.len() != 1 {
+		t.Fatalf("record of a cancelled write = %+v, %v; want only its intent mark", rec, ok)
 	}
 }
 

@@ -2,6 +2,7 @@ package uploader
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -68,12 +69,19 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 	if err != nil {
 		return e.writeFailure(ctx, it, err, true)
 	}
-	if r, done := e.precheck(it, now); done {
+	prev, had, r, done := e.precheck(it, now)
+	if done {
 		return r
 	}
 	v, err := kvapi.File(st.Path)
 	if err != nil {
 		return e.writeFailure(ctx, it, err, true)
+	}
+	if err := validWrite(st.Key, opts.Metadata, v.Size()); err != nil {
+		return e.writeFailure(ctx, it, err, true)
+	}
+	if err := e.intend(marks(now, keyRecord{st.Key, prev, had})); err != nil {
+		return e.intentFailure(it, err)
 	}
 	sv := &sentValue{v: v}
 	if err := e.o.KV.PutValue(ctx, e.o.Namespace, st.Key, sv, opts); err != nil {
@@ -93,21 +101,99 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 }
 
 // precheck settles a write that needs no request: its state is what was
-// last written, or this is a dry run.
-func (e *Engine) precheck(it *item, now time.Time) (result, bool) {
+// last written, or this is a dry run. Otherwise it returns the key's record
+// (ok false: none), from which the intent mark is made.
+func (e *Engine) precheck(it *item, now time.Time) (rec state.Record, ok bool, r result, done bool) {
 	st := it.st
 	rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key)
 	if err != nil {
-		return result{it: it, out: outcome{kind: outFailed, err: fmt.Errorf("reading the state store: %w", err)}, retry: true}, true
+		return rec, ok, result{it: it, out: outcome{kind: outFailed, err: fmt.Errorf("reading the state store: %w", err)}, retry: true}, true
 	}
 	if ok && unchanged(st, rec, now) {
-		return settled(it, outUnchanged), true
+		return rec, ok, settled(it, outUnchanged), true
 	}
 	if e.o.DryRun {
 		e.log.Info("dry run: would write", "key", st.Key, "path", st.Path, "bytes", st.Size)
-		return settled(it, outPlanned), true
+		return rec, ok, settled(it, outPlanned), true
 	}
-	return result{}, false
+	return rec, ok, result{}, false
+}
+
+// validWrite makes the checks kvapi makes before it sends a write (the
+// expiration is checked by putOptions), so a write it would refuse without
+// sending anything gets no intent mark.
+func validWrite(key string, metadata json.RawMessage, size int64) error {
+	if err := kvapi.ValidateKey(key); err != nil {
+		return err
+	}
+	if size > kvapi.MaxValueBytes {
+		return &kvapi.ValidationError{Field: "value", Key: key, Err: fmt.Errorf("%w: %d bytes", kvapi.ErrValueTooLarge, size)}
+	}
+	if _, err := kvapi.ValidateMetadata(metadata); err != nil {
+		var ve *kvapi.ValidationError
+		if errors.As(err, &ve) && ve.Key == "" {
+			ve.Key = key
+		}
+		return err
+	}
+	return nil
+}
+
+// keyRecord is a key about to be sent in a request with its record before
+// it (had false: none).
+type keyRecord struct {
+	key string
+	rec state.Record
+	had bool
+}
+
+// marks returns the intent marks of keys about to be sent: each key's record
+// with Pending set, or for a key without one a bare mark. A record that is a
+// mark already needs none. A mark keeps the record's Hash and Written, which
+// a full sync's planned deletion compares, so retrying that deletion is not
+// mistaken for a newer write.
+func marks(now time.Time, krs ...keyRecord) map[string]state.Record {
+	m := make(map[string]state.Record, len(krs))
+	for _, kr := range krs {
+		switch {
+		case kr.had && kr.rec.Pending:
+			continue
+		case kr.had:
+			kr.rec.Pending = true
+			m[kr.key] = kr.rec
+		default:
+			m[kr.key] = state.Record{Pending: true, Written: now}
+		}
+	}
+	return m
+}
+
+// intend stores intent marks in one transaction before their request is
+// sent (write-ahead). A request can take effect at the server while its
+// reply is lost, and the retries then fail; without the mark, a new key
+// written that way would have no record, so it would never be deleted, and
+// a key with a record would keep a record of content it no longer holds, so
+// it would never be rewritten. A mark is never "unchanged" and always makes
+// the key kvsync's to delete; only a confirmed write clears it, a confirmed
+// deletion removes it, and a failed request leaves it, whatever happened at
+// the server.
+func (e *Engine) intend(recs map[string]state.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	if err := e.o.Store.PutBatch(e.o.Scope, recs); err != nil {
+		return fmt.Errorf("recording the intent before the request (nothing sent): %w", err)
+	}
+	return nil
+}
+
+// intentFailure settles a key whose request was not sent because its intent
+// could not be recorded: sending it unrecorded could leave KV holding
+// content kvsync does not know of.
+func (e *Engine) intentFailure(it *item, err error) result {
+	e.log.Warn("state store refused the intent mark; request not sent, retrying later",
+		"key", it.st.Key, "path", it.st.Path, "err", err, "retry_in", e.o.RetryBackoff)
+	return result{it: it, out: outcome{kind: outFailed, err: err}, retry: true}
 }
 
 func newRecord(st desired.State, sum string, size int64, now time.Time) state.Record {
@@ -115,14 +201,15 @@ func newRecord(st desired.State, sum string, size int64, now time.Time) state.Re
 	return state.Record{Hash: sum, Size: size, Metadata: st.Metadata, ExpirationTTL: ttl, ExpirationAt: at, Written: now}
 }
 
-// record stores confirmed writes. A failure here loses no data: the key is
-// written, and without its record it is merely written again later.
+// record stores confirmed writes, clearing their intent marks. A failure
+// here loses no data: the key keeps its mark, so it is written again later
+// and stays kvsync's to delete.
 func (e *Engine) record(recs map[string]state.Record) {
 	if len(recs) == 0 {
 		return
 	}
 	if err := e.o.Store.PutBatch(e.o.Scope, recs); err != nil {
-		e.log.Error("keys written but not recorded; they will be written again", "keys", len(recs), "err", err)
+		e.log.Error("keys written but not recorded; they stay marked pending and will be written again", "keys", len(recs), "err", err)
 	}
 }
 
@@ -131,7 +218,7 @@ func (e *Engine) forget(keys []string) {
 		return
 	}
 	if err := e.o.Store.DeleteBatch(e.o.Scope, keys); err != nil {
-		e.log.Error("keys deleted but their records not removed", "keys", len(keys), "err", err)
+		e.log.Error("keys deleted but their records not removed; a later deletion of them repeats harmlessly", "keys", len(keys), "err", err)
 	}
 }
 
@@ -191,7 +278,8 @@ func codes(err error) []any {
 type prepared struct {
 	it   *item
 	pair kvapi.BulkPair
-	rec  state.Record
+	rec  state.Record // to record once written
+	prev keyRecord    // the record before, for the intent mark
 }
 
 // putBulk reads the batch's files now (so at most Concurrency batches are in
@@ -208,8 +296,9 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			rs = append(rs, e.writeFailure(ctx, it, err, true))
 			continue
 		}
-		if r, done := e.precheck(it, now); done {
-			rs = append(rs, r)
+		prev, had, settledNow, done := e.precheck(it, now)
+		if done {
+			rs = append(rs, settledNow)
 			continue
 		}
 		data, err := readSmall(st.Path, e.o.BulkThreshold)
@@ -219,6 +308,11 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			continue
 		}
 		if err != nil {
+			rs = append(rs, e.writeFailure(ctx, it, err, true))
+			continue
+		}
+		if err := validWrite(st.Key, opts.Metadata, int64(len(data))); err != nil {
+			// Refused alone, before the batch is marked and sent.
 			rs = append(rs, e.writeFailure(ctx, it, err, true))
 			continue
 		}
@@ -234,9 +328,20 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			it:   it,
 			pair: kvapi.BulkPair{Key: st.Key, Value: data, Metadata: opts.Metadata, Expiration: opts.Expiration, ExpirationTTL: opts.ExpirationTTL},
 			rec:  newRecord(st, sha256Hex(data), int64(len(data)), now),
+			prev: keyRecord{st.Key, prev, had},
 		})
 	}
 	if len(batch) == 0 {
+		return rs
+	}
+	krs := make([]keyRecord, len(batch))
+	for i := range batch {
+		krs[i] = batch[i].prev
+	}
+	if err := e.intend(marks(now, krs...)); err != nil {
+		for _, b := range batch {
+			rs = append(rs, e.intentFailure(b.it, err))
+		}
 		return rs
 	}
 	pairs := make([]kvapi.BulkPair, len(batch))
@@ -351,9 +456,16 @@ func (e *Engine) ownRecord(it *item) (state.Record, *result) {
 	return rec, nil
 }
 
+// deleteOne deletes one key. Its record is marked pending first: if the
+// deletion takes effect but its reply is lost, a file that comes back with
+// the recorded content must still be written again.
 func (e *Engine) deleteOne(ctx context.Context, it *item) result {
-	if _, r := e.ownRecord(it); r != nil {
+	rec, r := e.ownRecord(it)
+	if r != nil {
 		return *r
+	}
+	if err := e.intend(marks(e.o.Now(), keyRecord{it.st.Key, rec, true})); err != nil {
+		return e.intentFailure(it, err)
 	}
 	err := e.o.KV.DeleteValue(ctx, e.o.Namespace, it.st.Key)
 	if err != nil && kvapi.StatusCode(err) != http.StatusNotFound {
@@ -366,14 +478,23 @@ func (e *Engine) deleteOne(ctx context.Context, it *item) result {
 func (e *Engine) deleteBulk(ctx context.Context, items []*item) []result {
 	rs := make([]result, 0, len(items))
 	var todo []*item
+	var krs []keyRecord
 	for _, it := range items {
-		if _, r := e.ownRecord(it); r != nil {
+		rec, r := e.ownRecord(it)
+		if r != nil {
 			rs = append(rs, *r)
 			continue
 		}
 		todo = append(todo, it)
+		krs = append(krs, keyRecord{it.st.Key, rec, true})
 	}
 	if len(todo) == 0 {
+		return rs
+	}
+	if err := e.intend(marks(e.o.Now(), krs...)); err != nil {
+		for _, it := range todo {
+			rs = append(rs, e.intentFailure(it, err))
+		}
 		return rs
 	}
 	keys := make([]string, len(todo))
@@ -425,7 +546,8 @@ func (e *Engine) keep(items []*item) []result {
 
 // expireOne rewrites a key whose file went away with expiration_ttl =
 // DeleteTTL: a read of its current value, then a write of it (two requests),
-// keeping the recorded metadata.
+// keeping the recorded metadata. A key marked pending may hold metadata
+// kvsync never saw confirmed, so its metadata is read too (a third request).
 func (e *Engine) expireOne(ctx context.Context, it *item) result {
 	rec, r := e.ownRecord(it)
 	if r != nil {
@@ -446,6 +568,20 @@ func (e *Engine) expireOne(ctx context.Context, it *item) result {
 		return settled(it, outExpired) // expires soon enough by itself
 	}
 	opts := kvapi.PutOptions{Metadata: rec.Metadata, ExpirationTTL: ttl}
+	if rec.Pending {
+		m, err := e.o.KV.GetMetadata(ctx, e.o.Namespace, key)
+		if kvapi.StatusCode(err) == http.StatusNotFound {
+			e.forget([]string{key})
+			return settled(it, outExpired) // gone since it was read
+		}
+		if err != nil {
+			return e.deleteFailure(ctx, it, err, true)
+		}
+		opts.Metadata = compactJSON(m)
+	}
+	if err := e.intend(marks(e.o.Now(), keyRecord{key, rec, true})); err != nil {
+		return e.intentFailure(it, err)
+	}
 	if err := e.o.KV.PutValue(ctx, e.o.Namespace, key, kvapi.Bytes(vi.Value), opts); err != nil {
 		return e.deleteFailure(ctx, it, err, true)
 	}
