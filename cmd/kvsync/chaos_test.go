@@ -95,17 +95,18 @@ func TestChaosConvergence(t *testing.T) {
 	start := time.Now()
 	deadline := start.Add(*chaosDuration)
 	maxOps := int(chaosDuration.Seconds() * chaosOpsPerSecond)
-	var kills []time.Time
+	// Kills land at random operation counts, so every run gets its three
+	// whether the op cap or the clock ends the drive.
+	var kills []int
 	for i := 0; i < 3; i++ {
-		frac := 0.1 + 0.75*rng.Float64()
-		kills = append(kills, start.Add(time.Duration(frac*float64(*chaosDuration))))
+		kills = append(kills, int((0.1+0.75*rng.Float64())*float64(maxOps)))
 	}
-	sort.Slice(kills, func(i, j int) bool { return kills[i].Before(kills[j]) })
+	sort.Ints(kills)
 	var restartAt time.Time
 	killed := 0
 	for d.ops < maxOps && time.Now().Before(deadline) {
 		now := time.Now()
-		if running && len(kills) > 0 && now.After(kills[0]) {
+		if running && len(kills) > 0 && d.ops >= kills[0] {
 			kills = kills[1:]
 			proc.kill9()
 			running = false
@@ -126,7 +127,7 @@ func TestChaosConvergence(t *testing.T) {
 		procs = append(procs, proc)
 	}
 	for killed < 3 {
-		// A short run (small -chaos.duration) still gets its three kills.
+		// A drive the clock cut short still gets its three kills.
 		proc.kill9()
 		killed++
 		proc = env.startDaemon()
