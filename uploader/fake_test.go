@@ -39,6 +39,11 @@ type fakeKV struct {
 	deleteErr  func(key string) error
 	duringPut  func(ctx context.Context, key string) // runs while the key's write is in flight
 	listExtras []string                              // keys listed besides data's (not stored)
+	// sent runs when a write or deletion is called, before anything else.
+	sent func(op kvapi.Op, keys []string)
+	// applied runs after a write or deletion took effect; a non-nil error
+	// is returned instead of success, as when the reply is lost.
+	applied func(op kvapi.Op, keys []string) error
 }
 
 type fakeEntry struct {
@@ -91,7 +96,23 @@ func (f *fakeKV) sleep(ctx context.Context) error {
 	}
 }
 
+// hooks runs sent at the start of a write or deletion.
+func (f *fakeKV) hooks(op kvapi.Op, keys []string) {
+	if f.sent != nil {
+		f.sent(op, keys)
+	}
+}
+
+// after runs applied once a write or deletion took effect.
+func (f *fakeKV) after(op kvapi.Op, keys []string) error {
+	if f.applied != nil {
+		return f.applied(op, keys)
+	}
+	return nil
+}
+
 func (f *fakeKV) PutValue(ctx context.Context, ns, key string, v kvapi.Value, opts kvapi.PutOptions) error {
+	f.hooks(kvapi.OpPut, []string{key})
 	f.begin(kvapi.OpPut, key)
 	defer f.end(key)
 	if f.duringPut != nil {
@@ -120,7 +141,7 @@ func (f *fakeKV) PutValue(ctx context.Context, ns, key string, v kvapi.Value, op
 	f.mu.Lock()
 	f.data[key] = fakeEntry{value: b, meta: opts.Metadata, exp: opts.Expiration, ttl: opts.ExpirationTTL}
 	f.mu.Unlock()
-	return nil
+	return f.after(kvapi.OpPut, []string{key})
 }
 
 func (f *fakeKV) BulkPut(ctx context.Context, ns string, pairs []kvapi.BulkPair) (kvapi.BulkResult, error) {
@@ -130,6 +151,7 @@ func (f *fakeKV) BulkPut(ctx context.Context, ns string, pairs []kvapi.BulkPair)
 		keys[i] = p.Key
 		n += int64(len(p.Value))
 	}
+	f.hooks(kvapi.OpBulkPut, keys)
 	f.begin(kvapi.OpBulkPut, keys...)
 	defer f.end(keys...)
 	if err := f.sleep(ctx); err != nil {
@@ -145,7 +167,6 @@ func (f *fakeKV) BulkPut(ctx context.Context, ns string, pairs []kvapi.BulkPair)
 		failed = f.bulkFail(keys)
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.bulks = append(f.bulks, fakeBulk{pairs: len(pairs), bytes: n})
 	for _, p := range pairs {
 		if slices.Contains(failed, p.Key) {
@@ -153,10 +174,15 @@ func (f *fakeKV) BulkPut(ctx context.Context, ns string, pairs []kvapi.BulkPair)
 		}
 		f.data[p.Key] = fakeEntry{value: p.Value, meta: p.Metadata, exp: p.Expiration, ttl: p.ExpirationTTL}
 	}
+	f.mu.Unlock()
+	if err := f.after(kvapi.OpBulkPut, keys); err != nil {
+		return kvapi.BulkResult{}, err
+	}
 	return kvapi.BulkResult{SuccessfulKeyCount: len(pairs) - len(failed), Unsuccessful: failed}, nil
 }
 
 func (f *fakeKV) DeleteValue(ctx context.Context, ns, key string) error {
+	f.hooks(kvapi.OpDelete, []string{key})
 	f.begin(kvapi.OpDelete, key)
 	defer f.end(key)
 	if f.deleteErr != nil {
@@ -167,10 +193,11 @@ func (f *fakeKV) DeleteValue(ctx context.Context, ns, key string) error {
 	f.mu.Lock()
 	delete(f.data, key)
 	f.mu.Unlock()
-	return nil
+	return f.after(kvapi.OpDelete, []string{key})
 }
 
 func (f *fakeKV) BulkDelete(ctx context.Context, ns string, keys []string) (kvapi.BulkResult, error) {
+	f.hooks(kvapi.OpBulkDelete, keys)
 	f.begin(kvapi.OpBulkDelete, keys...)
 	defer f.end(keys...)
 	if f.deleteErr != nil {
@@ -181,9 +208,12 @@ func (f *fakeKV) BulkDelete(ctx context.Context, ns string, keys []string) (kvap
 		}
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	for _, k := range keys {
 		delete(f.data, k)
+	}
+	f.mu.Unlock()
+	if err := f.after(kvapi.OpBulkDelete, keys); err != nil {
+		return kvapi.BulkResult{}, err
 	}
 	return kvapi.BulkResult{SuccessfulKeyCount: len(keys)}, nil
 }
@@ -267,6 +297,7 @@ type memStore struct {
 	recs   map[string]map[string]state.Record
 	puts   int
 	getErr error
+	putErr error // PutBatch fails with it, storing nothing
 }
 
 func newMemStore() *memStore { return &memStore{recs: map[string]map[string]state.Record{}} }
@@ -284,6 +315,9 @@ func (m *memStore) Get(scope, key string) (state.Record, bool, error) {
 func (m *memStore) PutBatch(scope string, recs map[string]state.Record) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.putErr != nil {
+		return m.putErr
+	}
 	m.puts++
 	if m.recs[scope] == nil {
 		m.recs[scope] = map[string]state.Record{}
