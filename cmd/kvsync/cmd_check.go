@@ -16,9 +16,11 @@ import (
 	"github.com/kvsync/kvsync/watcher"
 )
 
-// problemSkips are the skip reasons that mean a file the user wants published
-// cannot be; excluded files and editor debris are intentional and not problems.
-var problemSkips = []string{"too_large", "key_invalid", "bad_metadata", "unreadable"}
+// unpublishableSkip is the skip reason of a file that exists but can never
+// become a key (its name is over 512 bytes or not UTF-8). Files held back for
+// their content (too large, unreadable, bad sidecar) come as states with an
+// error instead; excluded files and editor debris are intentional.
+const unpublishableSkip = "key_invalid"
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
@@ -74,11 +76,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 		line := fmt.Sprintf("sync %q: %s -> namespace %s prefix %q: %d keys, %s", s.Name, s.Dir, s.NamespaceID, s.Prefix, keys, humanBytes(bytes))
-		for _, reason := range problemSkips {
-			if n := counterValue(m.FilesSkipped.WithLabelValues(reason)); n > 0 {
-				line += fmt.Sprintf(", %.0f skipped (%s)", n, reason)
-				problems += int(n)
-			}
+		if n := counterValue(m.FilesSkipped.WithLabelValues(unpublishableSkip)); n > 0 {
+			line += fmt.Sprintf(", %.0f skipped (%s)", n, unpublishableSkip)
+			problems += int(n)
 		}
 		fmt.Fprintln(stdout, line)
 	}
