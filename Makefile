@@ -11,9 +11,10 @@ FUZZTIME  ?= 20s
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kvsync ./cmd/kvsync
 
-# The whole suite: static checks, every test under the race detector, each
-# fuzz target for a bounded time, and the deployment checks.
-test: vet unit fuzz deploy-check
+# The whole suite: static checks, the deployment checks, each fuzz target for
+# a bounded time, and every test under the race detector (last, so its
+# summary closes the output).
+test: vet deploy-check fuzz unit
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
@@ -28,6 +29,8 @@ unit:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzKeyFor$$' -fuzztime $(FUZZTIME) ./watcher
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSidecar$$' -fuzztime $(FUZZTIME) ./watcher
+	$(GO) test -run '^$$' -fuzz '^FuzzEnvelope$$' -fuzztime $(FUZZTIME) ./uploader/kvapi
+	$(GO) test -run '^$$' -fuzz '^FuzzEmulatorRequest$$' -fuzztime $(FUZZTIME) ./internal/emulator
 
 deploy-check:
 	bash deploy/ci.sh
