@@ -350,6 +350,7 @@ median_line() {
 	grep "^$1" "$SAMPLES" | sort -t$'\t' -k4,4g | sed -n "$(((n + 1) / 2))p"
 }
 samples_of() { grep "^$1" "$SAMPLES" | cut -f4 | sort -g | paste -sd' ' -; }
+min_of() { grep "^$1" "$SAMPLES" | cut -f4 | sort -g | head -1; }
 
 human_size() { awk -v b="$1" 'BEGIN { if (b >= 1048576) printf "%g MiB", b/1048576; else printf "%g KiB", b/1024 }'; }
 
@@ -392,6 +393,11 @@ REPORT=$RUN/results.md
 			[[ -z $w ]] || awk -v k="$k" -v w="$w" 'BEGIN { printf "- kvsync vs `wrangler kv bulk put` (the installed binary), 10,000 x 1 KiB: %.3f s vs %.3f s, **%.1fx faster** (target: at least 5x: %s)\n", k, w, w/k, (w/k >= 5 ? "met" : "MISSED") }'
 			w=$(median_line 'wrangler-npx-small-[0-9]' | cut -f4)
 			[[ -z $w ]] || awk -v k="$k" -v w="$w" 'BEGIN { printf "- kvsync vs `npx wrangler kv bulk put`, 10,000 x 1 KiB: %.3f s vs %.3f s, **%.1fx faster** (target: at least 5x: %s)\n", k, w, w/k, (w/k >= 5 ? "met" : "MISSED") }'
+		fi
+		if [[ -n $WRANGLER ]] && ((REPEAT > 1)); then
+			# On a shared machine the fastest run is the least disturbed one.
+			awk -v k="$(min_of 'kvsync-small-[0-9]')" -v w="$(min_of 'wrangler-small-[0-9]')" -v n="$(min_of 'wrangler-npx-small-[0-9]')" 'BEGIN {
+				if (k > 0 && w > 0 && n > 0) printf "- Best of %d runs each: kvsync %.3f s, wrangler %.3f s (%.1fx), npx wrangler %.3f s (%.1fx)\n", '"$REPEAT"', k, w, w/k, n, n/k }'
 		fi
 		if want curl; then
 			c=$(median_line curl-small | cut -f4)
