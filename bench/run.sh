@@ -5,7 +5,8 @@
 # usage: bench/run.sh [--quick] [--scenarios LIST] [--repeat N]
 #
 #   --quick          only the 10,000 x 1 KiB comparison and 1,000 x 100 KiB
-#                    (about 2-3 minutes); same as --scenarios small,medium,wrangler,curl
+#                    (about a minute, most of it the curl loop); same as
+#                    --scenarios small,medium,wrangler,curl
 #   --scenarios LIST comma-separated, from:
 #                      small     10,000 x 1 KiB, every 10th file with a sidecar
 #                      medium    1,000 x 100 KiB, every 10th with a sidecar
@@ -367,8 +368,8 @@ REPORT=$RUN/results.md
 	row() {
 		local line=$1 note=${2:-}
 		[[ -n $line ]] || return 0
-		local label tool t wall rss req wr bulk r429 ok
-		IFS=$'\t' read -r label tool t wall rss req wr bulk r429 ok <<<"$line"
+		local label tool t wall rss req wr r429 ok
+		IFS=$'\t' read -r label tool t wall rss req wr _ r429 ok <<<"$line"
 		local files=${TREE_FILES[$t]} bytes=${TREE_BYTES[$t]}
 		awk -v l="$label$note" -v tool="$tool" -v tree="$files x $(human_size $((bytes / files)))" -v w="$wall" -v f="$files" -v b="$bytes" \
 			-v rss="$rss" -v req="$req" -v wr="$wr" -v r429="$r429" -v ok="$ok" \
