@@ -93,5 +93,5 @@ func benchSync(b *testing.B, n, size int) {
 func BenchmarkSyncOnce10kx1KiB(b *testing.B) { benchSync(b, 10000, 1024) }
 
 // BenchmarkSyncOnce1kx100KiB: memory of a full sync of 100 MB in 1,000
-// files; bulk batches of 32 MiB bound what is held at once.
+// files; bulk batches of 8 MiB bound what is held at once.
 func BenchmarkSyncOnce1kx100KiB(b *testing.B) { benchSync(b, 1000, 100<<10) }

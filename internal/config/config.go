@@ -180,7 +180,7 @@ const (
 	defaultMaxDelay       = 10 * time.Second
 	defaultRescanInterval = time.Hour
 	defaultBulkThreshold  = 1 << 20
-	defaultBulkMaxBytes   = 32 << 20
+	defaultBulkMaxBytes   = 8 << 20
 )
 
 // Default returns the defaults, with StateDir derived from the process's

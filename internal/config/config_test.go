@@ -50,7 +50,7 @@ func TestDefaults(t *testing.T) {
 	}
 	s := DefaultSync()
 	want := Sync{DefaultExcludes: true, Delete: DeletePolicyDelete, DeleteTTL: time.Hour, MaxDeletes: 1000, Quiet: time.Second,
-		MaxDelay: 10 * time.Second, RescanInterval: time.Hour, BulkThreshold: 1 << 20, BulkMaxBytes: 32 << 20}
+		MaxDelay: 10 * time.Second, RescanInterval: time.Hour, BulkThreshold: 1 << 20, BulkMaxBytes: 8 << 20}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("DefaultSync = %+v, want %+v", s, want)
 	}
