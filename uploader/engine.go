@@ -133,7 +133,12 @@ type Engine struct {
 
 	nSmall, nSmallPass, nDelete int
 
-	jobs       int // requests in flight
+	jobs int // requests in flight
+	// bulkHeld is the estimated value bytes of the bulk writes in flight.
+	// A bulk job holds its whole batch in memory until its reply, so a new
+	// one starts only while bulkHeld is under BulkMaxBytes: all of them
+	// together stay under twice that, whatever Concurrency is.
+	bulkHeld   int64
 	openPasses int
 	// filling counts full syncs still offering their keys: their small
 	// files wait until a bulk request is full or the pass is sealed, so a
@@ -725,7 +730,7 @@ func (e *Engine) dispatch(r *run) time.Time {
 	e.mu.Unlock()
 	for _, j := range jobs {
 		r.g.Go(func() error {
-			e.complete(e.runJob(r.ctx, j))
+			e.complete(j, e.runJob(r.ctx, j))
 			return nil
 		})
 	}
@@ -738,7 +743,13 @@ func (e *Engine) nextJob() *job {
 	// While a full sync is still queueing, small files wait for a full
 	// batch, unless the queue is full and the producer needs room.
 	hold := e.filling > 0 && e.size() < e.o.QueueSize
-	if e.nSmall > 1 && (e.nSmallPass > 0 || e.nSmall >= e.o.BulkMinPending) {
+	batching := e.nSmall > 1 && (e.nSmallPass > 0 || e.nSmall >= e.o.BulkMinPending)
+	if batching && e.bulkHeld >= e.o.BulkMaxBytes {
+		// The bulk writes in flight hold as much as memory allows: small
+		// files wait for one of them to finish rather than going out one
+		// request each.
+		hold = true
+	} else if batching {
 		if j := e.takeBulkPut(hold); j != nil {
 			return j
 		}
@@ -814,7 +825,8 @@ func (e *Engine) takeBulkPut(onlyFull bool) *job {
 		e.take(it)
 	}
 	e.queue = slices.DeleteFunc(e.queue, func(it *item) bool { return it.taken })
-	return &job{kind: jobBulkPut, items: batch}
+	e.bulkHeld += bytes
+	return &job{kind: jobBulkPut, items: batch, held: bytes}
 }
 
 // takeDeletes collects queued deletions into one bulk request.
@@ -841,9 +853,10 @@ func (e *Engine) takeDeletes() *job {
 
 // complete settles the results of one job. A key's newer state that arrived
 // while it was in flight is queued now, so the last write wins.
-func (e *Engine) complete(rs []result) {
+func (e *Engine) complete(j *job, rs []result) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.bulkHeld -= j.held
 	for _, r := range rs {
 		it := r.it
 		key := it.st.Key

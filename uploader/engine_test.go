@@ -454,6 +454,69 @@ func TestBulkBatching(t *testing.T) {
 	}
 }
 
+// The bulk writes in flight together hold at most twice BulkMaxBytes of
+// values, however high Concurrency is, and small files waiting for room are
+// not streamed one by one meanwhile.
+func TestBulkMemoryBoundedAcrossJobs(t *testing.T) {
+	const size, maxBytes = 1000, 5000
+	tr := newTree(t)
+	var states []desired.State
+	for i := range 60 {
+		states = append(states, tr.write(fmt.Sprintf("f%03d", i), strings.Repeat("m", size)))
+	}
+	kv := newFakeKV(t)
+	kv.latency = 5 * time.Millisecond
+	var mu sync.Mutex
+	var inflight, peak int64
+	two := make(chan struct{}) // closed once two bulk writes overlap
+	kv.sent = func(op kvapi.Op, keys []string) {
+		if op != kvapi.OpBulkPut {
+			return
+		}
+		mu.Lock()
+		inflight += int64(len(keys)) * size
+		peak = max(peak, inflight)
+		if inflight > int64(len(keys))*size {
+			select {
+			case <-two:
+			default:
+				close(two)
+			}
+		}
+		mu.Unlock()
+		// Hold the first write until a second one overlaps it, so the
+		// test sees concurrent batches whatever the machine's speed.
+		select {
+		case <-two:
+		case <-time.After(10 * time.Second):
+			t.Error("no two bulk writes ever overlapped")
+		}
+	}
+	kv.applied = func(op kvapi.Op, keys []string) error {
+		if op == kvapi.OpBulkPut {
+			mu.Lock()
+			inflight -= int64(len(keys)) * size
+			mu.Unlock()
+		}
+		return nil
+	}
+	e, _ := newTestEngine(t, kv, newMemStore(), func(o *Options) {
+		o.Concurrency = 8
+		o.BulkThreshold = size
+		o.BulkMaxBytes = maxBytes
+	})
+	rep, err := e.SyncOnce(context.Background(), complete(states...))
+	if err != nil || rep.Written != len(states) {
+		t.Fatalf("%+v, %v", rep, err)
+	}
+	if peak > 2*maxBytes {
+		t.Errorf("bulk writes in flight held %d value bytes at once, want at most %d", peak, 2*maxBytes)
+	}
+	if n := kv.count(kvapi.OpPut); n != 0 {
+		t.Errorf("%d files streamed alone while bulk writes waited for memory", n)
+	}
+}
+
 // Rule 3: outside a full sync, a burst of at least BulkMinPending small
 // changes is batched; a single change is streamed.
 func TestChangedBurstUsesBulk(t *testing.T) {

@@ -29,6 +29,9 @@ const (
 type job struct {
 	kind  jobKind
 	items []*item
+	// held is the estimated value bytes a bulk write holds in memory,
+	// counted in Engine.bulkHeld while it runs.
+	held int64
 }
 
 // result settles one in-flight key. requeue puts it back at once with its

@@ -37,7 +37,7 @@ const (
 	DefaultBulkThreshold = 1 << 20
 	// DefaultBulkMaxBytes keeps a bulk request well under the API's 100 MB
 	// even when every value is base64-encoded (4/3) and bounds the memory of
-	// Concurrency batches being built at once. 8 MiB rather than more: a
+	// the (at most two) batches held at once. 8 MiB rather than more: a
 	// larger batch saves nothing measurable in time (10,000 files of 1 KiB
 	// still fit two requests, whose reading and sending then overlap), while
 	// four concurrent 32 MiB batches put a 1,000 x 100 KiB sync at 114 MiB
@@ -110,7 +110,8 @@ type Options struct {
 	// batching applies; default 1 MiB; -1 streams every file alone.
 	BulkThreshold int64
 	// BulkMaxBytes bounds a bulk request's raw value bytes plus an overhead
-	// estimate per pair; default 8 MiB. The encoded body is kept under
+	// estimate per pair; default 8 MiB. The bulk requests in flight together
+	// hold at most about twice this, whatever Concurrency is. The encoded body is kept under
 	// 98 MB independently of it.
 	BulkMaxBytes int64
 	// BulkMaxPairs bounds the pairs of a bulk request; default 10000.
