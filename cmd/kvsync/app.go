@@ -218,7 +218,7 @@ func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
 		Delete:        uploader.DeletePolicy(s.Delete),
 		DeleteTTL:     s.DeleteTTL,
 		MaxDeletes:    s.MaxDeletes,
-		BulkThreshold: s.BulkThreshold,
+		BulkThreshold: bulkThreshold(s.BulkThreshold),
 		BulkMaxBytes:  s.BulkMaxBytes,
 		DryRun:        dryRun,
 		Reconcile:     a.store.Fresh(),
@@ -252,6 +252,15 @@ func watcherOptions(s config.Sync, logger *slog.Logger, m *metrics.Metrics) watc
 		Logger:               logger.With("sync", s.Name),
 		Metrics:              m,
 	}
+}
+
+// bulkThreshold maps the config's "0 disables bulk writes" onto the engine's
+// -1 (its 0 means the default).
+func bulkThreshold(n int64) int64 {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // rescanInterval maps the config's "0 disables" onto the watcher's "<0 disables".

@@ -99,6 +99,7 @@ func TestChaosAmbiguousWrite(t *testing.T) {
 		env, hostile := setup(t, "/values/x.txt", func(*kvEnv) {}, http.StatusServiceUnavailable)
 		mustWrite(t, x(env), "version A")
 		syncOK(t, env, cliOpts{}) // A is written and recorded
+		time.Sleep(time.Second)   // past the per-key limit, so B's write takes effect
 		mustWrite(t, x(env), "version B")
 		res := runCLI(t, cliOpts{}, "sync", "--config", hostile)
 		if res.code != exitSyncFailed {

@@ -43,7 +43,7 @@ func TestKill9DuringUploadsConverges(t *testing.T) {
 		mustWrite(t, filepath.Join(env.root, fmt.Sprintf("d%d/f%d.txt", i%7, i)), fmt.Sprintf("content %d", i))
 	}
 	// Single PUTs (no bulk) so the kill lands between many small writes.
-	env.writeConfig("concurrency: 4", "bulk_threshold: 0")
+	env.writeConfig("concurrency: 4\nrate: 100\nburst: 100\nbudget: 30100", "bulk_threshold: 0")
 	d := env.startDaemon()
 	deadline := time.Now().Add(converge)
 	for env.writes() < 20 && time.Now().Before(deadline) {
