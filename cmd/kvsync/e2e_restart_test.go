@@ -94,6 +94,9 @@ func TestSyncUnderCloudflareBudget(t *testing.T) {
 	windows := int(took/window) + 1
 	t.Logf("2,000 files: %d PUT requests, %d answered 429, in %s: %.1f requests/s against %.1f configured",
 		puts, limited, took.Round(time.Millisecond), float64(puts)/took.Seconds(), rate)
+	if puts < 2000 {
+		t.Fatalf("%d PUT requests for 2,000 files with bulk_threshold: 0; bulk writes were not disabled", puts)
+	}
 	if limited > windows {
 		t.Fatalf("%d requests got 429 over %d budget windows; want at most one per window", limited, windows)
 	}
