@@ -237,23 +237,27 @@ func (s *supervisor) reload(ctx context.Context, cf *commonFlags) {
 		next[sc.Name] = sc
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var replace []*runningUnit
 	for name, r := range s.running {
-		sc, keep := next[name]
-		if keep && reflect.DeepEqual(sc, r.u.cfg) {
+		if sc, ok := next[name]; ok && reflect.DeepEqual(sc, r.u.cfg) {
 			r.u.watcher.Rescan(desired.TriggerReload)
 			delete(next, name)
 			continue
 		}
-		if err := s.stop(ctx, r); err != nil {
-			log.Error("reload: sync stopped before its queue drained; the new one rescans", "sync", name, "err", err)
-		}
+		replace = append(replace, r)
 		delete(s.running, name)
-		if !keep {
+	}
+	s.mu.Unlock()
+
+	for _, r := range replace {
+		name := r.u.cfg.Name
+		if err := s.stop(ctx, r); err != nil {
+			log.Error("reload: sync stopped before its queue drained; its replacement rescans", "sync", name, "err", err)
+		}
+		if _, ok := next[name]; !ok {
 			log.Info("reload: sync removed", "sync", name)
 		}
 	}
-	s.mu.Unlock()
 	for name, sc := range next {
 		u, err := s.app.newUnit(sc, false)
 		if err != nil {
@@ -265,4 +269,5 @@ func (s *supervisor) reload(ctx context.Context, cf *commonFlags) {
 	}
 	s.mu.Lock()
 	s.app.cfg.Syncs = cfg.Syncs
+	s.mu.Unlock()
 }
