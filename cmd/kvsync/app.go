@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,11 +39,8 @@ type commonFlags struct {
 	drain       time.Duration
 }
 
-func (c *commonFlags) register(fsName string, fs interface {
-	BoolVar(*bool, string, bool, string)
-	StringVar(*string, string, string, string)
-	DurationVar(*time.Duration, string, time.Duration, string)
-}) {
+func (c *commonFlags) register(fsName string, fs *flag.FlagSet) {
+	c.cfg.Register(fs)
 	fs.BoolVar(&c.local, "local", false, "start the built-in KV emulator (persisted under the state directory) and sync into it: no Cloudflare account needed")
 	def := "127.0.0.1:0"
 	if fsName == "run" {

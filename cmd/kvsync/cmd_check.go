@@ -25,7 +25,6 @@ const unpublishableSkip = "key_invalid"
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
 	var cf commonFlags
-	cf.cfg.Register(fs)
 	cf.register("check", fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err

@@ -24,7 +24,6 @@ import (
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("run", stderr)
 	var cf commonFlags
-	cf.cfg.Register(fs)
 	cf.register("run", fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err

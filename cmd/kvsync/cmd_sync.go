@@ -15,7 +15,6 @@ import (
 func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("sync", stderr)
 	var cf commonFlags
-	cf.cfg.Register(fs)
 	cf.register("sync", fs)
 	dryRun := fs.Bool("dry-run", false, "show what would be written and deleted, like plan")
 	if err := parseFlags(fs, args); err != nil {
@@ -78,7 +77,6 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("plan", stderr)
 	var cf commonFlags
-	cf.cfg.Register(fs)
 	cf.register("plan", fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
