@@ -13,6 +13,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -87,7 +88,13 @@ func newScanState() *scanState {
 
 // scanResult collects what one walk found.
 type scanResult struct {
-	found map[string]desired.State
+	// found maps relative paths to their states when looking them up is
+	// needed (evaluating events); nil in a full scan, which only lists
+	// them in states and rels, in the same order, to keep a large tree's
+	// scan from holding every state twice.
+	found  map[string]desired.State
+	states []desired.State
+	rels   []string
 	// incomplete holds relative directories that could not be read; keys
 	// below them must not be deleted.
 	incomplete []string
@@ -96,6 +103,15 @@ type scanResult struct {
 
 func newScanResult() *scanResult {
 	return &scanResult{found: make(map[string]desired.State)}
+}
+
+func (r *scanResult) add(rel string, st desired.State) {
+	if r.found != nil {
+		r.found[rel] = st
+		return
+	}
+	r.states = append(r.states, st)
+	r.rels = append(r.rels, rel)
 }
 
 func (r *scanResult) fail(rel string, err error) {
@@ -123,6 +139,27 @@ func joinRel(dir, name string) string {
 		return name
 	}
 	return dir + "/" + name
+}
+
+// childPaths returns the relative and absolute paths of the entry name of
+// the directory at rel (whose absolute path is abs). The relative path is
+// a substring of the absolute one where it can be, so a tree's paths and
+// keys (which, without a prefix, are the relative paths) are stored once.
+func childPaths(rel, abs, name string) (crel, cabs string) {
+	if strings.HasSuffix(abs, string(os.PathSeparator)) {
+		cabs = abs + name // the root directory
+	} else {
+		cabs = abs + string(os.PathSeparator) + name
+	}
+	switch {
+	case os.PathSeparator != '/':
+		return joinRel(rel, name), cabs
+	case rel == "":
+		return cabs[len(cabs)-len(name):], cabs
+	case len(abs) > len(rel) && abs[len(abs)-len(rel)-1] == '/' && abs[len(abs)-len(rel):] == rel:
+		return cabs[len(abs)-len(rel):], cabs
+	}
+	return joinRel(rel, name), cabs
 }
 
 // openFile opens for reading without blocking: should a FIFO slip past the
@@ -449,7 +486,7 @@ func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *sc
 			return
 		}
 		name := e.Name()
-		crel, cabs := joinRel(rel, name), filepath.Join(abs, name)
+		crel, cabs := childPaths(rel, abs, name)
 		if e.IsDir() {
 			if reason := w.opts.dirSkip(crel); reason != "" {
 				w.noteSkip(crel, reason, false, "directory not descended")
@@ -473,7 +510,7 @@ func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *sc
 			hint = sidecarPresent
 		}
 		if st, ok := w.fileState(crel, cabs, lst, hint); ok {
-			res.found[crel] = st
+			res.add(crel, st)
 		}
 	}
 }
@@ -507,28 +544,33 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 	if real, err := filepath.EvalSymlinks(root); err == nil {
 		s.realRoot = real
 	}
-	res := newScanResult()
+	res := &scanResult{}
 	w.walk(ctx, "", root, watch, res)
 	// Checked once, under mu: the caller must see the same answer that
 	// decided the commit.
 	done = ctx.Err() == nil
 	snap.Complete = len(res.incomplete) == 0
 	snap.Reason = strings.Join(res.reasons, "; ")
-	snap.States = make([]desired.State, 0, len(res.found))
-	for _, st := range res.found {
-		snap.States = append(snap.States, st)
-	}
-	sort.Slice(snap.States, func(i, j int) bool { return snap.States[i].Key < snap.States[j].Key })
 
+	// A set of the paths found, only when something must be checked
+	// against it: a one-shot first publish caches nothing and commits
+	// nothing, so it needs none.
+	var found map[string]struct{}
+	if snap.Complete && len(s.hashes)+len(s.sidecars) > 0 || commit && done && len(s.known.states) > 0 {
+		found = make(map[string]struct{}, len(res.rels))
+		for _, rel := range res.rels {
+			found[rel] = struct{}{}
+		}
+	}
 	if snap.Complete {
 		// Forget what no longer exists, so memory follows the tree.
 		for rel := range s.hashes {
-			if _, ok := res.found[rel]; !ok {
+			if _, ok := found[rel]; !ok {
 				delete(s.hashes, rel)
 			}
 		}
 		for rel := range s.sidecars {
-			if _, ok := res.found[strings.TrimSuffix(rel, SidecarSuffix)]; !ok {
+			if _, ok := found[strings.TrimSuffix(rel, SidecarSuffix)]; !ok {
 				delete(s.sidecars, rel)
 			}
 		}
@@ -540,14 +582,21 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 	}
 	if commit && done {
 		for rel := range s.known.states {
-			if _, ok := res.found[rel]; !ok && !res.covered(rel) {
+			if _, ok := found[rel]; !ok && !res.covered(rel) {
 				s.known.remove(rel)
 			}
 		}
-		for rel, st := range res.found {
-			s.known.set(rel, st)
+		for i, rel := range res.rels {
+			s.known.set(rel, res.states[i])
 		}
 	}
+	snap.States = res.states
+	if snap.States == nil {
+		snap.States = []desired.State{}
+	}
+	// The walk lists each directory in name order, which is nearly but
+	// not quite key order ("a/b" comes before "a-c").
+	slices.SortFunc(snap.States, func(a, b desired.State) int { return strings.Compare(a.Key, b.Key) })
 	return snap, done
 }
 
