@@ -58,10 +58,11 @@ func putOptions(st desired.State, now time.Time) (kvapi.PutOptions, error) {
 // asks for, so writing it again would change nothing. A record whose
 // expiration has passed is not: the key is gone from KV although its file
 // is still there. Nor is a pending one: a request whose outcome is unknown
-// may have changed the key since.
+// may have changed the key since. Nor is a state without a hash (its
+// content was not read) or a record without one (what was sent is unknown).
 func unchanged(st desired.State, rec state.Record, now time.Time) bool {
 	ttl, at := expirationFields(st.Expiration)
-	return !rec.Pending && rec.Hash == st.Hash &&
+	return !rec.Pending && st.Hash != "" && rec.Hash == st.Hash &&
 		rec.ExpirationTTL == ttl && rec.ExpirationAt == at &&
 		metadataEqual(rec.Metadata, st.Metadata) &&
 		!recordExpired(rec, now)
@@ -96,8 +97,12 @@ func compactJSON(m json.RawMessage) []byte {
 }
 
 // sameIntent reports whether two desired states ask for the same thing, to
-// recognise a state that already failed permanently.
+// recognise a state that already failed permanently. Two writes whose
+// content was not hashed may ask for different content: they are not.
 func sameIntent(a, b desired.State) bool {
+	if !a.Deleted && a.Hash == "" || !b.Deleted && b.Hash == "" {
+		return false
+	}
 	return a.Key == b.Key && a.Deleted == b.Deleted && a.Hash == b.Hash && a.Path == b.Path &&
 		a.Expiration.Equal(b.Expiration) && metadataEqual(a.Metadata, b.Metadata)
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
+	"os"
+	"syscall"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/desired"
@@ -80,6 +82,16 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 	if err != nil {
 		return e.writeFailure(ctx, it, err, true)
 	}
+	// The value is opened only once the request is under way, after its
+	// intent mark; a file that cannot be opened at all (unreadable, or
+	// never read by the watcher, see desired.State.Hash) fails here
+	// instead, unsent and unmarked. Non-blocking, in case a FIFO took the
+	// file's place since kvapi.File checked it.
+	f, err := os.OpenFile(st.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return e.writeFailure(ctx, it, err, true)
+	}
+	f.Close()
 	if err := validWrite(st.Key, opts.Metadata, v.Size()); err != nil {
 		return e.writeFailure(ctx, it, err, true)
 	}
@@ -96,7 +108,7 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 		// the next comparison rewrites the key rather than trust a guess.
 		sum = ""
 	}
-	if sum != st.Hash {
+	if st.Hash != "" && sum != st.Hash {
 		e.log.Debug("file changed after it was hashed; recorded the bytes actually sent", "key", st.Key, "path", st.Path)
 	}
 	e.record(map[string]state.Record{st.Key: newRecord(st, sum, n, now)})

@@ -113,6 +113,18 @@ type Options struct {
 	// files written "just now", whose timestamps cannot yet prove they are
 	// unchanged, from settled ones.
 	Now func() time.Time
+	// NeedHash says whether the sink needs the content hash of the file
+	// whose key is given; nil means always. A sink writes a key it holds
+	// no record of whatever its content, so for such keys (every key of a
+	// first publish) reading and hashing the file during the scan would
+	// only be repeated when it is sent. When NeedHash returns false the
+	// file is not opened: its State has Hash "" (see desired.State) and
+	// Size from stat, and a file that cannot be read reaches the sink as
+	// an ordinary State rather than one held back with ErrUnreadable; the
+	// sink's own read of it fails instead. It is called from the goroutine
+	// that scans, with the watcher's lock held: it must not call back into
+	// the Watcher.
+	NeedHash func(key string) bool
 }
 
 // debris lists the base-name globs of editor and OS litter skipped by

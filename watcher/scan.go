@@ -313,6 +313,12 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint) 
 		w.noteSkip(rel, reasonTooLarge, true, "holding back file: too large", "size", r.info.Size())
 		return desired.State{Key: key, Path: r.path, Size: r.info.Size(), Err: err}, true
 	}
+	if w.opts.NeedHash != nil && !w.opts.NeedHash(key) {
+		// Not opened, so neither cached: the sink reads it anyway.
+		delete(w.st.hashes, rel)
+		delete(w.st.skipped, rel)
+		return st, true
+	}
 	hash, size, err := w.hash(rel, r)
 	switch {
 	case err == nil:
@@ -677,7 +683,9 @@ func (w *Watcher) evalOne(ctx context.Context, rel string, out []desired.State) 
 	sort.Strings(keys)
 	for _, krel := range keys {
 		st := res.found[krel]
-		if old, ok := s.known.states[krel]; ok && sameState(old, st) {
+		// A state without a hash (Options.NeedHash) says nothing of the
+		// content, which the event may have changed: it is always emitted.
+		if old, ok := s.known.states[krel]; ok && !unhashed(st) && sameState(old, st) {
 			continue
 		}
 		s.known.set(krel, st)
@@ -685,6 +693,9 @@ func (w *Watcher) evalOne(ctx context.Context, rel string, out []desired.State) 
 	}
 	return out
 }
+
+// unhashed reports whether st is a file's state whose hash was not computed.
+func unhashed(st desired.State) bool { return !st.Deleted && st.Err == nil && st.Hash == "" }
 
 // dirPathSkip applies the directory rules to rel and all its ancestors.
 func (w *Watcher) dirPathSkip(rel string) string {

@@ -33,6 +33,11 @@ type State struct {
 	// Deleted means the key's file is gone: the key should not exist.
 	Deleted bool
 	// Hash is the hex SHA-256 of the file's content, computed while streaming it.
+	// "" means not computed (the watcher skips it for keys the sink holds
+	// no record of, see watcher.Options.NeedHash): such a state never
+	// matches what was last written, so the key is written, and the hash
+	// recorded is that of the bytes sent. It is "" too when Deleted or Err
+	// is set.
 	Hash string
 	// Size is the content's length in bytes.
 	Size int64
