@@ -2,6 +2,8 @@ package uploader
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -170,17 +172,21 @@ type keyRecord struct {
 func marks(now time.Time, krs ...keyRecord) map[string]state.Record {
 	m := make(map[string]state.Record, len(krs))
 	for _, kr := range krs {
-		switch {
-		case kr.had && kr.rec.Pending:
-			continue
-		case kr.had:
-			kr.rec.Pending = true
-			m[kr.key] = kr.rec
-		default:
-			m[kr.key] = state.Record{Pending: true, Written: now}
-		}
+		addMark(m, now, kr)
 	}
 	return m
+}
+
+// addMark adds kr's intent mark to m, if it needs one (see marks).
+func addMark(m map[string]state.Record, now time.Time, kr keyRecord) {
+	switch {
+	case kr.had && kr.rec.Pending:
+	case kr.had:
+		kr.rec.Pending = true
+		m[kr.key] = kr.rec
+	default:
+		m[kr.key] = state.Record{Pending: true, Written: now}
+	}
 }
 
 // intend stores intent marks in one transaction before their request is
@@ -289,20 +295,23 @@ func codes(err error) []any {
 	return nil
 }
 
-// prepared is one pair of a bulk request being built.
+// prepared is one pair of a bulk request being built; the pair itself is
+// at the same index of the request's pairs. It is kept small: a batch of
+// thousands of small files holds one per file until the reply.
 type prepared struct {
 	it   *item
-	pair kvapi.BulkPair
-	rec  state.Record // to record once written
-	prev keyRecord    // the record before, for the intent mark
+	size int64
+	sum  [sha256.Size]byte // of the value sent, to record once written
 }
 
-// putBulk reads the batch's files now (so at most Concurrency batches are in
-// memory) and writes them in one bulk request.
+// putBulk reads the batch's files now (so only the batches being sent are
+// in memory, see Engine.bulkHeld) and writes them in one bulk request.
 func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 	now := e.o.Now()
 	rs := make([]result, 0, len(items))
 	batch := make([]prepared, 0, len(items))
+	pairs := make([]kvapi.BulkPair, 0, len(items))
+	intents := make(map[string]state.Record, len(items))
 	var raw, enc int64
 	for _, it := range items {
 		st := it.st
@@ -339,33 +348,26 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			continue
 		}
 		raw, enc = raw+r, enc+n
-		batch = append(batch, prepared{
-			it:   it,
-			pair: kvapi.BulkPair{Key: st.Key, Value: data, Metadata: opts.Metadata, Expiration: opts.Expiration, ExpirationTTL: opts.ExpirationTTL},
-			rec:  newRecord(st, sha256Hex(data), int64(len(data)), now),
-			prev: keyRecord{st.Key, prev, had},
-		})
+		batch = append(batch, prepared{it: it, size: int64(len(data)), sum: sha256.Sum256(data)})
+		pairs = append(pairs, kvapi.BulkPair{Key: st.Key, Value: data, Metadata: opts.Metadata, Expiration: opts.Expiration, ExpirationTTL: opts.ExpirationTTL})
+		addMark(intents, now, keyRecord{st.Key, prev, had})
 	}
 	if len(batch) == 0 {
 		return rs
 	}
-	krs := make([]keyRecord, len(batch))
-	for i := range batch {
-		krs[i] = batch[i].prev
-	}
-	if err := e.intend(marks(now, krs...)); err != nil {
+	err := e.intend(intents)
+	intents = nil
+	if err != nil {
 		for _, b := range batch {
 			rs = append(rs, e.intentFailure(b.it, err))
 		}
 		return rs
 	}
-	pairs := make([]kvapi.BulkPair, len(batch))
-	for i := range batch {
-		pairs[i] = batch[i].pair
-		batch[i].pair.Value = nil
-	}
 	res, err := e.o.KV.BulkPut(ctx, e.o.Namespace, pairs)
-	pairs = nil
+	for i := range pairs {
+		// The values are the bulk of a batch's memory: let them go now.
+		pairs[i].Value = nil
+	}
 	if err != nil {
 		return append(rs, e.bulkFailure(ctx, batch, err)...)
 	}
@@ -379,8 +381,9 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			rs = append(rs, e.unsuccessful(b.it, kvapi.OpBulkPut))
 			continue
 		}
-		recs[b.it.st.Key] = b.rec
-		rs = append(rs, result{it: b.it, out: outcome{kind: outWritten, bytes: b.rec.Size}})
+		rec := newRecord(b.it.st, hex.EncodeToString(b.sum[:]), b.size, now)
+		recs[b.it.st.Key] = rec
+		rs = append(rs, result{it: b.it, out: outcome{kind: outWritten, bytes: rec.Size}})
 	}
 	e.record(recs)
 	return rs
