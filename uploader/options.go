@@ -43,7 +43,12 @@ const (
 	// four concurrent 32 MiB batches put a 1,000 x 100 KiB sync at 114 MiB
 	// of RSS (78 MiB with 8 MiB).
 	DefaultBulkMaxBytes = 8 << 20
-	DefaultBulkMaxPairs = kvapi.MaxBulkPairs
+	// DefaultBulkMaxPairs is half the API's 10,000: 10,000 small files
+	// still take two requests, now of equal size, so reading one overlaps
+	// sending the other evenly, and a batch of tiny files holds 5,000
+	// files' bookkeeping, not 7,000 (100,000 x 1 KiB: 20 requests, far
+	// inside the budget of 1,200 per 5 minutes).
+	DefaultBulkMaxPairs = 5000
 	// DefaultBulkMinPending: below it, single changes go through a streamed
 	// PUT each, which is as cheap and has less latency.
 	DefaultBulkMinPending = 8
@@ -114,7 +119,8 @@ type Options struct {
 	// hold at most about twice this, whatever Concurrency is. The encoded body is kept under
 	// 98 MB independently of it.
 	BulkMaxBytes int64
-	// BulkMaxPairs bounds the pairs of a bulk request; default 10000.
+	// BulkMaxPairs bounds the pairs of a bulk request; default 5000, at
+	// most 10000.
 	BulkMaxPairs int
 	// BulkMinPending is how many bulk-eligible keys must be waiting before
 	// writes outside a full sync are batched; default 8.
