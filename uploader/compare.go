@@ -130,6 +130,22 @@ func jsonLen(b []byte) int64 {
 	return n
 }
 
+// worstJSONLen bounds jsonLen of any n bytes: no byte takes more than six
+// once escaped (\u00XX), and base64 takes 4/3.
+func worstJSONLen(n int) int64 { return 2 + 6*int64(n) }
+
+// pairEncodedLen bounds the encoded length of a bulk pair to be added to a
+// body whose encoded length is bounded by enc. Only near maxEncodedBulk is
+// the exact bound worth a pass over every byte; below it (always, with the
+// default BulkMaxBytes) the worst case is tight enough.
+func pairEncodedLen(enc int64, key string, value, metadata []byte) int64 {
+	n := worstJSONLen(len(value)) + worstJSONLen(len(key)) + int64(len(metadata)) + pairOverhead
+	if enc+n > maxEncodedBulk {
+		n = jsonLen(value) + jsonLen([]byte(key)) + int64(len(metadata)) + pairOverhead
+	}
+	return n
+}
+
 // errGrew means a file meant for a bulk write is now larger than the bulk
 // threshold; it goes through a streamed write instead.
 var errGrew = errors.New("file grew beyond the bulk threshold")

@@ -989,7 +989,29 @@ func TestJSONLenBoundsEncoding(t *testing.T) {
 			if got := jsonLen(b); got < int64(len(enc)) {
 				t.Fatalf("jsonLen %d < encoded %d (%s)", got, len(enc), enc)
 			}
+			if w := worstJSONLen(len(b)); w < jsonLen(b) {
+				t.Fatalf("worstJSONLen %d < jsonLen %d", w, jsonLen(b))
+			}
 		})
+	}
+}
+
+// A pair's encoded length is bounded by its worst case far from the
+// body's limit and by its exact bound near it, so a batch of values that
+// escape badly still stays under the limit and one of plain text fills it.
+func TestPairEncodedLen(t *testing.T) {
+	plain := []byte(strings.Repeat("a", 1000))
+	worst := pairEncodedLen(0, "k", plain, nil)
+	if want := worstJSONLen(1000) + worstJSONLen(1) + pairOverhead; worst != want {
+		t.Fatalf("far from the limit: %d, want the worst case %d", worst, want)
+	}
+	near := pairEncodedLen(maxEncodedBulk-worst+1, "k", plain, nil)
+	if want := jsonLen(plain) + jsonLen([]byte("k")) + pairOverhead; near != want {
+		t.Fatalf("near the limit: %d, want the exact bound %d", near, want)
+	}
+	bad := []byte(strings.Repeat("<", 1000))
+	if got := pairEncodedLen(maxEncodedBulk-worst+1, "k", bad, nil); got < jsonLen(bad) {
+		t.Fatalf("near the limit, escaping value: %d < %d", got, jsonLen(bad))
 	}
 }
 

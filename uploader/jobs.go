@@ -341,7 +341,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			continue
 		}
 		r := int64(len(data)+len(st.Key)+len(opts.Metadata)) + pairOverhead
-		n := jsonLen(data) + jsonLen([]byte(st.Key)) + int64(len(opts.Metadata)) + pairOverhead
+		n := pairEncodedLen(enc, st.Key, data, opts.Metadata)
 		if len(batch) > 0 && (raw+r > e.o.BulkMaxBytes || enc+n > maxEncodedBulk) {
 			// Larger than its size said: it goes in a later batch.
 			rs = append(rs, result{it: it, requeue: true})
