@@ -130,7 +130,9 @@ type Options struct {
 // debris lists the base-name globs of editor and OS litter skipped by
 // default. Vim's swap files and its "4913" write probe, Emacs' backups,
 // lock and auto-save files, Finder and Explorer droppings, and the temp
-// names of atomic saves and partial downloads.
+// names of atomic saves and partial downloads. isDebris checks them by
+// hand, as names, prefixes and suffixes: a new glob goes there too, and a
+// name it matches into TestIsDebrisMatchesGlobs.
 var debris = []string{
 	"*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", "4913",
 	".DS_Store", "Thumbs.db", "desktop.ini",
@@ -163,12 +165,25 @@ func mixedSuffix(s string) bool {
 	return n >= 2
 }
 
-// isDebris reports whether a base name is editor or OS litter.
+// isDebris reports whether a base name is editor or OS litter: it matches
+// one of the debris globs or is an rsync temp file. It runs for every file
+// of every scan, so the globs, which are all a prefix, a suffix or a whole
+// name, are checked as such (TestIsDebrisMatchesGlobs holds it to them).
 func isDebris(name string) bool {
-	for _, p := range debris {
-		if ok, _ := path.Match(p, name); ok {
+	switch name {
+	case "4913", ".DS_Store", "Thumbs.db", "desktop.ini":
+		return true
+	}
+	for _, suffix := range []string{".swp", ".swo", ".swx", "~", ".tmp", ".part", ".crdownload"} {
+		if strings.HasSuffix(name, suffix) {
 			return true
 		}
+	}
+	if strings.HasPrefix(name, ".#") || len(name) >= 2 && name[0] == '#' && name[len(name)-1] == '#' {
+		return true
+	}
+	if name == "" || name[0] != '.' {
+		return false // rsync's temp names start with a dot
 	}
 	if m := rsyncTemp.FindStringSubmatch(name); m != nil && mixedSuffix(m[1]) {
 		return true
