@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"os"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -149,38 +148,6 @@ func pairEncodedLen(enc int64, key string, value, metadata []byte) int64 {
 // errGrew means a file meant for a bulk write is now larger than the bulk
 // threshold; it goes through a streamed write instead.
 var errGrew = errors.New("file grew beyond the bulk threshold")
-
-// readSmall reads the whole file at path, refusing more than limit bytes.
-func readSmall(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
-	}
-	if fi.Size() > limit {
-		return nil, errGrew
-	}
-	buf := make([]byte, fi.Size())
-	n, err := io.ReadFull(f, buf)
-	switch {
-	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
-		return buf[:n], nil // it shrank since Stat: what we read is the content now
-	case err != nil:
-		return nil, err
-	}
-	var probe [1]byte
-	if m, _ := f.Read(probe[:]); m > 0 {
-		return nil, errGrew
-	}
-	return buf, nil
-}
 
 // sentValue wraps a Value and hashes the bytes each attempt actually reads,
 // so the record names what the API received, not what the watcher saw.
