@@ -202,14 +202,23 @@ func tlsConfig(caFile string) (*tls.Config, error) {
 }
 
 func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
-	w, err := watcher.New(watcherOptions(s, a.log, a.m))
+	wo := watcherOptions(s, a.log, a.m)
+	scope := a.scope(s)
+	// A key the store holds no record of is written whatever its content,
+	// so the scan need not read and hash its file: on a first publish every
+	// file is read once, when it is sent. On a store error, hash.
+	wo.NeedHash = func(key string) bool {
+		_, ok, err := a.store.Get(scope, key)
+		return ok || err != nil
+	}
+	w, err := watcher.New(wo)
 	if err != nil {
 		return nil, fmt.Errorf("sync %q: %w", s.Name, err)
 	}
 	e, err := uploader.New(uploader.Options{
 		KV:            a.kv,
 		Store:         a.store,
-		Scope:         a.cfg.API.AccountID + "/" + s.NamespaceID,
+		Scope:         scope,
 		Namespace:     s.NamespaceID,
 		Prefix:        s.Prefix,
 		Concurrency:   a.cfg.API.Concurrency,
@@ -228,6 +237,9 @@ func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
 	}
 	return &unit{cfg: s, watcher: w, engine: e}, nil
 }
+
+// scope names a sync's namespace in the state store.
+func (a *app) scope(s config.Sync) string { return a.cfg.API.AccountID + "/" + s.NamespaceID }
 
 func watcherOptions(s config.Sync, logger *slog.Logger, m *metrics.Metrics) watcher.Options {
 	rules := make([]watcher.ExpirationRule, len(s.Expiration))
