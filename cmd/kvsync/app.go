@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -67,6 +68,9 @@ type unit struct {
 	cfg     config.Sync
 	watcher *watcher.Watcher
 	engine  *uploader.Engine
+	// recordsExist is false while the store holds no record for the sync's
+	// namespace; the daemon sets it once the first full sync is handed over.
+	recordsExist atomic.Bool
 }
 
 // loadConfig builds the config from the flags, environment and file; it
@@ -204,10 +208,18 @@ func tlsConfig(caFile string) (*tls.Config, error) {
 func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
 	wo := watcherOptions(s, a.log, a.m)
 	scope := a.scope(s)
+	u := &unit{cfg: s}
 	// A key the store holds no record of is written whatever its content,
 	// so the scan need not read and hash its file: on a first publish every
-	// file is read once, when it is sent. On a store error, hash.
+	// file is read once, when it is sent. While the scope has no record at
+	// all (a first publish) not even the lookup is needed; on a store error,
+	// hash.
+	n, err := a.store.Len(scope)
+	u.recordsExist.Store(err != nil || n > 0)
 	wo.NeedHash = func(key string) bool {
+		if !u.recordsExist.Load() {
+			return false
+		}
 		_, ok, err := a.store.Get(scope, key)
 		return ok || err != nil
 	}
@@ -235,7 +247,8 @@ func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sync %q: %w", s.Name, err)
 	}
-	return &unit{cfg: s, watcher: w, engine: e}, nil
+	u.watcher, u.engine = w, e
+	return u, nil
 }
 
 // scope names a sync's namespace in the state store.

@@ -136,15 +136,20 @@ type runningUnit struct {
 }
 
 // firstSnapshotSink tells readiness when the initial scan reached the engine.
+// Past it, the engine is writing records, so later scans must compare.
 type firstSnapshotSink struct {
 	desired.Sink
 	once sync.Once
 	ch   chan struct{}
+	u    *unit
 }
 
 func (f *firstSnapshotSink) Snapshot(s desired.Snapshot) {
 	f.Sink.Snapshot(s)
-	f.once.Do(func() { close(f.ch) })
+	f.once.Do(func() {
+		f.u.recordsExist.Store(true)
+		close(f.ch)
+	})
 }
 
 func (s *supervisor) start(u *unit) {
@@ -156,7 +161,7 @@ func (s *supervisor) start(u *unit) {
 		firstSnapshot: make(chan struct{}),
 	}
 	go func() { r.engineDone <- u.engine.Run(ectx) }()
-	sink := &firstSnapshotSink{Sink: u.engine, ch: r.firstSnapshot}
+	sink := &firstSnapshotSink{Sink: u.engine, ch: r.firstSnapshot, u: u}
 	go func() {
 		err := u.watcher.Run(wctx, sink)
 		if err != nil {
