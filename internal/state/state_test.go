@@ -711,3 +711,81 @@ func TestLockedDamagedFileIsLeftAlone(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendEncodedMatchesEncode: the direct encoder must store exactly the
+// bytes encoding/json does, or fail where it fails.
+func TestAppendEncodedMatchesEncode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    Record
+	}{
+		{"zero", Record{}},
+		{"sample", sampleRecord(7)},
+		{"pending mark", Record{Pending: true, Written: time.Unix(1_700_000_000, 5)}},
+		{"pending with record", func() Record { r := sampleRecord(3); r.Pending = true; return r }()},
+		{"written at epoch", Record{Hash: "h", Written: time.Unix(0, 0)}},
+		{"negative fields", Record{Hash: "h", Size: -1, ExpirationTTL: -2, ExpirationAt: -3, Written: time.Unix(-5, 0)}},
+		{"metadata needing compaction", Record{Hash: "h", Metadata: json.RawMessage(" { \"a\" : [1, 2 ,\n3] , \"b\":\"x y\" } ")}},
+		{"metadata with html and unicode", Record{Hash: "h", Metadata: json.RawMessage(`{"a":"<b>&amp;</b>","é":"\u2028 ☃"}`)}},
+		{"invalid metadata", Record{Hash: "h", Metadata: json.RawMessage(`{"a":`)}},
+		{"whitespace metadata", Record{Hash: "h", Metadata: json.RawMessage("  ")}},
+		{"hash with quote", Record{Hash: `a"b\c`}},
+		{"hash with control and html", Record{Hash: "a\n\x01<&>"}},
+		{"hash non-ASCII", Record{Hash: "é\u2028\xff"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, werr := encode(tc.r)
+			prefix := []byte("prior")
+			got, gerr := appendEncoded(append([]byte(nil), prefix...), tc.r)
+			if (werr != nil) != (gerr != nil) {
+				t.Fatalf("errors differ: encode %v, appendEncoded %v", werr, gerr)
+			}
+			if !bytes.HasPrefix(got, prefix) {
+				t.Fatalf("buffer prefix lost: %q", got)
+			}
+			if werr != nil {
+				return
+			}
+			if g := got[len(prefix):]; !bytes.Equal(g, want) {
+				t.Errorf("appendEncoded = %s, encode = %s", g, want)
+			}
+			back, err := decode(got[len(prefix):])
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, _ := decode(want)
+			if !equalRecord(back, w) || back.Pending != w.Pending {
+				t.Errorf("decoded %+v, want %+v", back, w)
+			}
+		})
+	}
+}
+
+// BenchmarkPutBatchFresh10k is a first publish's store traffic: 10,000 keys
+// new to their scope are marked pending, then recorded.
+func BenchmarkPutBatchFresh10k(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "state.db"), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	marks := make(map[string]Record, 10000)
+	recs := make(map[string]Record, 10000)
+	for i := range 10000 {
+		k := fmt.Sprintf("site/d%02d/e%02d/f%06d.txt", i%16, (i/16)%32, i)
+		marks[k] = Record{Pending: true, Written: time.Unix(1_700_000_000, 0)}
+		recs[k] = sampleRecord(i)
+	}
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		scope := fmt.Sprintf("acct/ns%d", n)
+		n++
+		if err := s.PutBatch(scope, marks); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.PutBatch(scope, recs); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
