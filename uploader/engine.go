@@ -462,9 +462,13 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 			delete(e.rejected, key)
 		}
 	}
-	if !e.busy(key) {
-		// Comparing here keeps unchanged keys out of the queue; the worker
-		// compares again, since the store may change while the key waits.
+	// Comparing here keeps unchanged keys out of the queue; the worker
+	// compares again, since the store may change while the key waits. A
+	// pass that found no record under the prefix when it started (a first
+	// publish) skips it for writes: a record made since, by a write queued
+	// before the pass, is still compared by the worker, so the most a skip
+	// costs is that key's turn in the queue.
+	if !e.busy(key) && (p == nil || !p.unrecorded || st.Deleted) {
 		rec, ok, err := e.o.Store.Get(e.o.Scope, key)
 		if err != nil {
 			e.log.Warn("reading the state store failed; the key is queued anyway", "key", key, "err", err)

@@ -2,9 +2,11 @@ package uploader
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
@@ -80,9 +82,12 @@ type pass struct {
 	// left counts the queued keys whose outcome is still unknown.
 	left   int
 	sealed bool // every state of the snapshot was offered
-	phase  phase
-	cands  []candidate
-	done   chan struct{}
+	// unrecorded: the store held no record under the prefix when the pass
+	// started, so offer skips its per-key lookup (see offer).
+	unrecorded bool
+	phase      phase
+	cands      []candidate
+	done       chan struct{}
 }
 
 // startPass offers every state of s as one pass and seals it. Deletions
@@ -99,6 +104,9 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 		e.log.Warn("full sync will delete nothing", "trigger", s.Trigger, "reason", refused)
 	}
 	e.reconcile(ctx, s)
+	if has, err := e.hasRecords(); err == nil {
+		p.unrecorded = !has
+	}
 
 	e.mu.Lock()
 	e.openPasses++
@@ -135,6 +143,18 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 	}
 	e.mu.Unlock()
 	return p
+}
+
+// errFound stops hasRecords' iteration at the first record.
+var errFound = errors.New("found")
+
+// hasRecords reports whether the store holds any record under the prefix.
+func (e *Engine) hasRecords() (bool, error) {
+	err := e.o.Store.ForEach(e.o.Scope, e.o.Prefix, func(string, state.Record) error { return errFound })
+	if errors.Is(err, errFound) {
+		return true, nil
+	}
+	return false, err
 }
 
 // reconcile lists the namespace once after the store was found fresh, to

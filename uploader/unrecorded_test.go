@@ -1,0 +1,99 @@
+package uploader
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+
+	"github.com/kvsync/kvsync/internal/state"
+)
+
+// lookupStore counts Get calls and, with hide set, hides every record from
+// ForEach: a record made after the pass looked for any.
+type lookupStore struct {
+	*memStore
+	gets atomic.Int64
+	hide bool
+}
+
+func (s *lookupStore) Get(scope, key string) (state.Record, bool, error) {
+	s.gets.Add(1)
+	return s.memStore.Get(scope, key)
+}
+
+func (s *lookupStore) ForEach(scope, prefix string, fn func(string, state.Record) error) error {
+	if s.hide {
+		return nil
+	}
+	return s.memStore.ForEach(scope, prefix, fn)
+}
+
+// On a first publish the offer looks nothing up: only the worker's check
+// before the write reads the store, once per key.
+func TestFirstPassSkipsOfferLookups(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		name := map[bool]string{false: "single", true: "bulk"}[bulk]
+		t.Run(name, func(t *testing.T) {
+			tr := newTree(t)
+			states := complete(tr.write("a.txt", "alpha"), tr.write("b.txt", "bravo"), tr.write("c.txt", "charlie"))
+			store := &lookupStore{memStore: newMemStore()}
+			kv := newFakeKV(t)
+			e, _ := newTestEngine(t, kv, store, func(o *Options) {
+				if !bulk {
+					o.BulkThreshold = -1
+				}
+			})
+			rep, err := e.SyncOnce(context.Background(), states)
+			if err != nil || rep.Written != 3 {
+				t.Fatalf("%+v, %v", rep, err)
+			}
+			if got := store.gets.Load(); got != 3 {
+				t.Errorf("store lookups = %d, want 3 (one per key, by the worker)", got)
+			}
+			// The next pass finds records: the offer compares again.
+			store.gets.Store(0)
+			rep, err = e.SyncOnce(context.Background(), states)
+			if err != nil || rep.Unchanged != 3 || rep.Written != 0 {
+				t.Fatalf("second pass %+v, %v", rep, err)
+			}
+			if got := store.gets.Load(); got != 3 {
+				t.Errorf("second pass: store lookups = %d, want 3 (one per key, by the offer)", got)
+			}
+		})
+	}
+}
+
+// A record that appears after a pass found none is still compared, by the
+// worker: a key it shows unchanged is not written, a changed one is.
+func TestRecordMadeDuringFirstPassIsCompared(t *testing.T) {
+	for _, bulk := range []bool{false, true} {
+		name := map[bool]string{false: "single", true: "bulk"}[bulk]
+		t.Run(name, func(t *testing.T) {
+			tr := newTree(t)
+			same, changed, fresh := tr.write("a.txt", "alpha"), tr.write("b.txt", "bravo"), tr.write("c.txt", "charlie")
+			store := &lookupStore{memStore: newMemStore(), hide: true}
+			recs := map[string]state.Record{
+				same.Key:    {Hash: same.Hash, Size: same.Size},
+				changed.Key: {Hash: sha256Hex([]byte("old bravo")), Size: 9},
+			}
+			if err := store.PutBatch(testScope, recs); err != nil {
+				t.Fatal(err)
+			}
+			kv := newFakeKV(t)
+			e, _ := newTestEngine(t, kv, store, func(o *Options) {
+				if !bulk {
+					o.BulkThreshold = -1
+				}
+			})
+			rep, err := e.SyncOnce(context.Background(), complete(same, changed, fresh))
+			if err != nil || rep.Written != 2 || rep.Unchanged != 1 {
+				t.Fatalf("%+v, %v; want 2 written, 1 unchanged", rep, err)
+			}
+			if _, ok := kv.get(same.Key); ok {
+				t.Errorf("unchanged key %s was written", same.Key)
+			}
+			mustContent(t, kv, changed.Key, "bravo")
+			mustContent(t, kv, fresh.Key, "charlie")
+		})
+	}
+}
