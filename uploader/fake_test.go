@@ -312,6 +312,21 @@ func (m *memStore) Get(scope, key string) (state.Record, bool, error) {
 	return r, ok, nil
 }
 
+func (m *memStore) GetMany(scope string, keys []string) (map[string]state.Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.getErr != nil {
+		return nil, m.getErr
+	}
+	recs := make(map[string]state.Record)
+	for _, k := range keys {
+		if r, ok := m.recs[scope][k]; ok {
+			recs[k] = r
+		}
+	}
+	return recs, nil
+}
+
 func (m *memStore) PutBatch(scope string, recs map[string]state.Record) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -121,8 +121,13 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 // last written, or this is a dry run. Otherwise it returns the key's record
 // (ok false: none), from which the intent mark is made.
 func (e *Engine) precheck(it *item, now time.Time) (rec state.Record, ok bool, r result, done bool) {
+	rec, ok, err := e.o.Store.Get(e.o.Scope, it.st.Key)
+	return e.precheckRecord(it, now, rec, ok, err)
+}
+
+// precheckRecord is precheck given the key's record as read from the store.
+func (e *Engine) precheckRecord(it *item, now time.Time, rec state.Record, ok bool, err error) (state.Record, bool, result, bool) {
 	st := it.st
-	rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key)
 	if err != nil {
 		return rec, ok, result{it: it, out: outcome{kind: outFailed, err: fmt.Errorf("reading the state store: %w", err)}, retry: true}, true
 	}
@@ -313,6 +318,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 	pairs := make([]kvapi.BulkPair, 0, len(items))
 	intents := make(map[string]state.Record, len(items))
 	var raw, enc int64
+	lookup := e.batchLookup(items)
 	for _, it := range items {
 		st := it.st
 		opts, err := putOptions(st, now)
@@ -320,7 +326,8 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			rs = append(rs, e.writeFailure(ctx, it, err, true))
 			continue
 		}
-		prev, had, settledNow, done := e.precheck(it, now)
+		prev, had, err := lookup(st.Key)
+		prev, had, settledNow, done := e.precheckRecord(it, now, prev, had, err)
 		if done {
 			rs = append(rs, settledNow)
 			continue
@@ -387,6 +394,29 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 	}
 	e.record(recs)
 	return rs
+}
+
+// batchLookup reads the records of items' keys, in one go when the Store
+// can (manyGetter), and returns the function precheck's read is made with.
+// A batch read that fails falls back to a read per key.
+func (e *Engine) batchLookup(items []*item) func(key string) (state.Record, bool, error) {
+	single := func(key string) (state.Record, bool, error) { return e.o.Store.Get(e.o.Scope, key) }
+	mg, ok := e.o.Store.(manyGetter)
+	if !ok {
+		return single
+	}
+	keys := make([]string, len(items))
+	for i, it := range items {
+		keys[i] = it.st.Key
+	}
+	recs, err := mg.GetMany(e.o.Scope, keys)
+	if err != nil {
+		return single
+	}
+	return func(key string) (state.Record, bool, error) {
+		r, ok := recs[key]
+		return r, ok, nil
+	}
 }
 
 // unsuccessful handles a key the API listed in unsuccessful_keys: tried

@@ -85,6 +85,15 @@ type Store interface {
 
 var _ Store = (*state.Store)(nil)
 
+// manyGetter is a Store that reads a batch's records at once; the engine
+// uses it when the Store has it (*state.Store does: one transaction instead
+// of one per key).
+type manyGetter interface {
+	GetMany(scope string, keys []string) (map[string]state.Record, error)
+}
+
+var _ manyGetter = (*state.Store)(nil)
+
 // Options configure an Engine. KV, Store, Scope and Namespace are required;
 // zero values of the others mean their defaults.
 type Options struct {

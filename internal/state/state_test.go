@@ -789,3 +789,34 @@ func BenchmarkPutBatchFresh10k(b *testing.B) {
 		}
 	}
 }
+
+// GetMany returns exactly the records Get does, for keys with and without
+// one, in a scope that exists and in one that does not.
+func TestGetManyMatchesGet(t *testing.T) {
+	s := openT(t, filepath.Join(t.TempDir(), "state.db"))
+	defer s.Close()
+	recs := map[string]Record{"k/1": sampleRecord(1), "k/2": {Pending: true, Written: fixedNow}, "k/3": sampleRecord(3)}
+	if err := s.PutBatch("a/n", recs); err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{"k/3", "missing", "k/1", "k/2", "k/1"}
+	for _, scope := range []string{"a/n", "no/scope"} {
+		got, err := s.GetMany(scope, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			r, ok, err := s.Get(scope, k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, gok := got[k]
+			if ok != gok || ok && (!equalRecord(g, r) || g.Pending != r.Pending) {
+				t.Errorf("scope %s key %s: GetMany %+v %v, Get %+v %v", scope, k, g, gok, r, ok)
+			}
+		}
+		if scope == "a/n" && len(got) != 3 || scope == "no/scope" && len(got) != 0 {
+			t.Errorf("scope %s: GetMany returned %d records: %v", scope, len(got), got)
+		}
+	}
+}
