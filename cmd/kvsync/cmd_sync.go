@@ -50,8 +50,10 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			runErr = errors.Join(runErr, err)
 			break
 		}
-		if rep.DeletesRefused != "" {
-			a.log.Warn("deletes refused", "sync", u.cfg.Name, "reason", rep.DeletesRefused)
+		if rep.DeletesRefused != "" && snap.Complete {
+			// KV still holds keys of files that are gone: like rclone's
+			// --max-delete, a refused deletion fails the run so CI notices.
+			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: deletes refused: %s", errSyncFailed, u.cfg.Name, rep.DeletesRefused))
 		}
 	}
 	prog.stop()

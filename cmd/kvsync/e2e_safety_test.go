@@ -45,7 +45,10 @@ func TestNothingDeletedWhen(t *testing.T) {
 		for _, e := range entries {
 			os.Remove(filepath.Join(env.root, e.Name()))
 		}
-		out, _ := runKvsync(t, env, "sync", "--config", env.config)
+		out, err := runKvsync(t, env, "sync", "--config", env.config)
+		if code := exitCode(t, err); code != exitSyncFailed {
+			t.Errorf("sync of a suddenly empty root exited %d, want %d", code, exitSyncFailed)
+		}
 		if got := len(env.em.Snapshot(testAccount, testNamespace)); got != len(want) {
 			t.Fatalf("%d keys left of %d after syncing an empty root\n%s", got, len(want), out)
 		}
@@ -73,7 +76,10 @@ func TestNothingDeletedWhen(t *testing.T) {
 		for i := 0; i < 15; i++ {
 			os.Remove(filepath.Join(env.root, fmt.Sprintf("f%02d.txt", i)))
 		}
-		out, _ := runKvsync(t, env, "sync", "--config", env.config)
+		out, err := runKvsync(t, env, "sync", "--config", env.config)
+		if code := exitCode(t, err); code != exitSyncFailed {
+			t.Errorf("sync refusing deletes over max_deletes exited %d, want %d", code, exitSyncFailed)
+		}
 		if got := len(env.em.Snapshot(testAccount, testNamespace)); got != 20 {
 			t.Fatalf("%d keys left of 20; max_deletes 10 should have stopped all 15 deletes\n%s", got, out)
 		}
