@@ -214,8 +214,10 @@ func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
 	// file is read once, when it is sent. While the scope has no record at
 	// all (a first publish) not even the lookup is needed; on a store error,
 	// hash.
-	n, err := a.store.Len(scope)
-	u.recordsExist.Store(err != nil || n > 0)
+	// One record is enough to know; Len would walk the whole bucket.
+	errFound := errors.New("found")
+	err := a.store.ForEach(scope, "", func(string, state.Record) error { return errFound })
+	u.recordsExist.Store(err != nil)
 	wo.NeedHash = func(key string) bool {
 		if !u.recordsExist.Load() {
 			return false
