@@ -3,6 +3,7 @@ package kvapi
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -267,6 +268,41 @@ func (b *bulkBody) fill() bool {
 
 func (b *bulkBody) Close() error { return nil }
 
+// jsonExtra is how many bytes escaping adds to each byte inside a JSON
+// string: 0 for bytes that pass unchanged (multibyte UTF-8 included), 1 for
+// the two-byte escapes, 5 for \u00XX.
+var jsonExtra = func() (t [256]uint8) {
+	for c := range 0x20 {
+		t[c] = 5
+	}
+	for _, c := range []byte{'"', '\\', '\n', '\r', '\t'} {
+		t[c] = 1
+	}
+	return t
+}()
+
+// plainWords reports how many leading bytes of src, in whole 8-byte words,
+// need no escaping. A bulk write's values are mostly plain text, so testing
+// eight bytes at a time (no byte below 0x20, none equal to '"' or '\\') is
+// what makes encoding them cheap next to reading them.
+func plainWords(src []byte) int {
+	const ones = 0x0101010101010101
+	const highs = 0x8080808080808080
+	i := 0
+	for ; i+8 <= len(src); i += 8 {
+		x := binary.LittleEndian.Uint64(src[i:])
+		// hasLess(x, n) and hasZero(x) from "Bit Twiddling Hacks": a high
+		// bit marks a byte below n, or a byte equal to the XORed constant.
+		ctl := (x - ones*0x20) &^ x & highs
+		q := x ^ (ones * '"')
+		bs := x ^ (ones * '\\')
+		if ctl|((q-ones)&^q&highs)|((bs-ones)&^bs&highs) != 0 {
+			break
+		}
+	}
+	return i
+}
+
 // appendJSONEscaped appends src escaped as the inside of a JSON string to
 // dst, stopping before dst would grow past limit, and reports how many bytes
 // of src it consumed. Multibyte UTF-8 sequences pass through unchanged (they
@@ -274,22 +310,31 @@ func (b *bulkBody) Close() error { return nil }
 func appendJSONEscaped(dst, src []byte, limit int) ([]byte, int) {
 	const hex = "0123456789abcdef"
 	i := 0
-	for ; i < len(src) && len(dst)+6 <= limit; i++ {
-		c := src[i]
-		switch {
-		case c == '"' || c == '\\':
-			dst = append(dst, '\\', c)
-		case c == '\n':
-			dst = append(dst, '\\', 'n')
-		case c == '\r':
-			dst = append(dst, '\\', 'r')
-		case c == '\t':
-			dst = append(dst, '\\', 't')
-		case c < 0x20:
-			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		default:
-			dst = append(dst, c)
+	for i < len(src) && len(dst)+6 <= limit {
+		// The longest run of bytes that pass unchanged and still fit.
+		run := src[i:min(len(src), i+limit-len(dst))]
+		j := plainWords(run)
+		for j < len(run) && jsonExtra[run[j]] == 0 {
+			j++
 		}
+		dst = append(dst, run[:j]...)
+		i += j
+		if j == len(run) || len(dst)+6 > limit {
+			continue // src consumed or no room for an escape: the loop condition ends it
+		}
+		switch c := src[i]; c {
+		case '"', '\\':
+			dst = append(dst, '\\', c)
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		i++
 	}
 	return dst, i
 }
@@ -297,13 +342,17 @@ func appendJSONEscaped(dst, src []byte, limit int) ([]byte, int) {
 // jsonEscapedLen is the length appendJSONEscaped produces for all of src.
 func jsonEscapedLen(src []byte) int64 {
 	n := int64(len(src))
-	for _, c := range src {
-		switch {
-		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
-			n++
-		case c < 0x20:
-			n += 5
+	for len(src) > 0 {
+		k := plainWords(src)
+		src = src[k:]
+		if len(src) == 0 {
+			break
 		}
+		// At most one word's worth byte by byte, then words again.
+		for _, c := range src[:min(len(src), 8)] {
+			n += int64(jsonExtra[c])
+		}
+		src = src[min(len(src), 8):]
 	}
 	return n
 }
