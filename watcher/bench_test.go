@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	if bench100k.dir != "" {
 		os.RemoveAll(bench100k.dir)
 	}
+	if bench10k.dir != "" {
+		os.RemoveAll(bench10k.dir)
+	}
 	os.Exit(code)
 }
 
@@ -109,4 +112,84 @@ func BenchmarkRescanUnchanged100k(b *testing.B) {
 		b.Fatalf("rescans opened %d files", n)
 	}
 	b.ReportMetric(float64(b.Elapsed().Seconds())/float64(b.N)*1e6/100_000, "µs/file")
+}
+
+// The 10k-file tree with sidecars, built once per test binary like the 100k one.
+var bench10k struct {
+	once sync.Once
+	dir  string
+	root string
+	err  error
+}
+
+// tree10kSidecars returns a tree shaped like the benchmark's "small" tree:
+// 10,000 files of 1 KiB spread over 16x32 directories, every tenth with a
+// metadata sidecar. The root lies a few directories deep, as a real one
+// does, since stat by absolute path pays for every component.
+func tree10kSidecars(b *testing.B) string {
+	b.Helper()
+	bench10k.once.Do(func() {
+		dir, err := os.MkdirTemp("", "kvsync-bench10k-")
+		if err != nil {
+			bench10k.err = err
+			return
+		}
+		bench10k.dir = dir
+		root := filepath.Join(dir, "bench", "out", "trees", "small")
+		body := make([]byte, 1024)
+		for i := range body {
+			body[i] = byte('a' + i%26)
+		}
+		for i := range 10_000 {
+			sub := filepath.Join(root, fmt.Sprintf("d%02d", i%16), fmt.Sprintf("e%02d", (i/16)%32))
+			if err := os.MkdirAll(sub, 0o755); err != nil {
+				bench10k.err = err
+				return
+			}
+			name := filepath.Join(sub, fmt.Sprintf("f%06d.txt", i))
+			if err := os.WriteFile(name, body, 0o644); err != nil {
+				bench10k.err = err
+				return
+			}
+			if i%10 == 0 {
+				meta := fmt.Sprintf("{\n  \"n\": %d,\n  \"content-type\": \"text/plain\"\n}\n", i)
+				if err := os.WriteFile(name+SidecarSuffix, []byte(meta), 0o644); err != nil {
+					bench10k.err = err
+					return
+				}
+			}
+		}
+		bench10k.root = root
+	})
+	if bench10k.err != nil {
+		b.Fatal(bench10k.err)
+	}
+	return bench10k.root
+}
+
+// BenchmarkFirstPublish10k measures the scan of a first publish: the sink
+// needs no hash (Options.NeedHash), so only the sidecars are read.
+func BenchmarkFirstPublish10k(b *testing.B) {
+	root := tree10kSidecars(b)
+	b.ResetTimer()
+	for b.Loop() {
+		w, err := New(Options{Root: root, NeedHash: func(string) bool { return false }})
+		if err != nil {
+			b.Fatal(err)
+		}
+		snap, err := w.Scan(context.Background(), desired.TriggerStartup)
+		if err != nil || !snap.Complete || len(snap.States) != 10_000 {
+			b.Fatalf("scan: %d states, complete %v, %v", len(snap.States), snap.Complete, err)
+		}
+		withMeta := 0
+		for _, st := range snap.States {
+			if st.Metadata != nil {
+				withMeta++
+			}
+		}
+		if withMeta != 1000 {
+			b.Fatalf("%d states with metadata, want 1000", withMeta)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Seconds())/float64(b.N)*1e6/10_000, "µs/file")
 }
