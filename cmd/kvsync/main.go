@@ -23,9 +23,21 @@ var version = "dev"
 // higher (or "off") for such trees.
 const defaultMemoryLimit = 80 << 20
 
+// defaultGCPercent replaces Go's GOGC=100 while the soft limit above caps the
+// heap: a sync's live heap is small next to that cap, and collecting each
+// time it doubles cost an eighth of a first publish's CPU (10,000 x 1 KiB:
+// 192 -> 167 ms of CPU, medians of 8 under perf stat) on garbage the run
+// soon exits with. Peak RSS: 53 -> 59 MiB there, 89 -> 90 MiB for 100,000
+// files, where the cap decides. Without the cap (GOMEMLIMIT set by the
+// user) Go's default stays.
+const defaultGCPercent = 400
+
 func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(defaultMemoryLimit)
+		if os.Getenv("GOGC") == "" {
+			debug.SetGCPercent(defaultGCPercent)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
