@@ -319,6 +319,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 	intents := make(map[string]state.Record, len(items))
 	var raw, enc int64
 	lookup := e.batchLookup(items)
+	rd := newSmallReader()
 	for _, it := range items {
 		st := it.st
 		opts, err := putOptions(st, now)
@@ -332,7 +333,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			rs = append(rs, settledNow)
 			continue
 		}
-		data, err := readSmall(st.Path, e.o.BulkThreshold)
+		data, err := rd.read(st.Path, st.Size, e.o.BulkThreshold)
 		if errors.Is(err, errGrew) {
 			it.split = 1 // streamed alone from now on
 			rs = append(rs, result{it: it, requeue: true})
@@ -359,6 +360,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 		pairs = append(pairs, kvapi.BulkPair{Key: st.Key, Value: data, Metadata: opts.Metadata, Expiration: opts.Expiration, ExpirationTTL: opts.ExpirationTTL})
 		addMark(intents, now, keyRecord{st.Key, prev, had})
 	}
+	rd.close() // not held while the request is out
 	if len(batch) == 0 {
 		return rs
 	}
