@@ -6,11 +6,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -317,4 +319,46 @@ func TestBulkUnreadableFailsAlone(t *testing.T) {
 	}
 	mustContent(t, kv, testPrefix+"d/a", "a")
 	mustContent(t, kv, testPrefix+"d/z", "z")
+}
+
+// BenchmarkReadBatch reads one bulk batch's files (5,000 of 1 KiB, in key
+// order, in the two-level layout of the bench trees): each by its absolute
+// path (readSmall), or through smallReader.
+func BenchmarkReadBatch(b *testing.B) {
+	root := b.TempDir()
+	content := bytes.Repeat([]byte("k"), 1024)
+	var paths []string
+	for i := range 5000 {
+		p := filepath.Join(root, fmt.Sprintf("d%02d", i/320), fmt.Sprintf("e%02d", i/10%32), fmt.Sprintf("f%06d.txt", i))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(p, content, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	b.Run("path", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, p := range paths {
+				if d, err := readSmall(p, 1<<20); err != nil || len(d) != len(content) {
+					b.Fatal(len(d), err)
+				}
+			}
+		}
+	})
+	b.Run("smallReader", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			rd := newSmallReader()
+			for _, p := range paths {
+				if d, err := rd.read(p, int64(len(content)), 1<<20); err != nil || len(d) != len(content) {
+					b.Fatal(len(d), err)
+				}
+			}
+			rd.close()
+		}
+	})
 }
