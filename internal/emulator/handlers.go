@@ -265,116 +265,86 @@ type bulkResult struct {
 	UnsuccessfulKeys   []string `json:"unsuccessful_keys"`
 }
 
-// bulkPair is one element of a bulk write body. Pointers tell absent from zero.
-type bulkPair struct {
-	Key           *string         `json:"key"`
-	Value         *string         `json:"value"`
-	Expiration    *float64        `json:"expiration"`
-	ExpirationTTL *float64        `json:"expiration_ttl"`
-	Metadata      json.RawMessage `json:"metadata"`
-	Base64        bool            `json:"base64"`
-}
-
-// countingReader counts bytes read so the 100 MB bulk limit can be told
-// apart from a syntax error.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// decodeArray streams a JSON array from the body, calling fn per element,
-// and enforces the request size and element count limits.
-func decodeArray(r *http.Request, limit int64, what string, fn func(i int, dec *json.Decoder) *apiError) *apiError {
-	cr := &countingReader{r: io.LimitReader(r.Body, limit+1)}
-	dec := json.NewDecoder(cr)
-	tooBig := func() *apiError {
-		if cr.n > limit {
-			return tooLarge(fmt.Sprintf("request too large: a %s body must be at most %d bytes", what, limit))
-		}
-		return nil
-	}
-	tok, err := dec.Token()
-	if err != nil || tok != json.Delim('[') {
-		if a := tooBig(); a != nil {
-			return a
-		}
-		return badRequest(10029, "invalid request: the "+what+" body must be a JSON array")
-	}
-	for i := 0; dec.More(); i++ {
-		if i >= MaxBulkPairs {
-			return badRequest(10029, fmt.Sprintf("invalid request: a %s body holds at most %d items", what, MaxBulkPairs))
-		}
-		if aerr := fn(i, dec); aerr != nil {
-			if a := tooBig(); a != nil {
-				return a
-			}
-			return aerr
-		}
-	}
-	if _, err := dec.Token(); err != nil {
-		if a := tooBig(); a != nil {
-			return a
-		}
-		return badRequest(10029, "invalid request: malformed JSON array: "+err.Error())
-	}
-	io.Copy(io.Discard, cr)
-	return tooBig()
-}
-
 func handleBulkPut(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
 	now := e.now()
-	var muts []mutation
-	aerr := decodeArray(r, e.maxBulkBytes, "bulk write", func(i int, dec *json.Decoder) *apiError {
-		var p bulkPair
-		if err := dec.Decode(&p); err != nil {
-			return badRequest(10029, fmt.Sprintf("invalid request: item %d: %v", i, err))
-		}
-		if p.Key == nil {
-			return badRequest(10029, fmt.Sprintf("invalid request: item %d has no key", i))
-		}
-		if aerr := checkKey(*p.Key); aerr != nil {
-			return aerr
-		}
-		if p.Value == nil {
-			return badRequest(10012, fmt.Sprintf("malformed value: item %d (%q) has no value", i, *p.Key))
-		}
-		value := []byte(*p.Value)
-		if p.Base64 {
-			dv, err := base64.StdEncoding.DecodeString(*p.Value)
-			if err != nil {
-				return badRequest(10012, fmt.Sprintf("malformed value: item %d (%q) is not valid base64", i, *p.Key))
-			}
-			value = dv
-		}
-		if len(value) > MaxValueBytes {
-			return tooLarge(fmt.Sprintf("value too large: %q holds %d bytes, the limit is %d", *p.Key, len(value), MaxValueBytes))
-		}
-		var meta []byte
-		if len(p.Metadata) > 0 {
-			m, aerr := normalizeMetadata(p.Metadata)
-			if aerr != nil {
-				return aerr
-			}
-			meta = m
-		}
-		exp, aerr := expiry(p.ExpirationTTL, p.Expiration, jsonNum(p.ExpirationTTL), jsonNum(p.Expiration), now)
-		if aerr != nil {
-			return aerr
-		}
-		muts = append(muts, mutation{kind: recPut, key: *p.Key, value: value, meta: meta, exp: exp})
-		return nil
-	})
+	body, aerr := readBulkBody(r, e.maxBulkBytes, "bulk write")
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	muts, aerr := decodeBulkPut(body, now)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
 	e.applyBulk(w, rt, muts)
+}
+
+// decodeBulkPut decodes and validates a bulk write body, stopping at the
+// first item that fails.
+func decodeBulkPut(body []byte, now time.Time) ([]mutation, *apiError) {
+	var muts []mutation
+	var it bulkItem
+	aerr := decodeBulkArray(body, "bulk write", func(i int, p *bulkParser) *apiError {
+		if err := p.pair(&it); err != nil {
+			return badRequest(10029, fmt.Sprintf("invalid request: item %d: %v", i, err))
+		}
+		m, aerr := it.mutation(i, now)
+		if aerr != nil {
+			return aerr
+		}
+		muts = append(muts, m)
+		return nil
+	})
+	if aerr != nil {
+		return nil, aerr
+	}
+	return muts, nil
+}
+
+// mutation validates the i-th item of a bulk write.
+func (it *bulkItem) mutation(i int, now time.Time) (mutation, *apiError) {
+	if !it.hasKey {
+		return mutation{}, badRequest(10029, fmt.Sprintf("invalid request: item %d has no key", i))
+	}
+	if aerr := checkKey(it.key); aerr != nil {
+		return mutation{}, aerr
+	}
+	if !it.hasValue {
+		return mutation{}, badRequest(10012, fmt.Sprintf("malformed value: item %d (%q) has no value", i, it.key))
+	}
+	value := it.value
+	if it.base64 {
+		dv := make([]byte, base64.StdEncoding.DecodedLen(len(value)))
+		n, err := base64.StdEncoding.Decode(dv, value)
+		if err != nil {
+			return mutation{}, badRequest(10012, fmt.Sprintf("malformed value: item %d (%q) is not valid base64", i, it.key))
+		}
+		value = dv[:n]
+	}
+	if len(value) > MaxValueBytes {
+		return mutation{}, tooLarge(fmt.Sprintf("value too large: %q holds %d bytes, the limit is %d", it.key, len(value), MaxValueBytes))
+	}
+	var meta []byte
+	if len(it.meta) > 0 {
+		m, aerr := normalizeMetadata(it.meta)
+		if aerr != nil {
+			return mutation{}, aerr
+		}
+		meta = m
+	}
+	var ttl, exp *float64
+	if it.hasTTL {
+		ttl = &it.ttl
+	}
+	if it.hasExp {
+		exp = &it.exp
+	}
+	expAt, aerr := expiry(ttl, exp, jsonNum(ttl), jsonNum(exp), now)
+	if aerr != nil {
+		return mutation{}, aerr
+	}
+	return mutation{kind: recPut, key: it.key, value: value, meta: meta, exp: expAt}, nil
 }
 
 func jsonNum(f *float64) string {
@@ -385,23 +355,38 @@ func jsonNum(f *float64) string {
 }
 
 func handleBulkDelete(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
-	var muts []mutation
-	aerr := decodeArray(r, e.maxBulkBytes, "bulk delete", func(i int, dec *json.Decoder) *apiError {
-		var k *string
-		if err := dec.Decode(&k); err != nil || k == nil {
-			return badRequest(10029, fmt.Sprintf("invalid request: item %d is not a key name string", i))
-		}
-		if aerr := checkKey(*k); aerr != nil {
-			return aerr
-		}
-		muts = append(muts, mutation{kind: recDelete, key: *k})
-		return nil
-	})
+	body, aerr := readBulkBody(r, e.maxBulkBytes, "bulk delete")
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	muts, aerr := decodeBulkDelete(body)
 	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
 	e.applyBulk(w, rt, muts)
+}
+
+// decodeBulkDelete decodes and validates a bulk delete body: an array of
+// key names.
+func decodeBulkDelete(body []byte) ([]mutation, *apiError) {
+	var muts []mutation
+	aerr := decodeBulkArray(body, "bulk delete", func(i int, p *bulkParser) *apiError {
+		k, err := p.key()
+		if err != nil {
+			return badRequest(10029, fmt.Sprintf("invalid request: item %d is not a key name string", i))
+		}
+		if aerr := checkKey(k); aerr != nil {
+			return aerr
+		}
+		muts = append(muts, mutation{kind: recDelete, key: k})
+		return nil
+	})
+	if aerr != nil {
+		return nil, aerr
+	}
+	return muts, nil
 }
 
 // applyBulk applies a validated bulk request; keys refused by the per-key
