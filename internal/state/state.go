@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -147,6 +148,27 @@ func Open(path string, opts Options) (*Store, error) {
 	return &Store{db: db, path: path, fresh: fresh, now: opts.Now}, nil
 }
 
+// initialMmapSize is the address space the store's file is mapped with
+// from the start. bbolt maps the file anew whenever it outgrows the
+// mapping, doubling it from 32 KiB: on a first publish that is a remap
+// (with a copy of every key and value the transaction holds out of the old
+// mapping) every few thousand records. Mapped but untouched pages cost
+// neither memory nor disk, so 64-bit systems map enough for about a
+// million records at once. On Windows bbolt would instead grow the file
+// itself to this size, so there the mapping grows as before.
+func initialMmapSize() int {
+	switch {
+	case runtime.GOOS == "windows":
+		return 0
+	case strconv.IntSize == 32:
+		return 32 << 20
+	}
+	return 256 << 20
+}
+
+// allocSize is how far past its need the file grows at a time; see its use.
+const allocSize = 1 << 20
+
 // corruptError marks a file whose content bbolt could not use, as opposed to
 // one that could not be opened or locked.
 type corruptError struct{ err error }
@@ -184,9 +206,15 @@ func openBolt(path string, timeout time.Duration) (db *bolt.DB, err error) {
 			file, openErr = os.OpenFile(name, flag, perm)
 			return file, openErr
 		},
+		InitialMmapSize: initialMmapSize(),
 	})
 	switch {
 	case err == nil:
+		// With the mapping larger than AllocSize, bbolt grows the file by
+		// AllocSize past what it needs (16 MiB by default, which would
+		// make even a tiny store that large); each step costs a truncate
+		// and an fsync, so a step this size keeps them few.
+		db.AllocSize = allocSize
 	case errors.Is(err, bolterrors.ErrTimeout):
 		return nil, fmt.Errorf("state file %s is %w (lock not acquired within %s)", path, ErrInUse, timeout)
 	case openErr != nil:
@@ -367,17 +395,21 @@ func (s *Store) PutBatch(scope string, recs map[string]Record) (err error) {
 	// on, where random order splits pages all over the bucket (a fresh
 	// 10,000-key batch costs about half as much sorted).
 	keys := make([]string, 0, len(recs))
-	for k := range recs {
+	keyBytes, valBytes := 0, 0
+	for k, r := range recs {
 		if k == "" {
 			return fmt.Errorf("state: scope %q: empty key", scope)
 		}
 		keys = append(keys, k)
+		keyBytes += len(k)
+		valBytes += len(r.Hash) + len(r.Metadata) + maxEncodedFixed
 	}
 	slices.Sort(keys)
-	// One buffer holds every encoded value; bbolt keeps a reference to each
-	// until the transaction commits, so it is never reused.
+	// One buffer holds every encoded value and one every key, rather than
+	// an allocation each; bbolt keeps a reference to each value until the
+	// transaction commits, so neither is reused.
 	enc := make([][]byte, len(keys))
-	buf := make([]byte, 0, len(keys)*64)
+	buf := make([]byte, 0, valBytes)
 	now := s.now()
 	for i, k := range keys {
 		r := recs[k]
@@ -391,6 +423,7 @@ func (s *Store) PutBatch(scope string, recs map[string]Record) (err error) {
 		}
 		enc[i] = buf[start:len(buf):len(buf)]
 	}
+	kbuf := make([]byte, 0, keyBytes)
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer s.guard(&err)
 	return s.db.Update(func(tx *bolt.Tx) error {
@@ -399,7 +432,8 @@ func (s *Store) PutBatch(scope string, recs map[string]Record) (err error) {
 			return fmt.Errorf("state file %s: scope %q: %w", s.path, scope, err)
 		}
 		for i, k := range keys {
-			if err := b.Put([]byte(k), enc[i]); err != nil {
+			kbuf = append(kbuf, k...)
+			if err := b.Put(kbuf[len(kbuf)-len(k):], enc[i]); err != nil {
 				return fmt.Errorf("state file %s: scope %q key %q: %w", s.path, scope, k, err)
 			}
 		}
@@ -506,6 +540,11 @@ func encode(r Record) ([]byte, error) {
 	}
 	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
 }
+
+// maxEncodedFixed bounds the bytes appendEncoded adds to a record's hash
+// and metadata: field names, quotes and braces (42) and four int64 (20
+// each). It only sizes a buffer, which grows if a record needs more.
+const maxEncodedFixed = 42 + 4*20
 
 // appendEncoded appends r's stored form to buf: the same bytes as encode,
 // written directly for the usual record (a hex hash), since encoding/json's
