@@ -1,6 +1,7 @@
 package emulator
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -350,7 +351,9 @@ func (p *bulkParser) field(it *bulkItem, field int) (typeErr, err error) {
 			if field == fieldKey {
 				it.key, it.hasKey = string(s), true
 			} else {
-				it.value, it.hasValue = append(make([]byte, 0, len(s)), s...), true
+				v := make([]byte, len(s))
+				copy(v, s)
+				it.value, it.hasValue = v, true
 			}
 			return nil, nil
 		case 'n':
@@ -661,8 +664,7 @@ func plainRun(d []byte, i int) int {
 		bsl = lo * '\\'
 	)
 	for ; i+8 <= len(d); i += 8 {
-		w := uint64(d[i]) | uint64(d[i+1])<<8 | uint64(d[i+2])<<16 | uint64(d[i+3])<<24 |
-			uint64(d[i+4])<<32 | uint64(d[i+5])<<40 | uint64(d[i+6])<<48 | uint64(d[i+7])<<56
+		w := binary.LittleEndian.Uint64(d[i:])
 		// A byte of t has its high bit set if that byte of w is below
 		// 0x20, is '"' or '\\' (a zero byte after the XOR), or is >= 0x80.
 		// The borrow of the subtractions may also flag a byte after a
