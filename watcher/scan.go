@@ -268,8 +268,9 @@ const (
 )
 
 // fileState computes the desired state of the file at rel. ok is false when
-// it is not a key: excluded, a sidecar, skipped, or gone. lst may be nil.
-func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint) (desired.State, bool) {
+// it is not a key: excluded, a sidecar, skipped, or gone. lst may be nil;
+// so may scLst, the sidecar's lstat when a listing took it.
+func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, scLst fs.FileInfo) (desired.State, bool) {
 	if isSidecar(rel) {
 		return desired.State{}, false
 	}
@@ -300,7 +301,7 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint) 
 	if hint == sidecarAbsent {
 		delete(w.st.sidecars, rel+SidecarSuffix) // saves a stat per file in scans
 	} else {
-		meta, err = w.sidecar(rel + SidecarSuffix)
+		meta, err = w.sidecar(rel+SidecarSuffix, scLst)
 	}
 	if err != nil {
 		w.noteSkip(rel, reasonMetadata, true, "holding back file: its metadata sidecar is invalid", "error", err)
@@ -401,35 +402,47 @@ func (w *Watcher) hash(rel string, r resolved) (string, int64, error) {
 }
 
 // sidecar returns the metadata in the sidecar at rel, nil when there is
-// none, or an error naming it when it is invalid.
-func (w *Watcher) sidecar(rel string) (json.RawMessage, error) {
+// none, or an error naming it when it is invalid. lst, when not nil, is the
+// sidecar's lstat from the directory's listing: unless it is a symlink, it
+// is what stat would say, and is trusted instead of asked again.
+func (w *Watcher) sidecar(rel string, lst fs.FileInfo) (json.RawMessage, error) {
 	s := w.st
 	abs := filepath.Join(w.opts.Root, rel)
-	if lst, err := os.Lstat(abs); err == nil && lst.Mode()&fs.ModeSymlink != 0 && !w.opts.AllowSymlinksOutside {
-		// The symlink rule holds for sidecars too: metadata must not be
-		// read from outside the root.
-		target, err := filepath.EvalSymlinks(abs)
-		if err != nil {
+	if lst != nil && lst.Mode()&fs.ModeSymlink != 0 {
+		lst = nil // the symlink rules below look at it again
+	}
+	fi := lst
+	if fi == nil {
+		if lst, err := os.Lstat(abs); err == nil && lst.Mode()&fs.ModeSymlink != 0 && !w.opts.AllowSymlinksOutside {
+			// The symlink rule holds for sidecars too: metadata must not be
+			// read from outside the root.
+			target, err := filepath.EvalSymlinks(abs)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+			}
+			if _, inside := w.relToRoot(target); !inside {
+				return nil, fmt.Errorf("%w: %s is a symlink leading outside the root", ErrBadSidecar, abs)
+			}
+		}
+		var err error
+		if fi, err = os.Stat(abs); err != nil {
+			delete(s.sidecars, rel)
+			if isGone(err) {
+				return nil, nil
+			}
 			return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
 		}
-		if _, inside := w.relToRoot(target); !inside {
-			return nil, fmt.Errorf("%w: %s is a symlink leading outside the root", ErrBadSidecar, abs)
-		}
-	}
-	fi, err := os.Stat(abs)
-	if err != nil {
-		delete(s.sidecars, rel)
-		if isGone(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
 	}
 	id, idOK := fileIDOf(fi)
 	if e, ok := s.sidecars[rel]; ok && idOK && e.id == id {
 		return e.meta, e.err
 	}
 	delete(s.sidecars, rel)
-	meta, err := w.readSidecar(abs, fi)
+	meta, gone, err := w.readSidecar(abs, fi)
+	if gone && lst != nil {
+		// Removed since the listing: as a stat now would have found.
+		return nil, nil
+	}
 	settled := w.opts.Now().Add(-racyWindow).UnixNano()
 	if idOK && id.mtime < settled && id.ctime < settled {
 		s.sidecars[rel] = sidecarEntry{id: id, meta: meta, err: err}
@@ -437,88 +450,29 @@ func (w *Watcher) sidecar(rel string) (json.RawMessage, error) {
 	return meta, err
 }
 
-func (w *Watcher) readSidecar(abs string, fi fs.FileInfo) (json.RawMessage, error) {
+// readSidecar reads and parses the sidecar at abs, whose stat is fi. gone
+// reports that it could not be opened because it no longer exists.
+func (w *Watcher) readSidecar(abs string, fi fs.FileInfo) (meta json.RawMessage, gone bool, err error) {
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s: not a regular file", ErrBadSidecar, abs)
+		return nil, false, fmt.Errorf("%w: %s: not a regular file", ErrBadSidecar, abs)
 	}
 	if fi.Size() > maxSidecarRead {
-		return nil, fmt.Errorf("%w: %s: %d bytes, far over the %d-byte limit", ErrBadSidecar, abs, fi.Size(), 1024)
+		return nil, false, fmt.Errorf("%w: %s: %d bytes, far over the %d-byte limit", ErrBadSidecar, abs, fi.Size(), 1024)
 	}
 	f, err := w.open(abs)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+		return nil, isGone(err), fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, maxSidecarRead+1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+		return nil, false, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
 	}
-	meta, err := ParseSidecar(data)
+	meta, err = ParseSidecar(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", abs, err)
+		return nil, false, fmt.Errorf("%s: %w", abs, err)
 	}
-	return meta, nil
-}
-
-// walk scans the directory at rel into res. When watching, each directory
-// gets its watch before it is read, so a file created in between is either
-// listed or reported by an event.
-func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *scanResult) {
-	if err := ctx.Err(); err != nil {
-		res.fail(rel, err)
-		return
-	}
-	if watch {
-		w.addWatch(abs)
-	}
-	entries, err := os.ReadDir(abs)
-	if err != nil {
-		if isGone(err) && rel != "" {
-			return
-		}
-		w.log.Warn("cannot read directory; its keys are kept as they are", "path", abs, "error", err)
-		res.fail(rel, fmt.Errorf("%s: %w", abs, err))
-		return
-	}
-	names := make(map[string]bool, len(entries))
-	for _, e := range entries {
-		names[e.Name()] = true
-	}
-	for _, e := range entries {
-		// Checked per entry, not only per directory: hashing a large flat
-		// directory can take minutes, and Run abandons a scan on shutdown.
-		if err := ctx.Err(); err != nil {
-			res.fail(rel, err)
-			return
-		}
-		name := e.Name()
-		crel, cabs := childPaths(rel, abs, name)
-		if e.IsDir() {
-			if reason := w.opts.dirSkip(crel); reason != "" {
-				w.noteSkip(crel, reason, false, "directory not descended")
-				continue
-			}
-			w.walk(ctx, crel, cabs, watch, res)
-			continue
-		}
-		if isSidecar(crel) {
-			if base := strings.TrimSuffix(name, SidecarSuffix); !names[base] && w.opts.pathSkip(sidecarOwner(crel)) == "" {
-				w.noteSkip(crel, reasonOrphan, true, "ignoring metadata sidecar without its file")
-			}
-			continue
-		}
-		lst, err := e.Info()
-		if err != nil {
-			continue // removed since the listing
-		}
-		hint := sidecarAbsent
-		if names[name+SidecarSuffix] {
-			hint = sidecarPresent
-		}
-		if st, ok := w.fileState(crel, cabs, lst, hint); ok {
-			res.add(crel, st)
-		}
-	}
+	return meta, false, nil
 }
 
 // fullScan scans the whole tree. With commit, what it found becomes the
@@ -659,7 +613,7 @@ func (w *Watcher) evalOne(ctx context.Context, rel string, out []desired.State) 
 			w.walk(ctx, rel, abs, w.watching(), res)
 		}
 	default:
-		if st, ok := w.fileState(rel, abs, lst, sidecarUnknown); ok {
+		if st, ok := w.fileState(rel, abs, lst, sidecarUnknown, nil); ok {
 			res.found[rel] = st
 		}
 	}

@@ -60,6 +60,17 @@ type Watcher struct {
 	rescan  chan desired.Trigger
 	running atomic.Bool
 
+	// prefetch bounds the directories a walk lists ahead (walk.go); 0
+	// lists each only when the walk reaches it.
+	prefetch int
+	// listHook, when set, is called by whichever goroutine lists a
+	// directory: between reading its names and stat-ing its entries
+	// (statted false) and after (true). Tests change the tree there.
+	listHook func(abs string, statted bool)
+	// prefetched, when set, is called by the walk with each directory it
+	// hands to the listers and how many are then outstanding.
+	prefetched func(abs string, outstanding int)
+
 	// scheduled, when set, is called by the event loop with each path whose
 	// debounce an event starts or extends; tests wait on it, not on sleeps.
 	scheduled func(rel string)
@@ -103,6 +114,7 @@ func New(opts Options) (*Watcher, error) {
 		log:       o.Logger.With("root", o.Root),
 		st:        newScanState(),
 		open:      openFile,
+		prefetch:  defaultPrefetch,
 		newSource: newFSNotifySource,
 		watched:   make(map[string]struct{}),
 		degraded:  make(chan struct{}, 1),

@@ -1,0 +1,287 @@
+package watcher
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Defaults for the directory prefetch of a walk.
+const (
+	// defaultPrefetch bounds how many directories are listed ahead of the
+	// walk and not yet walked, so memory stays that of a few listings
+	// whatever the tree's size.
+	defaultPrefetch = 16
+	// maxListers bounds the goroutines that list ahead.
+	maxListers = 4
+	// ctxCheckEvery is how many entries a listing stats or reads between
+	// checks of its context, so a huge directory does not delay shutdown.
+	ctxCheckEvery = 256
+	readBatch     = 1024
+)
+
+// dirEntry is one entry of a listed directory.
+type dirEntry struct {
+	name string
+	// dir is the listing's type: a symlink to a directory is not one.
+	dir bool
+	// info is the entry's lstat, taken when wantStat asked for it; nil if
+	// not asked for or it failed (err says why: gone, usually).
+	info fs.FileInfo
+	err  error
+}
+
+// has reports whether the sorted entries hold name.
+func has(entries []dirEntry, name string) bool {
+	_, ok := slices.BinarySearchFunc(entries, name, func(e dirEntry, n string) int { return strings.Compare(e.name, n) })
+	return ok
+}
+
+// wantStat reports whether the walk needs the lstat of entries[i]: every
+// file except sidecars without their file, which are only noted as orphans.
+func wantStat(entries []dirEntry, i int) bool {
+	e := entries[i]
+	if e.dir {
+		return false
+	}
+	return !isSidecar(e.name) || has(entries, strings.TrimSuffix(e.name, SidecarSuffix))
+}
+
+// readNames reads the names and types of f's entries, sorted by name as
+// os.ReadDir does, checking ctx between batches.
+func readNames(ctx context.Context, f *os.File) ([]dirEntry, error) {
+	var out []dirEntry
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		des, err := f.ReadDir(readBatch)
+		for _, d := range des {
+			out = append(out, dirEntry{name: d.Name(), dir: d.IsDir()})
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(out, func(a, b dirEntry) int { return strings.Compare(a.name, b.name) })
+	return out, nil
+}
+
+// subdir is a directory the walk will descend into (or note as skipped),
+// and its listing when a lister prefetches it.
+type subdir struct {
+	rel, abs string
+	skip     string // why it is not descended; "" when it is
+	// ready is closed once entries and err are set; nil while the
+	// directory is not submitted to the listers.
+	ready   chan struct{}
+	entries []dirEntry
+	err     error
+}
+
+// frame is the subdirectories of one directory on the walk's stack.
+type frame struct {
+	dirs []*subdir
+	// next is the first not yet walked; sub the first not yet submitted
+	// (sub >= next: directories are submitted in walk order).
+	next, sub int
+}
+
+// walker is one walk of a tree. Only its own goroutine touches it and the
+// watcher's scan state; the listers only list (and watch) directories.
+type walker struct {
+	w     *Watcher
+	ctx   context.Context
+	watch bool
+	res   *scanResult
+
+	// jobs feeds the listers; nil when nothing is listed ahead.
+	jobs  chan *subdir
+	wg    sync.WaitGroup
+	limit int
+	// outstanding counts directories submitted and not yet walked: at
+	// most limit, which bounds the listings held in memory.
+	outstanding int
+	frames      []*frame
+}
+
+// list watches (when watching) and lists the directory at abs. Listers
+// call it too: it touches nothing but the watches, which have their lock.
+func (w *Watcher) list(ctx context.Context, abs string, watch bool) ([]dirEntry, error) {
+	if watch {
+		w.addWatch(abs)
+	}
+	var before func()
+	if w.listHook != nil {
+		before = func() { w.listHook(abs, false) }
+	}
+	entries, err := readDirStat(ctx, abs, before)
+	if w.listHook != nil && err == nil {
+		w.listHook(abs, true)
+	}
+	return entries, err
+}
+
+// walk scans the directory at rel into res. When watching, each directory
+// gets its watch before it is read, so a file created in between is either
+// listed or reported by an event. Directories are listed (and watched)
+// ahead of the depth-first walk by a few goroutines, so listing and stat
+// overlap the work on the entries; all else stays on this goroutine.
+func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *scanResult) {
+	wk := &walker{w: w, ctx: ctx, watch: watch, res: res, limit: w.prefetch}
+	if n := min(runtime.GOMAXPROCS(0), maxListers, w.prefetch); n > 0 {
+		wk.jobs = make(chan *subdir, w.prefetch)
+		for range n {
+			wk.wg.Go(wk.lister)
+		}
+		defer func() {
+			// Walked to the end, nothing is queued; cut short, the
+			// listers drop what is, as ctx has ended.
+			close(wk.jobs)
+			wk.wg.Wait()
+		}()
+	}
+	wk.dir(&subdir{rel: rel, abs: abs})
+}
+
+func (wk *walker) lister() {
+	for d := range wk.jobs {
+		if err := wk.ctx.Err(); err != nil {
+			d.err = err
+		} else {
+			d.entries, d.err = wk.w.list(wk.ctx, d.abs, wk.watch)
+		}
+		close(d.ready)
+	}
+}
+
+// fill submits the directories next in walk order, deepest frame first,
+// while fewer than limit are outstanding.
+func (wk *walker) fill() {
+	if wk.jobs == nil {
+		return
+	}
+	for i := len(wk.frames) - 1; i >= 0 && wk.outstanding < wk.limit; i-- {
+		f := wk.frames[i]
+		for ; f.sub < len(f.dirs) && wk.outstanding < wk.limit; f.sub++ {
+			d := f.dirs[f.sub]
+			if d.skip != "" {
+				continue
+			}
+			d.ready = make(chan struct{})
+			wk.outstanding++
+			if wk.w.prefetched != nil {
+				wk.w.prefetched(d.abs, wk.outstanding)
+			}
+			wk.jobs <- d // never blocks: the buffer holds limit
+		}
+	}
+}
+
+// entries returns d's listing, from a lister or listed here.
+func (wk *walker) entries(d *subdir) ([]dirEntry, error) {
+	if d.ready == nil {
+		return wk.w.list(wk.ctx, d.abs, wk.watch)
+	}
+	wk.outstanding--
+	select {
+	case <-d.ready:
+	case <-wk.ctx.Done():
+		return nil, wk.ctx.Err()
+	}
+	entries, err := d.entries, d.err
+	d.entries = nil
+	return entries, err
+}
+
+func (wk *walker) dir(d *subdir) {
+	w, res, rel, abs := wk.w, wk.res, d.rel, d.abs
+	if err := wk.ctx.Err(); err != nil {
+		if d.ready != nil {
+			wk.outstanding--
+		}
+		res.fail(rel, err)
+		return
+	}
+	entries, err := wk.entries(d)
+	if err != nil {
+		if cerr := wk.ctx.Err(); cerr != nil {
+			res.fail(rel, cerr)
+			return
+		}
+		if isGone(err) && rel != "" {
+			return
+		}
+		w.log.Warn("cannot read directory; its keys are kept as they are", "path", abs, "error", err)
+		res.fail(rel, fmt.Errorf("%s: %w", abs, err))
+		return
+	}
+	f := &frame{}
+	for _, e := range entries {
+		if e.dir {
+			crel, cabs := childPaths(rel, abs, e.name)
+			f.dirs = append(f.dirs, &subdir{rel: crel, abs: cabs, skip: w.opts.dirSkip(crel)})
+		}
+	}
+	wk.frames = append(wk.frames, f)
+	defer func() { wk.frames = wk.frames[:len(wk.frames)-1] }()
+	wk.fill()
+	for _, e := range entries {
+		// Checked per entry, not only per directory: hashing a large flat
+		// directory can take minutes, and Run abandons a scan on shutdown.
+		if err := wk.ctx.Err(); err != nil {
+			res.fail(rel, err)
+			return
+		}
+		if e.dir {
+			sd := f.dirs[f.next]
+			if f.next++; f.sub < f.next {
+				f.sub = f.next // walked before a lister got to it
+			}
+			if sd.skip != "" {
+				w.noteSkip(sd.rel, sd.skip, false, "directory not descended")
+				continue
+			}
+			wk.dir(sd)
+			wk.fill()
+			continue
+		}
+		name := e.name
+		crel, cabs := childPaths(rel, abs, name)
+		if isSidecar(crel) {
+			if base := strings.TrimSuffix(name, SidecarSuffix); !has(entries, base) && w.opts.pathSkip(sidecarOwner(crel)) == "" {
+				w.noteSkip(crel, reasonOrphan, true, "ignoring metadata sidecar without its file")
+			}
+			continue
+		}
+		if e.info == nil {
+			continue // removed since the listing
+		}
+		hint, scInfo := sidecarAbsent, fs.FileInfo(nil)
+		if i, ok := slices.BinarySearchFunc(entries, name+SidecarSuffix, func(e dirEntry, n string) int { return strings.Compare(e.name, n) }); ok {
+			sc := entries[i]
+			switch {
+			case sc.info != nil:
+				hint, scInfo = sidecarPresent, sc.info
+			case sc.dir:
+				hint = sidecarPresent // a directory: sidecar() says it is invalid
+			case isGone(sc.err):
+				// Removed since the listing, as sidecar() would find.
+			default:
+				hint = sidecarPresent // sidecar() looks again and names the error
+			}
+		}
+		if st, ok := w.fileState(crel, cabs, e.info, hint, scInfo); ok {
+			res.add(crel, st)
+		}
+	}
+}
