@@ -644,14 +644,11 @@ func (p *bulkParser) number() error {
 	return nil
 }
 
-// plainByte marks the bytes a string holds as themselves: printable ASCII
-// other than the quote and the backslash.
-var plainByte = func() (t [256]bool) {
-	for c := 0x20; c < 0x80; c++ {
-		t[c] = c != '"' && c != '\\'
-	}
-	return t
-}()
+// isPlain reports whether a string holds c as itself: printable ASCII other
+// than the quote and the backslash.
+func isPlain(c byte) bool {
+	return 0x20 <= c && c < 0x80 && c != '"' && c != '\\'
+}
 
 // plainRun returns the index of the first byte at or after i that is not
 // plain. It tests eight bytes at a time: the escape-free ASCII stretches of
@@ -674,7 +671,7 @@ func plainRun(d []byte, i int) int {
 			break
 		}
 	}
-	for i < len(d) && plainByte[d[i]] {
+	for i < len(d) && isPlain(d[i]) {
 		i++
 	}
 	return i
@@ -778,7 +775,7 @@ func (p *bulkParser) decodeString() ([]byte, error) {
 			return nil, io.ErrUnexpectedEOF
 		}
 		switch c := d[i]; {
-		case plainByte[c]:
+		case isPlain(c):
 			j := plainRun(d, i+1)
 			buf = append(buf, d[i:j]...)
 			i = j

@@ -305,7 +305,7 @@ func FuzzBulkDecode(f *testing.F) {
 func benchBulkPutBody(n, size int) []byte {
 	var buf bytes.Buffer
 	buf.WriteByte('[')
-	line := []byte("The quick brown fox said \"hello\" to C:\\dir.\n")
+	line := []byte("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do \"eiusmod\" tempor incididunt in C:\\labore.\n")
 	for i := range n {
 		if i > 0 {
 			buf.WriteByte(',')
