@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Defaults for the directory prefetch of a walk.
@@ -83,7 +84,10 @@ type subdir struct {
 	skip     string // why it is not descended; "" when it is
 	// ready is closed once entries and err are set; nil while the
 	// directory is not submitted to the listers.
-	ready   chan struct{}
+	ready chan struct{}
+	// claimed is set by whoever lists it: a lister, or the walk itself
+	// when it gets there before any lister did, rather than wait.
+	claimed atomic.Bool
 	entries []dirEntry
 	err     error
 }
@@ -155,6 +159,9 @@ func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *sc
 
 func (wk *walker) lister() {
 	for d := range wk.jobs {
+		if !d.claimed.CompareAndSwap(false, true) {
+			continue // the walk lists it itself and waits for nothing
+		}
 		if err := wk.ctx.Err(); err != nil {
 			d.err = err
 		} else {
@@ -193,6 +200,11 @@ func (wk *walker) entries(d *subdir) ([]dirEntry, error) {
 		return wk.w.list(wk.ctx, d.abs, wk.watch)
 	}
 	wk.outstanding--
+	if d.claimed.CompareAndSwap(false, true) {
+		// Still queued: the listers are behind, so this goroutine
+		// would only wait.
+		return wk.w.list(wk.ctx, d.abs, wk.watch)
+	}
 	select {
 	case <-d.ready:
 	case <-wk.ctx.Done():
