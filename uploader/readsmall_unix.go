@@ -26,11 +26,10 @@ func readSmall(path string, limit int64) ([]byte, error) {
 	return readCareful(fd, path, limit)
 }
 
-// readCareful reads the whole content of fd, open on path, whatever its
-// offset: fstat says whether it is a regular file and how large it is, and
-// a probe past that size tells whether it grew meanwhile (errGrew, as when
-// it is over limit: the caller streams it alone). It reads with pread from
-// offset 0, so a fast attempt that already read from fd can fall back to it.
+// readCareful reads the whole content of fd, open on path and not read
+// from yet: fstat says whether it is a regular file and how large it is,
+// and a probe past that size tells whether it grew meanwhile (errGrew, as
+// when it is over limit: the caller streams it alone).
 func readCareful(fd int, path string, limit int64) ([]byte, error) {
 	var st syscall.Stat_t
 	if _, err := retryEINTR(func() (int, error) { return 0, syscall.Fstat(fd, &st) }); err != nil {
@@ -46,7 +45,7 @@ func readCareful(fd int, path string, limit int64) ([]byte, error) {
 	buf := make([]byte, size)
 	n := 0
 	for n < len(buf) {
-		m, err := retryEINTR(func() (int, error) { return syscall.Pread(fd, buf[n:], int64(n)) })
+		m, err := retryEINTR(func() (int, error) { return syscall.Read(fd, buf[n:]) })
 		if err != nil {
 			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
 		}
@@ -56,7 +55,7 @@ func readCareful(fd int, path string, limit int64) ([]byte, error) {
 		n += m
 	}
 	var probe [1]byte
-	if m, _ := retryEINTR(func() (int, error) { return syscall.Pread(fd, probe[:], size) }); m > 0 {
+	if m, _ := retryEINTR(func() (int, error) { return syscall.Read(fd, probe[:]) }); m > 0 {
 		return nil, errGrew
 	}
 	return buf, nil

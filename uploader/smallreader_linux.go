@@ -30,8 +30,11 @@ func newSmallReader() *smallReader { return &smallReader{dirfd: -1} }
 // found: a read of exactly size bytes into a buffer of size+1 proves the
 // file complete (a regular file reads in full unless at its end), which
 // spares the fstat and the probe read. Anything else (short, longer, an
-// error such as EAGAIN from a FIFO or EISDIR) is judged by readCareful on
-// the same descriptor. O_NONBLOCK keeps a FIFO from blocking the job.
+// error such as EAGAIN from a FIFO or EISDIR) gets the careful read of
+// readSmall. O_NONBLOCK keeps a FIFO from blocking the job. The price of
+// sparing the fstat: a FIFO that took the file's place since the scan is
+// read before it is recognised, so bytes a process wrote into it are
+// consumed, and exactly size of them would be taken for the file's content.
 func (r *smallReader) read(path string, size, limit int64) ([]byte, error) {
 	i := strings.LastIndexByte(path, '/')
 	if size <= 0 || size > limit || i < 0 || i == len(path)-1 {
@@ -61,10 +64,18 @@ func (r *smallReader) read(path string, size, limit int64) ([]byte, error) {
 	defer syscall.Close(fd)
 	buf := make([]byte, size+1)
 	n, err := retryEINTR(func() (int, error) { return syscall.Read(fd, buf) })
-	if err == nil && int64(n) == size {
+	switch {
+	case err == nil && int64(n) == size:
 		return buf[:n], nil
+	case n <= 0:
+		// Nothing read (an error, or the file is now empty): the careful
+		// read can take over the descriptor.
+		return readCareful(fd, path, limit)
 	}
-	return readCareful(fd, path, limit)
+	// Bytes were read, fewer or more than the scan found: the careful read
+	// starts again from the path. pread could restart on this descriptor,
+	// but not every regular file supports it (a stream-like FUSE file).
+	return readSmall(path, limit)
 }
 
 // open returns a descriptor of dir, reusing the one kept open when it is
