@@ -207,8 +207,6 @@ func TestWalkPrefetchBound(t *testing.T) {
 				submitted = append(submitted, abs)
 				peak = max(peak, outstanding)
 			}
-			// Listers that have listed wait a moment, so the walk could
-			// race ahead of them if nothing held it back.
 			var listed atomic.Int64
 			w.listHook = func(string, bool) { listed.Add(1) }
 			snap, err := w.Scan(context.Background(), desired.TriggerManual)
