@@ -22,7 +22,8 @@
 #
 # Environment: BENCH_OUT (default bench/out: trees, which are cached between
 # runs, and per-run logs), BENCH_CACHE (default bench/.cache: the wrangler
-# install). Needs bash, curl, Go and, for wrangler, Node.js >= 20 with npm;
+# install), BENCH_EMULATOR (a kvsync binary whose `emulator` serves the runs
+# instead of the one built here: to tell what a change of the emulator did). Needs bash, curl, Go and, for wrangler, Node.js >= 20 with npm;
 # installs wrangler@4.86.0 with npm and curl with apt-get when missing.
 # Every server it starts listens on 127.0.0.1 only.
 set -euo pipefail
@@ -110,7 +111,7 @@ start_emulator() {
 	local name=$1
 	shift
 	local out=$RUN/emulator-$name.out
-	"$BIN/kvsync" emulator --listen 127.0.0.1:0 --token "$TOKEN" "$@" >"$out" 2>"$RUN/emulator-$name.log" &
+	"${BENCH_EMULATOR:-$BIN/kvsync}" emulator --listen 127.0.0.1:0 --token "$TOKEN" "$@" >"$out" 2>"$RUN/emulator-$name.log" &
 	PIDS+=($!)
 	local i
 	for ((i = 0; i < 200; i++)); do
@@ -361,7 +362,7 @@ REPORT=$RUN/results.md
 	echo
 	echo "Machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ { printf "%.0f GiB", $2/1048576 }' /proc/meminfo); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 	echo "kvsync $(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown), $(go version | cut -d' ' -f3), wrangler $([[ -n $WRANGLER ]] && echo "$WRANGLER_VERSION" || echo "not run"), Node $(node --version 2>/dev/null || echo none), $(curl --version | head -1 | cut -d' ' -f1-2)."
-	echo "Emulator: \`kvsync emulator\` on 127.0.0.1, in memory; the runs of the small tree are the median of $REPEAT."
+	echo "Emulator: \`${BENCH_EMULATOR:+$BENCH_EMULATOR }kvsync emulator\` on 127.0.0.1, in memory; the runs of the small tree are the median of $REPEAT."
 	echo
 	echo "| Run | Tool | Tree | Wall s | Files/s | MB/s | API requests | Write requests | 429s | Peak RSS MiB | Keys verified |"
 	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
