@@ -33,7 +33,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzKeyFor$$' $(FUZZFLAGS) ./watcher
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSidecar$$' $(FUZZFLAGS) ./watcher
 	$(GO) test -run '^$$' -fuzz '^FuzzEnvelope$$' $(FUZZFLAGS) ./uploader/kvapi
+	$(GO) test -run '^$$' -fuzz '^FuzzJSONEscaping$$' $(FUZZFLAGS) ./uploader/kvapi
 	$(GO) test -run '^$$' -fuzz '^FuzzEmulatorRequest$$' $(FUZZFLAGS) ./internal/emulator
+	$(GO) test -run '^$$' -fuzz '^FuzzBulkDecode$$' $(FUZZFLAGS) ./internal/emulator
 
 deploy-check:
 	bash deploy/ci.sh
