@@ -37,23 +37,20 @@ func escapeByByte(dst, src []byte, limit int) ([]byte, int) {
 // byte-at-a-time definition for src, whole and in chunks of limit bytes.
 func checkEscaping(t *testing.T, src []byte, limit int) {
 	t.Helper()
-	var got, want []byte
+	var got []byte
 	for rest := src; len(rest) > 0; {
 		g, used := appendJSONEscaped(nil, rest, limit)
-		w, wused := escapeByByte(nil, rest, limit)
 		if len(g) > limit {
 			t.Fatalf("limit %d: produced %d bytes", limit, len(g))
 		}
 		if used == 0 {
 			t.Fatalf("limit %d: no progress at %q", limit, rest[:min(len(rest), 16)])
 		}
-		// Where a chunk ends may differ (the fast version fills up to the
-		// limit differently), the concatenation may not.
-		got, want = append(got, g...), append(want, w...)
+		// Where a chunk ends may differ from the reference (the fast
+		// version fills up to the limit differently), the concatenation
+		// may not.
+		got = append(got, g...)
 		rest = rest[used:]
-		if wused == 0 {
-			t.Fatalf("reference made no progress")
-		}
 	}
 	if ref, _ := escapeByByte(nil, src, 1<<30); !bytes.Equal(got, ref) {
 		t.Fatalf("limit %d: escaped %q\nwant %q", limit, got, ref)
