@@ -317,7 +317,7 @@ func TestPlannedDeletionSupersededByRewrite(t *testing.T) {
 // Deleted states from the watcher delete kvsync's keys while running.
 func TestChangedDeletion(t *testing.T) {
 	store, kv := seeded(t, 3)
-	e, _ := newTestEngine(t, kv, store, func(o *Options) { o.MaxDeletes = 0 })
+	e, _ := newTestEngine(t, kv, store, func(o *Options) { o.MaxDeletes = 3 })
 	var dels []desired.State
 	for i := range 3 {
 		dels = append(dels, desired.State{Key: fmt.Sprintf("%sold%d", testPrefix, i), Deleted: true})
@@ -329,6 +329,53 @@ func TestChangedDeletion(t *testing.T) {
 		t.Fatalf("calls %v, %d records", kv.calls, store.len())
 	}
 	mustContent(t, kv, testPrefix+"foreign", "not ours")
+}
+
+// The deletions the watcher reports between two full syncs count as one
+// pass against MaxDeletes: past it, keys are kept, and the next full sync
+// decides with its own count, after which the count starts again.
+func TestChangedDeletionsCappedUntilFullSync(t *testing.T) {
+	const n, limit = 5, 3
+	store, kv := seeded(t, n)
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, "test")
+	e, logs := newTestEngine(t, kv, store, func(o *Options) { o.MaxDeletes = limit; o.Metrics = m })
+	running(t, e)
+	key := func(i int) string { return fmt.Sprintf("%sold%d", testPrefix, i) }
+	for i := range n {
+		e.Changed([]desired.State{{Key: key(i), Deleted: true}})
+	}
+	waitIdle(t, e)
+	if store.len() != n-limit {
+		t.Fatalf("%d records left, want %d; calls %v", store.len(), n-limit, kv.calls)
+	}
+	for i := range n {
+		_, inKV := kv.get(key(i))
+		if want := i >= limit; inKV != want {
+			t.Errorf("%s in KV: %v, want %v", key(i), inKV, want)
+		}
+	}
+	if got := testutil.ToFloat64(m.Deletes.WithLabelValues("kept")); got != n-limit {
+		t.Errorf("deletes kept metric %v, want %d", got, n-limit)
+	}
+	if !strings.Contains(logs.String(), "max_deletes") {
+		t.Errorf("the refusal is not logged:\n%s", logs)
+	}
+
+	// The full sync finds both files still gone: within its own cap, it
+	// deletes them.
+	rep, err := e.SyncOnce(context.Background(), complete(newTree(t).write("x", "x")))
+	if err != nil || rep.Deleted != n-limit || store.len() != 1 {
+		t.Fatalf("full sync %+v, %v; %d records", rep, err, store.len())
+	}
+	mustContent(t, kv, testPrefix+"foreign", "not ours")
+
+	// A new window: the watcher may delete again.
+	e.Changed([]desired.State{{Key: testPrefix + "x", Deleted: true}})
+	waitIdle(t, e)
+	if _, ok := kv.get(testPrefix + "x"); ok || store.len() != 0 {
+		t.Fatalf("x not deleted after the full sync reset the count; calls %v", kv.calls)
+	}
 }
 
 // Failed deletions: a retryable error is retried after the backoff until it

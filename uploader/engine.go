@@ -130,6 +130,10 @@ type Engine struct {
 	// lastPassClean: the latest full sync wrote and deleted all it had to.
 	// With nothing queued, failed or held back since, KV holds the tree.
 	lastPassClean bool
+	// watchedDeletes counts the deletions the watcher reported since the
+	// last full sync finished, against MaxDeletes; watchedKept those
+	// refused for it.
+	watchedDeletes, watchedKept int
 
 	nSmall, nSmallPass, nDelete int
 
@@ -394,6 +398,35 @@ func (e *Engine) capRefusal(n int) string {
 	return fmt.Sprintf("%d keys would be deleted, more than max_deletes=%d; nothing deleted", n, e.o.MaxDeletes)
 }
 
+// allowWatchedDelete applies MaxDeletes to the deletions the watcher
+// reports while running: those between two full syncs count as one pass,
+// so emptying the tree under a running daemon (an rm -rf, a volume
+// remounted empty, an app that wipes its output before regenerating it)
+// deletes no more than a full sync would. A deletion past the cap is kept:
+// the key and its record stay, and the next full sync (rescan_interval, a
+// reload), finding the file still gone, decides with its own count. mu is
+// held.
+func (e *Engine) allowWatchedDelete(st desired.State) bool {
+	if e.o.Delete == DeleteKeep || e.o.MaxDeletes < 0 {
+		return true
+	}
+	if e.watchedDeletes < e.o.MaxDeletes {
+		e.watchedDeletes++
+		return true
+	}
+	e.watchedKept++
+	if e.watchedKept == 1 {
+		e.log.Error("more files deleted since the last full sync than max_deletes allows; their keys are kept until a full sync (rescan_interval, or a reload) finds them still gone and within max_deletes",
+			"max_deletes", e.o.MaxDeletes, "key", st.Key, "path", st.Path)
+	} else {
+		e.log.Debug("deletion kept: over max_deletes since the last full sync", "key", st.Key, "path", st.Path)
+	}
+	if m := e.o.Metrics; m != nil {
+		m.Deletes.WithLabelValues("kept").Inc()
+	}
+	return false
+}
+
 // candidate is a recorded key absent from a full sync's snapshot.
 type candidate struct {
 	key string
@@ -482,6 +515,9 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 			}
 			return nil
 		}
+	}
+	if p == nil && st.Deleted && !e.allowWatchedDelete(st) {
+		return nil
 	}
 	it := &item{st: st}
 	if p != nil {

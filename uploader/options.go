@@ -116,9 +116,10 @@ type Options struct {
 	// DeleteTTL is the expiration_ttl of the "expire" policy; at least 60 s.
 	DeleteTTL time.Duration
 	// MaxDeletes caps the deletions of one full sync; above it, nothing of
-	// that pass is deleted. 0 allows none, -1 means unlimited. It does not
-	// apply to single deletions the watcher reports while running, nor to
-	// the "keep" policy, which deletes nothing.
+	// that pass is deleted. The deletions the watcher reports between two
+	// full syncs count as one pass too: past the cap they are kept until
+	// the next full sync. 0 allows none, -1 means unlimited. The "keep"
+	// policy deletes nothing anyway.
 	MaxDeletes int
 	// BulkThreshold: files up to this size go through bulk writes when
 	// batching applies; default 1 MiB; -1 streams every file alone.

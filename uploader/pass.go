@@ -247,6 +247,10 @@ func (e *Engine) finishPass(p *pass) {
 		"deleted", r.Deleted, "kept", r.Kept, "failed", r.Failed, "held_back", r.HeldBack, "bytes", r.Bytes,
 		"deletes_refused", r.DeletesRefused, "duration", time.Since(p.started).Round(time.Millisecond))
 	e.lastPassClean = r.err() == nil
+	if e.watchedKept > 0 {
+		e.log.Info("full sync finished: deletions kept over max_deletes were reconsidered by it", "kept_since_last_full_sync", e.watchedKept, "deletes_refused", r.DeletesRefused)
+	}
+	e.watchedDeletes, e.watchedKept = 0, 0
 	e.noteCaughtUp()
 	e.broadcast()
 }

@@ -6,7 +6,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
@@ -86,6 +88,33 @@ func TestNothingDeletedWhen(t *testing.T) {
 		if !strings.Contains(out, "max_deletes") {
 			t.Errorf("the output does not name max_deletes:\n%s", out)
 		}
+	})
+	t.Run("the running daemon sees more than max_deletes go", func(t *testing.T) {
+		env := newKVEnv(t, emulator.Faults{})
+		env.writeConfig("", "max_deletes: 3")
+		publish(t, env, 7)
+		d := env.startDaemon()
+		d.waitReady(converge)
+		for i := 0; i < 5; i++ {
+			os.Remove(filepath.Join(env.root, fmt.Sprintf("f%02d.txt", i)))
+		}
+		// Three deletions go; the other two keys are kept and said so.
+		deadline := time.Now().Add(converge)
+		for len(env.em.Snapshot(testAccount, testNamespace)) > 4 || !strings.Contains(d.logs.String(), "than max_deletes allows") {
+			if time.Now().After(deadline) {
+				t.Fatalf("after deleting 5 files with max_deletes 3: %d keys, log:\n%s",
+					len(env.em.Snapshot(testAccount, testNamespace)), tail(d.logs.String(), 20))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := len(env.em.Snapshot(testAccount, testNamespace)); got != 4 {
+			t.Fatalf("%d keys left of 7, want 4 (2 files + 2 kept over max_deletes)", got)
+		}
+		// Raising the cap and reloading: the full sync deletes the rest.
+		env.writeConfig("", "max_deletes: 10")
+		d.cmd.Process.Signal(syscall.SIGHUP)
+		env.waitConverged(t, expectTree(t, env.root, nil), converge)
+		d.stop()
 	})
 	t.Run("the key was not written by kvsync", func(t *testing.T) {
 		env := newKVEnv(t, emulator.Faults{})

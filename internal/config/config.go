@@ -120,7 +120,8 @@ type Sync struct {
 	DeleteTTL time.Duration `yaml:"delete_ttl"`
 	// MaxDeletes caps the deletions of one sync pass, so that a directory
 	// that vanished or was emptied by mistake cannot wipe the namespace.
-	// 0 allows no deletions at all; -1 removes the cap.
+	// The deletions a running daemon sees between two full syncs count as
+	// one pass. 0 allows no deletions at all; -1 removes the cap.
 	MaxDeletes int `yaml:"max_deletes"`
 	// Quiet is how long a file must stay unchanged before it is uploaded.
 	Quiet time.Duration `yaml:"quiet"`
