@@ -140,15 +140,18 @@ func TestExpiredRecordIsRewritten(t *testing.T) {
 
 // Rule 1: a clean record is stored only after the API confirmed the write;
 // a write that failed leaves only its intent mark (the request was sent, so
-// it may have taken effect).
+// it may have taken effect), unless the API refused it (a 4xx), which
+// proves it was not applied: then the mark is taken back.
 func TestRecordOnlyAfterConfirmedWrite(t *testing.T) {
 	cases := []struct {
-		name string
-		err  error
+		name   string
+		err    error
+		marked bool
 	}{
-		{"permanent", apiErr(400, 10012)},
-		{"retryable", apiErr(503, 10001)},
-		{"network", &kvapi.NetworkError{Op: kvapi.OpPut, Err: errors.New("connection reset")}},
+		{"refused", apiErr(400, 10012), false},
+		{"success false", apiErr(200, 10001), true},
+		{"retryable", apiErr(503, 10001), true},
+		{"network", &kvapi.NetworkError{Op: kvapi.OpPut, Err: errors.New("connection reset")}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -162,8 +165,12 @@ func TestRecordOnlyAfterConfirmedWrite(t *testing.T) {
 			if !errors.Is(err, ErrSyncIncomplete) || rep.Failed != 1 {
 				t.Fatalf("SyncOnce = %+v, %v; want one failure", rep, err)
 			}
-			if rec, ok := store.record(st.Key); !ok || !rec.Pending || rec.Hash != "" {
+			rec, ok := store.record(st.Key)
+			if tc.marked && (!ok || !rec.Pending || rec.Hash != "") {
 				t.Fatalf("record after a failed write = %+v, %v; want only an intent mark", rec, ok)
+			}
+			if !tc.marked && ok {
+				t.Fatalf("record after a refused write = %+v; want none, as before the write", rec)
 			}
 			if len(rep.Failures) != 1 || rep.Failures[0].Key != st.Key || rep.Failures[0].Path != st.Path || !errors.Is(rep.Failures[0].Err, tc.err) {
 				t.Fatalf("failures %+v", rep.Failures)
@@ -664,8 +671,14 @@ func TestBulkRefusedIsSplit(t *testing.T) {
 	}
 	for _, st := range states {
 		rec, ok := store.record(st.Key)
-		if want := st.Key == bad; !ok || rec.Pending != want {
-			t.Fatalf("record of %s = %+v, %v; want pending=%v", st.Key, rec, ok, want)
+		if st.Key == bad {
+			if ok {
+				t.Fatalf("record of the refused %s = %+v; want none", st.Key, rec)
+			}
+			continue
+		}
+		if !ok || rec.Pending {
+			t.Fatalf("record of %s = %+v, %v; want a clean one", st.Key, rec, ok)
 		}
 	}
 	if !strings.Contains(logs.String(), "cf_codes=[10012]") {

@@ -544,3 +544,82 @@ func TestExpirePendingKeepsMetadataInKV(t *testing.T) {
 		t.Fatalf("%d metadata reads, want 1", n)
 	}
 }
+
+// A write the API refused outright (a 4xx) was not applied, so it must not
+// leave its key kvsync's: a key someone else wrote, which the refused write
+// would have overwritten, is not deleted when the file goes, and a key
+// kvsync wrote before keeps its old record, so a later comparison still
+// sees what KV holds.
+func TestRefusedWriteTakesItsMarkBack(t *testing.T) {
+	for _, tc := range ambiguousCases {
+		t.Run(tc.name+"/foreign key", func(t *testing.T) {
+			tr := newTree(t)
+			kv := newFakeKV(t)
+			kv.set(testPrefix+"theirs", "someone else's")
+			refuse := func(key string) error {
+				if key == testPrefix+"theirs" {
+					return apiErr(400, 10012)
+				}
+				return nil
+			}
+			kv.putErr = refuse
+			kv.bulkErr = func(keys []string) error {
+				for _, k := range keys {
+					if err := refuse(k); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			store := newMemStore()
+			e, _ := newTestEngine(t, kv, store, func(o *Options) {
+				o.RetryBackoff = time.Hour
+				if !tc.bulk {
+					o.BulkThreshold = -1
+				}
+			})
+			states := []desired.State{tr.write("theirs", "mine")}
+			if tc.bulk {
+				states = append(states, tr.write("other", "x"))
+			}
+			if _, err := e.SyncOnce(context.Background(), complete(states...)); !errors.Is(err, ErrSyncIncomplete) {
+				t.Fatalf("SyncOnce: %v, want the refusal reported", err)
+			}
+			if rec, ok := store.record(testPrefix + "theirs"); ok {
+				t.Fatalf("a refused write left a record %+v", rec)
+			}
+			running(t, e)
+			e.Changed([]desired.State{tr.remove("theirs")})
+			waitIdle(t, e)
+			if n := kv.count(kvapi.OpDelete, kvapi.OpBulkDelete); n != 0 {
+				t.Fatalf("%d deletions sent for a key kvsync never wrote", n)
+			}
+			mustContent(t, kv, testPrefix+"theirs", "someone else's")
+		})
+		t.Run(tc.name+"/own key", func(t *testing.T) {
+			tr := newTree(t)
+			kv := newFakeKV(t)
+			store := newMemStore()
+			e, _ := newTestEngine(t, kv, store, func(o *Options) {
+				o.RetryBackoff = time.Hour
+				if !tc.bulk {
+					o.BulkThreshold = -1
+				}
+			})
+			if _, err := e.SyncOnce(context.Background(), complete(tr.write("a", "v1"))); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := store.record(testPrefix + "a")
+			kv.putErr = func(string) error { return apiErr(413, 10011) }
+			kv.bulkErr = func([]string) error { return apiErr(413, 10011) }
+			if _, err := e.SyncOnce(context.Background(), complete(tr.write("a", "v2 is refused"))); !errors.Is(err, ErrSyncIncomplete) {
+				t.Fatalf("SyncOnce: %v, want the refusal reported", err)
+			}
+			after, ok := store.record(testPrefix + "a")
+			if !ok || after.Pending || after.Hash != before.Hash || !after.Written.Equal(before.Written) {
+				t.Fatalf("record after the refused rewrite = %+v, %v; want the one before it, %+v", after, ok, before)
+			}
+			mustContent(t, kv, testPrefix+"a", "v1")
+		})
+	}
+}

@@ -102,6 +102,9 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 	}
 	sv := &sentValue{v: v}
 	if err := e.o.KV.PutValue(ctx, e.o.Namespace, st.Key, sv, opts); err != nil {
+		if refused(err) {
+			e.unmark(keyRecord{st.Key, prev, had})
+		}
 		return e.writeFailure(ctx, it, err, true)
 	}
 	sum, n, complete := sv.sent()
@@ -213,6 +216,47 @@ func (e *Engine) intend(recs map[string]state.Record) error {
 	return nil
 }
 
+// refused reports whether err proves that a write was not applied: the API
+// answered it with a client error (a 4xx other than the retryable 408, 409
+// and 429), or kvapi refused to send it. Network errors, 5xx answers and a
+// 2xx reply saying success:false prove nothing either way.
+func refused(err error) bool {
+	var ve *kvapi.ValidationError
+	if errors.As(err, &ve) {
+		return true
+	}
+	var ae *kvapi.APIError
+	return errors.As(err, &ae) && ae.StatusCode >= 400 && ae.StatusCode < 500 && !ae.Retryable()
+}
+
+// unmark takes back the intent marks of writes that were refused: the keys
+// return to the records they had before, or to none. Left marked, a
+// refused key would count as kvsync's to delete, so a key someone else
+// wrote, which kvsync only tried to overwrite, would be deleted along with
+// the local file. If the store refuses, the marks stay: the safe side, as
+// for any failed request.
+func (e *Engine) unmark(krs ...keyRecord) {
+	restore := make(map[string]state.Record, len(krs))
+	var drop []string
+	for _, kr := range krs {
+		if kr.had {
+			restore[kr.key] = kr.rec
+		} else {
+			drop = append(drop, kr.key)
+		}
+	}
+	var err error
+	if len(restore) > 0 {
+		err = e.o.Store.PutBatch(e.o.Scope, restore)
+	}
+	if len(drop) > 0 {
+		err = errors.Join(err, e.o.Store.DeleteBatch(e.o.Scope, drop))
+	}
+	if err != nil {
+		e.log.Warn("write refused, but the state store kept its intent marks; the keys stay kvsync's to delete", "keys", len(krs), "err", err)
+	}
+}
+
 // intentFailure settles a key whose request was not sent because its intent
 // could not be recorded: sending it unrecorded could leave KV holding
 // content kvsync does not know of.
@@ -307,6 +351,9 @@ type prepared struct {
 	it   *item
 	size int64
 	sum  [sha256.Size]byte // of the value sent, to record once written
+	// prev is the key's record before its intent mark, nil when it had
+	// none (always, on a first publish), restored if the request is refused.
+	prev *state.Record
 }
 
 // putBulk reads the batch's files now (so only the batches being sent are
@@ -356,7 +403,11 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			continue
 		}
 		raw, enc = raw+r, enc+n
-		batch = append(batch, prepared{it: it, size: int64(len(data)), sum: sha256.Sum256(data)})
+		b := prepared{it: it, size: int64(len(data)), sum: sha256.Sum256(data)}
+		if had {
+			b.prev = &prev
+		}
+		batch = append(batch, b)
 		pairs = append(pairs, kvapi.BulkPair{Key: st.Key, Value: data, Metadata: opts.Metadata, Expiration: opts.Expiration, ExpirationTTL: opts.ExpirationTTL})
 		addMark(intents, now, keyRecord{st.Key, prev, had})
 	}
@@ -378,6 +429,16 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 		pairs[i].Value = nil
 	}
 	if err != nil {
+		if ctx.Err() == nil && refused(err) {
+			krs := make([]keyRecord, len(batch))
+			for i, b := range batch {
+				krs[i] = keyRecord{key: b.it.st.Key}
+				if b.prev != nil {
+					krs[i].rec, krs[i].had = *b.prev, true
+				}
+			}
+			e.unmark(krs...)
+		}
 		return append(rs, e.bulkFailure(ctx, batch, err)...)
 	}
 	bad := make(map[string]bool, len(res.Unsuccessful))
