@@ -58,6 +58,10 @@ type Report struct {
 type Failure struct {
 	Key, Path string
 	Err       error
+	// HeldBack: the file could not be published as it is (unreadable, an
+	// invalid sidecar, too large), so its key was left as it was, rather
+	// than a request that failed.
+	HeldBack bool
 }
 
 func (r Report) err() error {
@@ -476,8 +480,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 		e.held[key] = true
 		e.holdBack(st)
 		if p != nil {
-			p.rep.addFailure(st, st.Err)
-			p.rep.HeldBack++
+			p.rep.add(st, outcome{kind: outHeldBack, err: st.Err})
 		}
 		return nil
 	}
@@ -932,8 +935,13 @@ func (e *Engine) complete(j *job, rs []result) {
 			continue
 		}
 		e.resolve(it, r.out, true)
-		if r.out.kind == outRejected {
+		switch r.out.kind {
+		case outRejected:
 			e.rejected[key] = it.st
+		case outHeldBack:
+			if next == nil {
+				e.held[key] = true // until its file changes (offer) or a full sync
+			}
 		}
 		if next != nil {
 			e.push(next)

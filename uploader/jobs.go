@@ -312,6 +312,17 @@ func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bo
 	case errors.Is(err, fs.ErrNotExist):
 		e.log.Debug("file vanished before upload; skipped", "key", st.Key, "path", st.Path)
 		return settled(it, outVanished)
+	case errors.Is(err, fs.ErrPermission):
+		// Unreadable, as the watcher would have found had it read the
+		// file (it does not when the key has no record yet): held back the
+		// same way, its key neither written nor deleted, and tried again
+		// when the file changes or at the next full sync rather than every
+		// RetryBackoff, which would only repeat the same refusal.
+		e.log.Warn("holding back unreadable file; retried on its next change or full sync", "key", st.Key, "path", st.Path, "err", err)
+		if m := e.o.Metrics; m != nil {
+			m.FilesSkipped.WithLabelValues("unreadable").Inc()
+		}
+		return result{it: it, out: outcome{kind: outHeldBack, err: err}}
 	case errors.Is(err, kvapi.ErrValueSizeMismatch) && it.attempts+1 < maxAttempts:
 		// The file changed while it was sent; send its new content.
 		it.attempts++

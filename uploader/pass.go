@@ -49,7 +49,9 @@ func (r *Report) add(st desired.State, o outcome) {
 		r.Kept++
 	case outHeldBack:
 		r.HeldBack++
-		r.addFailure(st, o.err)
+		if len(r.Failures) < maxReportFailures {
+			r.Failures = append(r.Failures, Failure{Key: st.Key, Path: st.Path, Err: o.err, HeldBack: true})
+		}
 	case outPlanned:
 		if st.Deleted {
 			r.WouldDelete = append(r.WouldDelete, st.Key)

@@ -294,9 +294,10 @@ func TestSmallReaderUnreadable(t *testing.T) {
 	denied(t, warm, b, err)
 }
 
-// In a bulk batch, an unreadable file fails alone; its neighbours in the
-// same directory are written.
-func TestBulkUnreadableFailsAlone(t *testing.T) {
+// In a bulk batch, an unreadable file is held back alone (its key neither
+// written nor deleted, as when the watcher finds it unreadable); its
+// neighbours in the same directory are written.
+func TestBulkUnreadableHeldBackAlone(t *testing.T) {
 	if asNobody(t) {
 		return
 	}
@@ -308,7 +309,7 @@ func TestBulkUnreadableFailsAlone(t *testing.T) {
 	kv := newFakeKV(t)
 	e, _ := newTestEngine(t, kv, newMemStore(), nil)
 	rep, err := e.SyncOnce(context.Background(), complete(states...))
-	if !errors.Is(err, ErrSyncIncomplete) || rep.Failed != 1 || rep.Written != 2 {
+	if !errors.Is(err, ErrSyncIncomplete) || rep.HeldBack != 1 || rep.Failed != 0 || rep.Written != 2 {
 		t.Fatalf("%+v, %v", rep, err)
 	}
 	if len(rep.Failures) != 1 || !errors.Is(rep.Failures[0].Err, fs.ErrPermission) {
@@ -319,6 +320,38 @@ func TestBulkUnreadableFailsAlone(t *testing.T) {
 	}
 	mustContent(t, kv, testPrefix+"d/a", "a")
 	mustContent(t, kv, testPrefix+"d/z", "z")
+}
+
+// While running, an unreadable file the watcher did not read (its key has
+// no record) is held back once, not retried every RetryBackoff; its next
+// change queues it again.
+func TestUnreadableHeldBackNotRetried(t *testing.T) {
+	if asNobody(t) {
+		return
+	}
+	tr := newTree(t)
+	st := tr.write("secret", "s")
+	path := filepath.Join(tr.root, "secret")
+	if err := os.Chmod(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	kv := newFakeKV(t)
+	e, logs := newTestEngine(t, kv, newMemStore(), func(o *Options) { o.RetryBackoff = time.Millisecond })
+	running(t, e)
+	e.Changed([]desired.State{st})
+	waitIdle(t, e) // a retry every millisecond would never be idle
+	if n := strings.Count(logs.String(), "holding back unreadable file"); n != 1 {
+		t.Fatalf("held back %d times, want once:\n%s", n, logs)
+	}
+	if _, ok := kv.get(st.Key); ok || kv.writes() != 0 {
+		t.Fatalf("unreadable file reached KV: %v", kv.calls)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.Changed([]desired.State{tr.write("secret", "readable now")})
+	waitIdle(t, e)
+	mustContent(t, kv, st.Key, "readable now")
 }
 
 // BenchmarkReadBatch reads one bulk batch's files (5,000 of 1 KiB, in key

@@ -59,7 +59,11 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	prog.stop()
 	fmt.Fprintln(stdout, summaryLine(total, time.Since(start)))
 	for _, f := range total.Failures {
-		fmt.Fprintf(stderr, "failed: %s (%s): %v\n", f.Key, f.Path, f.Err)
+		what := "failed"
+		if f.HeldBack {
+			what = "held back"
+		}
+		fmt.Fprintf(stderr, "%s: %s (%s): %v\n", what, f.Key, f.Path, f.Err)
 	}
 	if a.local != nil {
 		fmt.Fprintf(stdout, "The local namespace is kept in %s; serve it with: kvsync emulator --data %s\n", a.local.dataDir, a.local.dataDir)

@@ -252,6 +252,59 @@ func TestHostileUnreadable(t *testing.T) {
 	env.waitConverged(t, good, converge)
 }
 
+// TestHostileUnreadableFirstPublish: on a first publish the scan reads no
+// file (every key is written anyway), so an unreadable one is found when it
+// is sent; it is held back all the same, named as such, and the rest is
+// published.
+func TestHostileUnreadableFirstPublish(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{})
+	var o cliOpts
+	base, err := os.MkdirTemp("", "kvsync-unreadable-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		filepath.Walk(base, func(p string, _ os.FileInfo, _ error) error { os.Chmod(p, 0o755); return nil })
+		os.RemoveAll(base)
+	})
+	env.root, env.stateDir = filepath.Join(base, "root"), filepath.Join(base, "state")
+	for _, d := range []string{env.root, env.stateDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(t, filepath.Join(env.root, "ok.txt"), "ok")
+	secret := filepath.Join(env.root, "d/secret.txt")
+	mustWrite(t, secret, "not for nobody")
+	mustWrite(t, filepath.Join(env.root, "d/z.txt"), "z")
+	env.writeConfig("", "")
+	if os.Geteuid() == 0 {
+		const nobody = 65534
+		o.cred = &syscall.Credential{Uid: nobody, Gid: nobody}
+		for _, p := range []string{filepath.Dir(kvsyncBin), base} {
+			if err := os.Chmod(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, p := range []string{env.stateDir, env.config} {
+			if err := os.Chown(p, nobody, nobody); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := os.Chmod(secret, 0); err != nil {
+		t.Fatal(err)
+	}
+	res := runCLI(t, o, "sync", "--config", env.config)
+	if res.code != exitSyncFailed {
+		t.Fatalf("sync: want exit 1\n%s", res)
+	}
+	if !strings.Contains(res.stderr, "held back: d/secret.txt ("+secret+")") || !strings.Contains(res.stdout, "1 held back") {
+		t.Errorf("sync output does not report %s as held back:\n%s", secret, res)
+	}
+	env.waitConverged(t, map[string]kvEntry{"ok.txt": {Value: "ok"}, "d/z.txt": {Value: "z"}}, converge)
+}
+
 // TestHostileSpecialFiles: a symlink loop, a symlink to /etc/passwd, a
 // dangling symlink, a symlink to a directory outside the root and a FIFO are
 // skipped with a warning naming them; nothing blocks and nothing outside the
