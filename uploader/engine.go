@@ -310,6 +310,11 @@ func (e *Engine) SyncOnce(ctx context.Context, s desired.Snapshot) (Report, erro
 	e.acquire()
 	defer e.release()
 	p := e.startPass(ctx, s, true)
+	if p.listed != nil {
+		// The listing uses ctx too, so it ends with it; nothing of this
+		// sync outlives the call.
+		defer func() { <-p.listed }()
+	}
 	select {
 	case <-p.done:
 	case <-ctx.Done():
@@ -337,8 +342,7 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 			continue // absent from the tree: found by candidates below
 		}
 		if st.Err != nil {
-			rep.addFailure(st, st.Err)
-			rep.HeldBack++
+			rep.add(st, outcome{kind: outHeldBack, err: st.Err})
 			continue
 		}
 		rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key)

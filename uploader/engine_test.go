@@ -860,6 +860,37 @@ func TestReconcileFreshStore(t *testing.T) {
 	}
 }
 
+// The listing of a fresh store only informs the log, so the writes do not
+// wait for it: here it cannot finish before a write was sent. SyncOnce
+// still returns only after it, with the count logged.
+func TestReconcileListingDoesNotDelayWrites(t *testing.T) {
+	tr := newTree(t)
+	a := tr.write("a", "a")
+	kv := newFakeKV(t)
+	kv.set(testPrefix+"foreign", "x")
+	wrote := make(chan struct{})
+	var once sync.Once
+	kv.sent = func(kvapi.Op, []string) { once.Do(func() { close(wrote) }) }
+	waitedOut := false
+	kv.listing = func(ctx context.Context) {
+		select {
+		case <-wrote:
+		case <-time.After(10 * time.Second):
+			waitedOut = true
+		}
+	}
+	e, logs := newTestEngine(t, kv, newMemStore(), func(o *Options) { o.Reconcile = true; o.BulkThreshold = -1 })
+	if _, err := e.SyncOnce(context.Background(), complete(a)); err != nil {
+		t.Fatal(err)
+	}
+	if waitedOut {
+		t.Fatal("the write waited for the listing of the fresh store")
+	}
+	if !strings.Contains(logs.String(), "not_in_tree=1") {
+		t.Fatalf("SyncOnce returned before the listing was logged:\n%s", logs)
+	}
+}
+
 // Metrics count by result.
 func TestMetrics(t *testing.T) {
 	tr := newTree(t)

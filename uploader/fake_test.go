@@ -39,6 +39,7 @@ type fakeKV struct {
 	deleteErr  func(key string) error
 	duringPut  func(ctx context.Context, key string) // runs while the key's write is in flight
 	listExtras []string                              // keys listed besides data's (not stored)
+	listing    func(ctx context.Context)             // runs when a listing starts
 	// sent runs when a write or deletion is called, before anything else.
 	sent func(op kvapi.Op, keys []string)
 	// applied runs after a write or deletion took effect; a non-nil error
@@ -219,6 +220,9 @@ func (f *fakeKV) BulkDelete(ctx context.Context, ns string, keys []string) (kvap
 }
 
 func (f *fakeKV) ListKeys(ctx context.Context, ns string, opts kvapi.ListOptions) (kvapi.KeyPage, error) {
+	if f.listing != nil {
+		f.listing(ctx)
+	}
 	f.begin(kvapi.OpList)
 	f.mu.Lock()
 	defer f.mu.Unlock()

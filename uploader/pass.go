@@ -90,6 +90,9 @@ type pass struct {
 	phase      phase
 	cands      []candidate
 	done       chan struct{}
+	// listed is closed once the listing of a fresh store is done (nil
+	// when there is none; see reconcile).
+	listed <-chan struct{}
 }
 
 // startPass offers every state of s as one pass and seals it. Deletions
@@ -105,7 +108,7 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 	if refused != "" {
 		e.log.Warn("full sync will delete nothing", "trigger", s.Trigger, "reason", refused)
 	}
-	e.reconcile(ctx, s)
+	p.listed = e.reconcile(ctx, s)
 	if has, err := e.hasRecords(); err == nil {
 		p.unrecorded = !has
 	}
@@ -162,15 +165,29 @@ func (e *Engine) hasRecords() (bool, error) {
 // reconcile lists the namespace once after the store was found fresh, to
 // report keys that exist in KV but not in the tree: they are not known to be
 // kvsync's, so they are left alone. Every key of the tree is rewritten
-// anyway, since without records nothing can be compared.
-func (e *Engine) reconcile(ctx context.Context, s desired.Snapshot) {
+// anyway, since without records nothing can be compared, so the writes need
+// not wait for the listing (a page per 1,000 keys, one after the other):
+// it runs beside the pass, and the returned channel, nil when there is
+// nothing to list, is closed once it is logged.
+func (e *Engine) reconcile(ctx context.Context, s desired.Snapshot) <-chan struct{} {
 	e.mu.Lock()
 	run := e.o.Reconcile && !e.reconciled
 	e.reconciled = true
 	e.mu.Unlock()
 	if !run {
-		return
+		return nil
 	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.listForeign(ctx, s)
+	}()
+	return done
+}
+
+// listForeign lists the namespace under the prefix and logs how many keys
+// the snapshot s does not have.
+func (e *Engine) listForeign(ctx context.Context, s desired.Snapshot) {
 	present := make(map[string]struct{}, len(s.States))
 	for _, st := range s.States {
 		present[st.Key] = struct{}{}
