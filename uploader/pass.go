@@ -188,13 +188,19 @@ func (e *Engine) reconcile(ctx context.Context, s desired.Snapshot) <-chan struc
 // listForeign lists the namespace under the prefix and logs how many keys
 // the snapshot s does not have.
 func (e *Engine) listForeign(ctx context.Context, s desired.Snapshot) {
-	present := make(map[string]struct{}, len(s.States))
-	for _, st := range s.States {
-		present[st.Key] = struct{}{}
-	}
+	// Built on the first key listed: a first publish into an empty
+	// namespace, the usual case, then never holds a set of the whole tree
+	// beside the pass's batches.
+	var present map[string]struct{}
 	foreign, listed := 0, 0
 	err := kvapi.ListAll(ctx, e.o.KV, e.o.Namespace, e.o.Prefix, func(k kvapi.KeyInfo) error {
 		listed++
+		if present == nil {
+			present = make(map[string]struct{}, len(s.States))
+			for _, st := range s.States {
+				present[st.Key] = struct{}{}
+			}
+		}
 		if _, ok := present[k.Name]; !ok {
 			foreign++
 		}
