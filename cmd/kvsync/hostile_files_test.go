@@ -187,11 +187,11 @@ func TestHostileTooLarge(t *testing.T) {
 	syncOK(t, env, cliOpts{})
 }
 
-// TestHostileUnreadable: a file kvsync may not read is held back and keeps
-// its last value in KV; a directory it may not list makes the sync fail and
-// deletes nothing below it. Root ignores permission bits, so as root kvsync
-// runs as nobody (65534) on a world-readable tree.
-func TestHostileUnreadable(t *testing.T) {
+// unprivilegedEnv is a kvEnv whose root, filled by fill, and state live in
+// a world-readable temporary directory, with the options that run kvsync
+// as nobody (65534) when the tests run as root, who ignores permission bits.
+func unprivilegedEnv(t *testing.T, fill func(root string)) (*kvEnv, cliOpts) {
+	t.Helper()
 	env := newKVEnv(t, emulator.Faults{})
 	var o cliOpts
 	base, err := os.MkdirTemp("", "kvsync-unreadable-")
@@ -208,9 +208,7 @@ func TestHostileUnreadable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mustWrite(t, filepath.Join(env.root, "ok.txt"), "ok")
-	mustWrite(t, filepath.Join(env.root, "secret.txt"), "readable once")
-	mustWrite(t, filepath.Join(env.root, "locked/inner.txt"), "inside")
+	fill(env.root)
 	env.writeConfig("", "")
 	if os.Geteuid() == 0 {
 		const nobody = 65534
@@ -227,6 +225,19 @@ func TestHostileUnreadable(t *testing.T) {
 			}
 		}
 	}
+	return env, o
+}
+
+// TestHostileUnreadable: a file kvsync may not read is held back and keeps
+// its last value in KV; a directory it may not list makes the sync fail and
+// deletes nothing below it. Root ignores permission bits, so as root kvsync
+// runs as nobody (65534) on a world-readable tree.
+func TestHostileUnreadable(t *testing.T) {
+	env, o := unprivilegedEnv(t, func(root string) {
+		mustWrite(t, filepath.Join(root, "ok.txt"), "ok")
+		mustWrite(t, filepath.Join(root, "secret.txt"), "readable once")
+		mustWrite(t, filepath.Join(root, "locked/inner.txt"), "inside")
+	})
 	syncOK(t, env, o)
 	good := expectTree(t, env.root, nil)
 
@@ -257,41 +268,12 @@ func TestHostileUnreadable(t *testing.T) {
 // is sent; it is held back all the same, named as such, and the rest is
 // published.
 func TestHostileUnreadableFirstPublish(t *testing.T) {
-	env := newKVEnv(t, emulator.Faults{})
-	var o cliOpts
-	base, err := os.MkdirTemp("", "kvsync-unreadable-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		filepath.Walk(base, func(p string, _ os.FileInfo, _ error) error { os.Chmod(p, 0o755); return nil })
-		os.RemoveAll(base)
+	env, o := unprivilegedEnv(t, func(root string) {
+		mustWrite(t, filepath.Join(root, "ok.txt"), "ok")
+		mustWrite(t, filepath.Join(root, "d/secret.txt"), "not for nobody")
+		mustWrite(t, filepath.Join(root, "d/z.txt"), "z")
 	})
-	env.root, env.stateDir = filepath.Join(base, "root"), filepath.Join(base, "state")
-	for _, d := range []string{env.root, env.stateDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mustWrite(t, filepath.Join(env.root, "ok.txt"), "ok")
 	secret := filepath.Join(env.root, "d/secret.txt")
-	mustWrite(t, secret, "not for nobody")
-	mustWrite(t, filepath.Join(env.root, "d/z.txt"), "z")
-	env.writeConfig("", "")
-	if os.Geteuid() == 0 {
-		const nobody = 65534
-		o.cred = &syscall.Credential{Uid: nobody, Gid: nobody}
-		for _, p := range []string{filepath.Dir(kvsyncBin), base} {
-			if err := os.Chmod(p, 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for _, p := range []string{env.stateDir, env.config} {
-			if err := os.Chown(p, nobody, nobody); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
 	if err := os.Chmod(secret, 0); err != nil {
 		t.Fatal(err)
 	}

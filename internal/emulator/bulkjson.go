@@ -220,26 +220,17 @@ func (p *bulkParser) pair(it *bulkItem) error {
 		return nil
 	}
 	for {
-		if p.off >= len(p.data) {
-			return io.ErrUnexpectedEOF
-		}
-		if c := p.data[p.off]; c != '"' {
-			return syntaxError(c, "looking for beginning of object key string")
+		if err := p.keyStart(); err != nil {
+			return err
 		}
 		name, err := p.decodeString()
 		if err != nil {
 			return err
 		}
 		field := matchField(name)
-		p.skipSpace()
-		if p.off >= len(p.data) {
-			return io.ErrUnexpectedEOF
+		if err := p.colon(); err != nil {
+			return err
 		}
-		if c := p.data[p.off]; c != ':' {
-			return syntaxError(c, "after object key")
-		}
-		p.off++
-		p.skipSpace()
 		if p.off >= len(p.data) {
 			return io.ErrUnexpectedEOF
 		}
@@ -250,20 +241,58 @@ func (p *bulkParser) pair(it *bulkItem) error {
 		if typeErr == nil {
 			typeErr = ferr
 		}
-		p.skipSpace()
-		if p.off >= len(p.data) {
-			return io.ErrUnexpectedEOF
-		}
-		switch c := p.data[p.off]; c {
-		case ',':
-			p.off++
-			p.skipSpace()
-		case '}':
-			p.off++
+		if closed, err := p.after('}', "after object key:value pair"); err != nil || closed {
+			if err != nil {
+				return err
+			}
 			return typeErr
-		default:
-			return syntaxError(c, "after object key:value pair")
 		}
+	}
+}
+
+// keyStart checks that an object key's string starts at p.off.
+func (p *bulkParser) keyStart() error {
+	if p.off >= len(p.data) {
+		return io.ErrUnexpectedEOF
+	}
+	if c := p.data[p.off]; c != '"' {
+		return syntaxError(c, "looking for beginning of object key string")
+	}
+	return nil
+}
+
+// colon consumes the ':' after an object key and the space around it.
+func (p *bulkParser) colon() error {
+	p.skipSpace()
+	if p.off >= len(p.data) {
+		return io.ErrUnexpectedEOF
+	}
+	if c := p.data[p.off]; c != ':' {
+		return syntaxError(c, "after object key")
+	}
+	p.off++
+	p.skipSpace()
+	return nil
+}
+
+// after consumes what follows a member or element of a container that
+// closer ends: a comma and the space after it, or closer (closed is then
+// true); what names the place in a syntax error.
+func (p *bulkParser) after(closer byte, what string) (closed bool, err error) {
+	p.skipSpace()
+	if p.off >= len(p.data) {
+		return false, io.ErrUnexpectedEOF
+	}
+	switch c := p.data[p.off]; c {
+	case ',':
+		p.off++
+		p.skipSpace()
+		return false, nil
+	case closer:
+		p.off++
+		return true, nil
+	default:
+		return false, syntaxError(c, what)
 	}
 }
 
@@ -509,40 +538,20 @@ func (p *bulkParser) skipObject(depth int) error {
 		return nil
 	}
 	for {
-		if p.off >= len(p.data) {
-			return io.ErrUnexpectedEOF
-		}
-		if c := p.data[p.off]; c != '"' {
-			return syntaxError(c, "looking for beginning of object key string")
+		if err := p.keyStart(); err != nil {
+			return err
 		}
 		if err := p.skipString(); err != nil {
 			return err
 		}
-		p.skipSpace()
-		if p.off >= len(p.data) {
-			return io.ErrUnexpectedEOF
+		if err := p.colon(); err != nil {
+			return err
 		}
-		if c := p.data[p.off]; c != ':' {
-			return syntaxError(c, "after object key")
-		}
-		p.off++
-		p.skipSpace()
 		if _, err := p.skipValue(depth); err != nil {
 			return err
 		}
-		p.skipSpace()
-		if p.off >= len(p.data) {
-			return io.ErrUnexpectedEOF
-		}
-		switch c := p.data[p.off]; c {
-		case ',':
-			p.off++
-			p.skipSpace()
-		case '}':
-			p.off++
-			return nil
-		default:
-			return syntaxError(c, "after object key:value pair")
+		if closed, err := p.after('}', "after object key:value pair"); err != nil || closed {
+			return err
 		}
 	}
 }
@@ -559,19 +568,8 @@ func (p *bulkParser) skipArray(depth int) error {
 		if _, err := p.skipValue(depth); err != nil {
 			return err
 		}
-		p.skipSpace()
-		if p.off >= len(p.data) {
-			return io.ErrUnexpectedEOF
-		}
-		switch c := p.data[p.off]; c {
-		case ',':
-			p.off++
-			p.skipSpace()
-		case ']':
-			p.off++
-			return nil
-		default:
-			return syntaxError(c, "after array element")
+		if closed, err := p.after(']', "after array element"); err != nil || closed {
+			return err
 		}
 	}
 }
