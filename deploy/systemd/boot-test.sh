@@ -110,6 +110,13 @@ R=$tmp/ovl/root
 mount -t overlay overlay -o "lowerdir=/,upperdir=$tmp/ovl/upper,workdir=$tmp/ovl/work" "$R" || skip "cannot mount an overlay of /"
 [ -x "$R/lib/systemd/systemd" ] || skip "no systemd under / to boot"
 
+# The service's state starts empty whatever the host holds: a kvsync run as
+# root on this machine (its default state_dir is /var/lib/kvsync) would show
+# through the overlay, and systemd cannot move such a directory to
+# DynamicUser='s /var/lib/private across the overlay's layers (EXDEV). The
+# removal only whites it out in the overlay; the host keeps its files.
+rm -rf "$R/var/lib/kvsync" "$R/var/lib/private/kvsync"
+
 # A machine id of its own: nspawn refuses a container whose id equals the host's.
 tr -d '-' </proc/sys/kernel/random/uuid >"$R/etc/machine-id"
 
