@@ -222,14 +222,24 @@ func handleDelete(e *Emulator, w http.ResponseWriter, r *http.Request, rt route)
 	writeOK(w, nil)
 }
 
-func handleGet(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
-	ent, err := e.store.get(rt.ref(), rt.key, true)
+// lookup reads rt's key (its value too when withValue), answering the
+// request itself when it cannot: a store error, or no such live key.
+func (e *Emulator) lookup(w http.ResponseWriter, rt route, withValue bool) (*Entry, bool) {
+	ent, err := e.store.get(rt.ref(), rt.key, withValue)
 	if err != nil {
 		e.writeStoreError(w, err)
-		return
+		return nil, false
 	}
 	if ent == nil {
 		writeError(w, notFoundKey())
+		return nil, false
+	}
+	return ent, true
+}
+
+func handleGet(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
+	ent, ok := e.lookup(w, rt, true)
+	if !ok {
 		return
 	}
 	h := w.Header()
@@ -243,13 +253,8 @@ func handleGet(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
 }
 
 func handleGetMetadata(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
-	ent, err := e.store.get(rt.ref(), rt.key, false)
-	if err != nil {
-		e.writeStoreError(w, err)
-		return
-	}
-	if ent == nil {
-		writeError(w, notFoundKey())
+	ent, ok := e.lookup(w, rt, false)
+	if !ok {
 		return
 	}
 	if ent.Metadata == nil {
