@@ -31,6 +31,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../emulator.sh
+. "$here/../emulator.sh"
 repo=$(cd "$here/../.." && pwd)
 uid=65532
 version=${KVSYNC_VERSION:-rootfs-test}
@@ -131,18 +133,7 @@ touch "$tmp/stamp"
 sleep 1 # mtime granularity: anything written after the stamp is newer
 
 # --- 3. emulator on the host, kvsync in the root ---------------------------
-: >"$tmp/emulator.out" # exists before the background child opens it
-"$bin" emulator --listen 127.0.0.1:0 --token "$token" >"$tmp/emulator.out" 2>"$tmp/emulator.err" &
-emu_pid=$!
-base=
-for _ in $(seq 1 100); do
-	base=$(sed -n 's/.*API base URL: \(http:[^[:space:]]*\).*/\1/p' "$tmp/emulator.out")
-	[ -n "$base" ] && break
-	kill -0 "$emu_pid" 2>/dev/null || { cat "$tmp/emulator.err" >&2; die "emulator exited"; }
-	sleep 0.1
-done
-[ -n "$base" ] || { cat "$tmp/emulator.err" >&2; die "emulator printed no base URL within 10s"; }
-case $base in http://127.0.0.1:*) ;; *) die "emulator is not on loopback: $base" ;; esac
+start_emulator "$bin" "$token" "$tmp"
 log "emulator at $base"
 
 chroot_bin=$(command -v chroot) || die "chroot not found"

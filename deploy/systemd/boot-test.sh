@@ -37,6 +37,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../emulator.sh
+. "$here/../emulator.sh"
 repo=$(cd "$here/../.." && pwd)
 account=0123456789abcdef0123456789abcdef # as in kvsync.yaml; checked below
 token=boot-test-$$-$RANDOM$RANDOM
@@ -128,18 +130,7 @@ printf '[Unit]\nDescription=kvsync boot test\nRequires=basic.target\nAfter=basic
 	>"$R/etc/systemd/system/kvsync-boot-test.target"
 
 # --- the emulator on the host ----------------------------------------------
-: >"$tmp/emulator.out" # exists before the background child opens it
-"$bin" emulator --listen 127.0.0.1:0 --token "$token" >"$tmp/emulator.out" 2>"$tmp/emulator.err" &
-emu_pid=$!
-base=
-for _ in $(seq 1 100); do
-	base=$(sed -n 's/.*API base URL: \(http:[^[:space:]]*\).*/\1/p' "$tmp/emulator.out")
-	[ -n "$base" ] && break
-	kill -0 "$emu_pid" 2>/dev/null || { cat "$tmp/emulator.err" >&2; die "emulator exited"; }
-	sleep 0.1
-done
-[ -n "$base" ] || die "emulator printed no base URL"
-case $base in http://127.0.0.1:*) ;; *) die "emulator is not on loopback: $base" ;; esac
+start_emulator "$bin" "$token" "$tmp"
 
 # --- config, token, tree ------------------------------------------------------
 install -d -m 0755 "$R/etc/kvsync"
