@@ -59,13 +59,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case errors.Is(err, flag.ErrHelp):
 			return exitOK
 		case errors.Is(err, errSyncFailed):
-			fmt.Fprintf(stderr, "kvsync %s: %v\n", c.name, err)
+			fmt.Fprintf(stderr, "kvsync %s: %s\n", c.name, displayErr(err))
 			return exitSyncFailed
 		case errors.As(err, new(usageError)):
-			fmt.Fprintf(stderr, "kvsync %s: %v\n", c.name, err)
+			fmt.Fprintf(stderr, "kvsync %s: %s\n", c.name, displayErr(err))
 			return exitUsage
 		default:
-			fmt.Fprintf(stderr, "kvsync %s: %v\n", c.name, err)
+			fmt.Fprintf(stderr, "kvsync %s: %s\n", c.name, displayErr(err))
 			return exitRuntimeFail
 		}
 	}

@@ -54,7 +54,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("sync %q: scanning %s: %w", s.Name, s.Dir, err)
 		}
 		if !snap.Complete {
-			fmt.Fprintf(stdout, "error: sync %q: %s could not be read whole: %s\n", s.Name, s.Dir, snap.Reason)
+			fmt.Fprintf(stdout, "error: sync %q: %s could not be read whole: %s\n", s.Name, display(s.Dir), display(snap.Reason))
 			problems++
 		}
 		var keys int
@@ -63,11 +63,11 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		for _, st := range snap.States {
 			switch {
 			case st.Err != nil:
-				fmt.Fprintf(stdout, "error: %s: %v\n", st.Path, st.Err)
+				fmt.Fprintf(stdout, "error: %s: %s\n", display(st.Path), displayErr(st.Err))
 				problems++
 			case !st.Expiration.At.IsZero() && st.Expiration.TTL == 0 &&
 				st.Expiration.At.Before(now.Add(kvapi.MinExpirationAheadSeconds*time.Second)):
-				fmt.Fprintf(stdout, "error: %s: key %q expires at %s, less than 60 s from now\n", st.Path, st.Key, st.Expiration.At.Format(time.RFC3339))
+				fmt.Fprintf(stdout, "error: %s: key %q expires at %s, less than 60 s from now\n", display(st.Path), st.Key, st.Expiration.At.Format(time.RFC3339))
 				problems++
 			default:
 				keys++

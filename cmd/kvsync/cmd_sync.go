@@ -63,7 +63,7 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if f.HeldBack {
 			what = "held back"
 		}
-		fmt.Fprintf(stderr, "%s: %s (%s): %v\n", what, f.Key, f.Path, f.Err)
+		fmt.Fprintf(stderr, "%s: %s (%s): %s\n", what, display(f.Key), display(f.Path), displayErr(f.Err))
 	}
 	if a.local != nil {
 		fmt.Fprintf(stdout, "The local namespace is kept in %s; serve it with: kvsync emulator --data %s\n", a.local.dataDir, a.local.dataDir)
@@ -107,10 +107,10 @@ func plan(ctx context.Context, cf *commonFlags, stdout, stderr io.Writer) error 
 			return err
 		}
 		for _, k := range rep.WouldWrite {
-			fmt.Fprintf(stdout, "write  %s\n", k)
+			fmt.Fprintf(stdout, "write  %s\n", display(k))
 		}
 		for _, k := range rep.WouldDelete {
-			fmt.Fprintf(stdout, "delete %s\n", k)
+			fmt.Fprintf(stdout, "delete %s\n", display(k))
 		}
 		if rep.DeletesRefused != "" {
 			fmt.Fprintf(stdout, "# sync %q: no deletes: %s\n", u.cfg.Name, rep.DeletesRefused)
@@ -118,7 +118,7 @@ func plan(ctx context.Context, cf *commonFlags, stdout, stderr io.Writer) error 
 		addReport(&total, rep)
 	}
 	for _, f := range total.Failures {
-		fmt.Fprintf(stderr, "held back: %s (%s): %v\n", f.Key, f.Path, f.Err)
+		fmt.Fprintf(stderr, "held back: %s (%s): %s\n", display(f.Key), display(f.Path), displayErr(f.Err))
 	}
 	fmt.Fprintf(stdout, "plan: %d to write, %d to delete, %d unchanged, %d held back\n",
 		len(total.WouldWrite), len(total.WouldDelete), total.Unchanged, total.HeldBack)
