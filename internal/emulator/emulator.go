@@ -1,6 +1,6 @@
 // Package emulator is a local, in-process emulation of the Cloudflare Workers
 // KV REST API (the v4 client API under /client/v4). It serves every operation
-// of shared/openapi/workers-kv.openapi.json with Cloudflare's envelopes, limits
+// of api/openapi/workers-kv.openapi.json with Cloudflare's envelopes, limits
 // and error codes, optionally persists its data, and injects the faults a real
 // deployment meets: the global request budget (429, code 971), per-key write
 // limits, 5xx answers, dropped connections and latency.

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,42 +14,20 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
+
+	"github.com/kvsync/kvsync/api/openapi"
 )
 
-const specRel = "shared/openapi/workers-kv.openapi.json"
-
-// loadSpec finds the schema in an ancestor of the working directory (in a
-// checkout it sits beside the repository: <clone>/../shared/...).
+// loadSpec is the vendored schema and a router over its operations.
 func loadSpec(t *testing.T) (*openapi3.T, routers.Router) {
 	t.Helper()
-	wd, err := os.Getwd()
+	doc, err := openapi.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := ""
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, specRel)); err == nil {
-			path = filepath.Join(dir, specRel)
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			break
-		}
-	}
-	if path == "" {
-		t.Fatalf("OpenAPI schema %s not found in any ancestor of %s; the conformance tests need the shared/ directory beside the repository", specRel, wd)
-	}
-	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromFile(path)
-	if err != nil {
-		t.Fatalf("load %s: %v", path, err)
-	}
-	if err := doc.Validate(loader.Context); err != nil {
-		t.Fatalf("validate %s: %v", path, err)
-	}
 	router, err := gorillamux.NewRouter(doc)
 	if err != nil {
-		t.Fatalf("router for %s: %v", path, err)
+		t.Fatalf("router: %v", err)
 	}
 	return doc, router
 }

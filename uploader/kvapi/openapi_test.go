@@ -9,8 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,31 +18,9 @@ import (
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
+
+	"github.com/kvsync/kvsync/api/openapi"
 )
-
-const specRelPath = "shared/openapi/workers-kv.openapi.json"
-
-// findSpec walks up from the working directory to the first ancestor that
-// holds shared/openapi/workers-kv.openapi.json (the repo's sibling shared/).
-func findSpec(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		p := filepath.Join(dir, specRelPath)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatalf("OpenAPI schema not found: no ancestor of the working directory holds %s "+
-				"(the repository must have shared/ beside it, e.g. /work/main and /work/shared)", specRelPath)
-		}
-		dir = parent
-	}
-}
 
 // conformanceServer validates every request against the OpenAPI schema and
 // answers like a minimal KV API; invalid requests get a 400 whose message
@@ -60,13 +36,9 @@ type conformanceServer struct {
 
 func newConformanceServer(t *testing.T) *conformanceServer {
 	t.Helper()
-	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromFile(findSpec(t))
+	doc, err := openapi.Load()
 	if err != nil {
-		t.Fatalf("loading the OpenAPI schema: %v", err)
-	}
-	if err := doc.Validate(loader.Context); err != nil {
-		t.Fatalf("OpenAPI schema invalid: %v", err)
+		t.Fatal(err)
 	}
 	cs := &conformanceServer{ops: map[string]int{}}
 	cs.srv = httptest.NewServer(http.HandlerFunc(cs.serve))
@@ -180,7 +152,7 @@ func (cs *conformanceServer) client(t *testing.T, legacy bool) *Client {
 }
 
 // TestOpenAPIConformance drives every operation of the client through a
-// server that validates each request against the shared OpenAPI schema.
+// server that validates each request against the vendored OpenAPI schema.
 func TestOpenAPIConformance(t *testing.T) {
 	cs := newConformanceServer(t)
 	ctx := context.Background()
