@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,9 +24,21 @@ import (
 // records, reports "ready" and then waits to be killed without closing.
 const helperEnv = "KVSYNC_STATE_TEST_HELPER"
 
+// unreadableEnv makes the test binary open the store it names and report
+// how that went, as the unprivileged user a root test runs it as.
+const unreadableEnv = "KVSYNC_STATE_TEST_UNREADABLE"
+
 func TestMain(m *testing.M) {
 	if path := os.Getenv(helperEnv); path != "" {
 		runHelper(path)
+		return
+	}
+	if path := os.Getenv(unreadableEnv); path != "" {
+		if _, err := Open(path, Options{}); err != nil {
+			fmt.Println("open failed:", err)
+			return
+		}
+		fmt.Println("opened")
 		return
 	}
 	os.Exit(m.Run())
@@ -526,21 +539,74 @@ func TestOpenErrorsThatAreNotCorruption(t *testing.T) {
 			t.Errorf("directory was moved: %v", err)
 		}
 	})
-	if os.Geteuid() != 0 {
-		t.Run("unreadable file", func(t *testing.T) {
-			p := filepath.Join(dir, "noperm.db")
-			if err := os.WriteFile(p, goodFile(t), 0o000); err != nil {
+	t.Run("unreadable file", func(t *testing.T) {
+		// The directory is the opener's own, so moving the file aside is
+		// possible: only the code's judgement keeps it in place.
+		d := filepath.Join(dir, "noperm")
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(d, "state.db")
+		if err := os.WriteFile(p, goodFile(t), 0o000); err != nil {
+			t.Fatal(err)
+		}
+		if os.Geteuid() == 0 {
+			// Root reads any file whatever its mode: open it as nobody.
+			out := openAsNobody(t, d, p)
+			if !strings.Contains(out, "open failed: state file "+p) || !strings.Contains(out, "permission denied") {
+				t.Fatalf("Open as nobody of an unreadable file: %s", out)
+			}
+		} else if _, err := Open(p, Options{}); err == nil {
+			t.Fatal("Open of an unreadable file succeeded")
+		}
+		if m, _ := filepath.Glob(p + ".corrupt-*"); len(m) != 0 {
+			t.Errorf("permission error treated as corruption: %v", m)
+		}
+		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
+			t.Errorf("the unreadable file is no longer there whole: %v", err)
+		}
+	})
+}
+
+// nobody is the unprivileged user root's tests run kvsync's code as.
+const nobody = 65534
+
+// openAsNobody runs this test binary as nobody to Open path, handing nobody
+// the directory dir, and returns what it printed.
+func openAsNobody(t *testing.T, dir, path string) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The go tool keeps test binaries in a directory only root may enter.
+	bin := filepath.Join(t.TempDir(), "state.test")
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Test directories are made 0700; nobody needs to pass through them.
+	for _, leaf := range []string{filepath.Dir(bin), filepath.Dir(dir)} {
+		for d := leaf; d != os.TempDir() && d != filepath.Dir(d); d = filepath.Dir(d) {
+			if err := os.Chmod(d, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			_, err := Open(p, Options{})
-			if err == nil {
-				t.Fatal("Open of an unreadable file succeeded")
-			}
-			if m, _ := filepath.Glob(p + ".corrupt-*"); len(m) != 0 {
-				t.Errorf("permission error treated as corruption: %v", m)
-			}
-		})
+		}
 	}
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), unreadableEnv+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("running the test binary as nobody: %v\n%s", err, out)
+	}
+	return string(out)
 }
 
 func BenchmarkPutBatch10k(b *testing.B) {
