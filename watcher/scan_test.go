@@ -1,11 +1,13 @@
 package watcher
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/metrics"
+	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 func scanKeys(t *testing.T, opts Options) map[string]desired.State {
@@ -366,21 +369,29 @@ func TestParseSidecar(t *testing.T) {
 	}
 }
 
+// FuzzKeyFor: KeyFor accepts exactly the pairs whose key KV accepts
+// (kvapi.ValidateKey) and whose rel is a clean relative path of a file, and
+// then the key is prefix+rel, byte for byte.
 func FuzzKeyFor(f *testing.F) {
 	for _, s := range [][2]string{{"", "a/b"}, {"p/", "x"}, {"", "."}, {"", ".."}, {"", "a/../b"}, {"", "\xff"},
-		{"", strings.Repeat("é", 300)}, {"pre", ""}, {".", ""}, {"", "/x"}} {
+		{"", strings.Repeat("é", 300)}, {"pre", ""}, {".", ""}, {"", "/x"}, {"\xe6", "\x97\xa5"}, {".", "."}} {
 		f.Add(s[0], s[1])
 	}
 	f.Fuzz(func(t *testing.T, prefix, rel string) {
 		key, err := KeyFor(prefix, rel)
+		// A scan yields rel as path.Clean leaves it, never absolute, "." or
+		// climbing out; each half must be UTF-8 on its own, since two broken
+		// halves can join into a valid key that names neither.
+		cleanRel := rel != "" && path.Clean(rel) == rel && !path.IsAbs(rel) && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
+		wantOK := cleanRel && utf8.ValidString(prefix) && utf8.ValidString(rel) && kvapi.ValidateKey(prefix+rel) == nil
+		if (err == nil) != wantOK {
+			t.Fatalf("KeyFor(%q, %q) error %v, want accepted = %v", prefix, rel, err, wantOK)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrKeyInvalid) {
 				t.Fatalf("error %v does not wrap ErrKeyInvalid", err)
 			}
 			return
-		}
-		if !utf8.ValidString(key) || len(key) > 512 || key == "" || key == "." || key == ".." {
-			t.Fatalf("invalid key %q accepted", key)
 		}
 		if key != prefix+rel {
 			t.Fatalf("key %q != prefix+rel", key)
@@ -388,28 +399,34 @@ func FuzzKeyFor(f *testing.F) {
 	})
 }
 
+// FuzzParseSidecar: a sidecar is accepted exactly when KV would accept its
+// content as metadata (kvapi.ValidateMetadata; an empty file is a broken
+// sidecar, not "no metadata"), and the result is json.Compact's.
 func FuzzParseSidecar(f *testing.F) {
-	for _, s := range []string{`{}`, `{"a":1}`, ` { "a" : [ 1 , { } ] } `, `[]`, `{"a":`, "\ufeff{}", `{"a":"\u00e9"}`, `null`, ``} {
+	for _, s := range []string{`{}`, `{"a":1}`, ` { "a" : [ 1 , { } ] } `, `[]`, `{"a":`, "\ufeff{}", `{"a":"\u00e9"}`, `null`, ``,
+		"\ufeff", ` `, `{"a":"<>&\u2028"}`, "{\"a\":\"" + strings.Repeat("x", 1016) + "\"}", "{\"a\":\"" + strings.Repeat("x", 1017) + "\"}"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		out, err := ParseSidecar(data)
+		body := bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+		want, werr := kvapi.ValidateMetadata(body)
+		wantOK := werr == nil && len(body) > 0
+		if (err == nil) != wantOK {
+			t.Fatalf("ParseSidecar(%q) error %v, want accepted = %v (validator: %v)", data, err, wantOK, werr)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrBadSidecar) {
 				t.Fatalf("error %v does not wrap ErrBadSidecar", err)
 			}
 			return
 		}
-		if len(out) > 1024 || len(out) == 0 || out[0] != '{' {
-			t.Fatalf("bad result %q", out)
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, body); err != nil {
+			t.Fatalf("accepted %q, which json.Compact refuses: %v", data, err)
 		}
-		var obj map[string]any
-		if err := json.Unmarshal(out, &obj); err != nil {
-			t.Fatalf("result %q is not a JSON object: %v", out, err)
-		}
-		again, err := ParseSidecar(out)
-		if err != nil || string(again) != string(out) {
-			t.Fatalf("does not round-trip: %q -> %q, %v", out, again, err)
+		if !bytes.Equal(out, compact.Bytes()) || !bytes.Equal(out, want) {
+			t.Fatalf("ParseSidecar(%q) = %q, want json.Compact's %q", data, out, compact.Bytes())
 		}
 	})
 }
