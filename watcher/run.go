@@ -213,8 +213,8 @@ func (w *Watcher) Run(ctx context.Context, sink desired.Sink) error {
 			q.requestScan(t)
 		case <-w.degraded:
 			// Rescans are now the only way to see some changes.
-			if interval <= 0 || interval > degradedRescan {
-				interval = degradedRescan
+			if interval <= 0 || interval > w.degradedRescan {
+				interval = w.degradedRescan
 				if ticker != nil {
 					ticker.Stop()
 				}

@@ -30,6 +30,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 
@@ -55,7 +56,10 @@ type Watcher struct {
 	src      eventSource // nil when not watching
 	watched  map[string]struct{}
 	degraded chan struct{} // signalled when the kernel refuses a watch
-	limitLog bool
+	// degradedRescan is the rescan interval's bound while degraded; tests
+	// shorten it to see the fallback work.
+	degradedRescan time.Duration
+	limitLog       bool
 
 	rescan  chan desired.Trigger
 	running atomic.Bool
@@ -119,6 +123,8 @@ func New(opts Options) (*Watcher, error) {
 		watched:   make(map[string]struct{}),
 		degraded:  make(chan struct{}, 1),
 		rescan:    make(chan desired.Trigger, 1),
+
+		degradedRescan: degradedRescan,
 	}, nil
 }
 
