@@ -24,11 +24,17 @@ var putSizes = []struct {
 	{"25MiB", MaxValueBytes},
 }
 
+// BenchmarkPutValue times the client's streamed PUT: the value is made once,
+// before the timer, so generating its bytes is not counted as sending them.
 func BenchmarkPutValue(b *testing.B) {
 	for _, s := range putSizes {
 		b.Run(s.name, func(b *testing.B) {
 			c, _ := newTestClient(b, discardHandler)
-			v := genValue{size: s.size}
+			content, err := io.ReadAll(io.LimitReader(must(genValue{size: s.size}.Open()), s.size))
+			if err != nil {
+				b.Fatal(err)
+			}
+			v := Bytes(content)
 			ctx := context.Background()
 			b.SetBytes(s.size)
 			b.ReportAllocs()
@@ -92,4 +98,11 @@ func TestPutValueMemoryDoesNotGrowWithSize(t *testing.T) {
 	if large > 2<<20 {
 		t.Errorf("a 25 MiB upload allocated %d bytes; the body is not streamed", large)
 	}
+}
+
+func must(r io.ReadCloser, err error) io.ReadCloser {
+	if err != nil {
+		panic(err)
+	}
+	return r
 }
