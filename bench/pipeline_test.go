@@ -121,7 +121,9 @@ func (p *pipeline) syncOnceWith(tb testing.TB, root, ns string, tune uploader.Op
 		tb.Fatal(err)
 	}
 	defer st.Close()
-	w, err := watcher.New(watcher.Options{Root: root, RescanInterval: -1})
+	// A fresh store holds no record, so, as kvsync sync does then, the scan
+	// hashes no file: each is read once, when it is sent.
+	w, err := watcher.New(watcher.Options{Root: root, RescanInterval: -1, NeedHash: func(string) bool { return false }})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -164,6 +166,8 @@ func benchmarkFullSyncOf(b *testing.B, root string, files, size int, tune upload
 		total.open += ph.open
 		total.scan += ph.scan
 		total.sync += ph.sync
+		// Checking the result copies every entry: not part of a sync.
+		b.StopTimer()
 		writes := p.em.Count(emulator.OpBulkPut, 0) + p.em.Count(emulator.OpPut, 0) - before
 		if rep.Written != files {
 			b.Fatalf("written %d of %d", rep.Written, files)
@@ -172,10 +176,11 @@ func benchmarkFullSyncOf(b *testing.B, root string, files, size int, tune upload
 			b.Fatalf("emulator holds %d keys, want %d", got, files)
 		}
 		b.ReportMetric(float64(writes), "writes/op")
+		b.StartTimer()
 	}
 	b.ReportMetric(float64(files)*float64(b.N)/b.Elapsed().Seconds(), "files/s")
 	// Where the time goes: opening the state store, the watcher's scan
-	// (which reads and hashes every file), and the engine's pass.
+	// (a stat of every file), and the engine's pass (which reads them).
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
 	b.ReportMetric(ms(total.open), "open-ms/op")
 	b.ReportMetric(ms(total.scan), "scan-ms/op")
