@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // Label values for bounded label sets; every combination starts at zero.
@@ -16,7 +18,6 @@ var (
 	RetryReasons   = []string{"rate_limited", "server_error", "network"}
 	SkipReasons    = []string{"too_large", "key_invalid", "bad_metadata", "excluded", "unreadable", "special_file", "symlink", "debris"}
 	SyncTriggers   = []string{"startup", "periodic", "overflow", "watcher_error", "sighup", "manual"}
-	RequestOps     = []string{"put", "bulk_put", "delete", "bulk_delete", "list", "get", "get_metadata"}
 	durationBucket = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 )
 
@@ -108,14 +109,14 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	for _, r := range DeleteResults {
 		m.Deletes.WithLabelValues(r)
 	}
-	for _, op := range RequestOps {
-		m.RequestDuration.WithLabelValues(op)
+	for _, op := range kvapi.Ops {
+		m.RequestDuration.WithLabelValues(string(op))
 		for _, r := range RetryReasons {
-			m.Retries.WithLabelValues(op, r)
+			m.Retries.WithLabelValues(string(op), r)
 		}
 	}
-	for _, op := range []string{"put", "bulk_put", "delete", "bulk_delete", "list"} {
-		m.APIRequests.WithLabelValues(op, strconv.Itoa(200))
+	for _, op := range []kvapi.Op{kvapi.OpPut, kvapi.OpBulkPut, kvapi.OpDelete, kvapi.OpBulkDelete, kvapi.OpList} {
+		m.APIRequests.WithLabelValues(string(op), strconv.Itoa(200))
 	}
 	for _, r := range SkipReasons {
 		m.FilesSkipped.WithLabelValues(r)
