@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/kvsync/kvsync/internal/config"
@@ -73,10 +74,12 @@ func checkOwnFilesUnpublished(cfg *config.Config, configFile string, getenv func
 			return opts.Publishes(rel)
 		}
 		for _, p := range own {
-			rel, shown, ok := inside(s.Dir, p.path)
-			if !ok || !publishes(p, rel) {
+			rels, shown := inside(s.Dir, p.path)
+			k := slices.IndexFunc(rels, func(rel string) bool { return publishes(p, rel) })
+			if k < 0 {
 				continue
 			}
+			rel := rels[k]
 			errs = append(errs, &config.FieldError{Source: p.src, Field: p.field, Kind: config.ErrInsideTree,
 				Msg: fmt.Sprintf("%s is inside %s %s (%s): %s%s; %s",
 					shown, dirField, s.Dir, sourceText(dirSrc), p.what, asKey(s, rel, p.isDir), remedy(i, rel))})
@@ -88,7 +91,9 @@ func checkOwnFilesUnpublished(cfg *config.Config, configFile string, getenv func
 		if err != nil {
 			continue
 		}
-		if rel, shown, ok := inside(s.Dir, abs); ok && opts.Publishes(rel) {
+		rels, shown := inside(s.Dir, abs)
+		if j := slices.IndexFunc(rels, opts.Publishes); j >= 0 {
+			rel := rels[j]
 			errs = append(errs, &config.FieldError{Source: dirSrc, Field: dirField, Kind: config.ErrInsideTree,
 				Msg: fmt.Sprintf("%s holds the config file %s (--config): it would be published%s; %s",
 					s.Dir, shown, asKey(s, rel, false), remedy(i, rel))})
@@ -97,11 +102,12 @@ func checkOwnFilesUnpublished(cfg *config.Config, configFile string, getenv func
 	return errors.Join(errs...)
 }
 
-// inside reports whether p lies in dir, or is dir, comparing the paths as
-// given and with symlinks resolved, and returns p's "/"-separated path
-// relative to dir (as the watcher would see it) and how to name p in a
-// message.
-func inside(dir, p string) (rel, shown string, ok bool) {
+// inside returns the "/"-separated paths relative to dir under which p
+// lies in dir ("." for dir itself), none when it does not, comparing the
+// paths with symlinks resolved and as given: a link inside the tree can make
+// one file reachable under two names, and a scan publishes both. shown names
+// p in a message.
+func inside(dir, p string) (rels []string, shown string) {
 	dir, p = filepath.Clean(dir), filepath.Clean(p)
 	realDir, realP := resolveExisting(dir), resolveExisting(p)
 	shown = p
@@ -113,9 +119,11 @@ func inside(dir, p string) (rel, shown string, ok bool) {
 		if err != nil || r == ".." || strings.HasPrefix(r, ".."+string(filepath.Separator)) {
 			continue
 		}
-		return filepath.ToSlash(r), shown, true
+		if r = filepath.ToSlash(r); len(rels) == 0 || rels[0] != r {
+			rels = append(rels, r)
+		}
 	}
-	return "", "", false
+	return rels, shown
 }
 
 // resolveExisting resolves the symlinks of the longest part of the absolute

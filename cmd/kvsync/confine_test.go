@@ -90,6 +90,18 @@ func TestOwnFilesNeverPublished(t *testing.T) {
 			symlink(t, root, base+"/alias")
 			return setup{yaml: syncYAML(root, base+"/state", "", "token_file: "+base+"/alias/cf-token")}
 		}, []string{"api.token_file: BASE/alias/cf-token (ROOT/cf-token once symlinks are resolved)"}},
+		{"token file reached through a link inside the tree", func(t *testing.T, base, root string) setup {
+			// Resolved, it is hidden; under the link's name a scan publishes it.
+			mkdir(t, root+"/.secret")
+			symlink(t, root+"/.secret", root+"/public")
+			return setup{yaml: syncYAML(root, base+"/state", "", "token_file: "+root+"/public/cf-token")}
+		}, []string{"api.token_file: ROOT/public/cf-token (ROOT/.secret/cf-token once symlinks are resolved)", `as key "site/public/cf-token"`}},
+		{"state inside the second sync", func(t *testing.T, base, root string) setup {
+			mkdir(t, base+"/other")
+			return setup{yaml: "state_dir: " + root + "/state\napi:\n  account_id: acct\nsyncs:\n" +
+				"  - dir: " + base + "/other\n    namespace_id: ns1\n" +
+				"  - dir: " + root + "\n    namespace_id: ns2\n"}
+		}, []string{"state_dir: ROOT/state is inside syncs[1].dir ROOT (BASE/kvsync.yaml:7)", `syncs[1].exclude: ["state"]`}},
 		{"systemd credential inside", func(t *testing.T, base, root string) setup {
 			return setup{yaml: syncYAML(root, base+"/state", ""), env: map[string]string{"CREDENTIALS_DIRECTORY": root + "/creds"}}
 		}, []string{"$CREDENTIALS_DIRECTORY/cloudflare-api-token: ROOT/creds/cloudflare-api-token is inside"}},
