@@ -107,7 +107,8 @@ func (e *ExhaustedError) Unwrap() error { return e.Err }
 
 // Retry wraps next so that a failure kvapi.IsRetryable accepts (429, 5xx,
 // 408/409, no reply) is sent again, up to p.MaxAttempts tries in all. Other
-// failures, and a done context, return at once.
+// failures, among them a server certificate that fails verification, and a
+// done context, return at once.
 //
 // A 429 pauses every request of the account through l.Pause (Retry-After, or
 // p.DefaultRetryAfter), because Cloudflare's budget is per account, not per

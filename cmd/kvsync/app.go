@@ -73,8 +73,9 @@ type unit struct {
 	recordsExist atomic.Bool
 }
 
-// loadConfig builds the config from the flags, environment and file; it
-// needs no network and no state, so check uses it alone.
+// loadConfig builds the config from the flags, environment and file, and
+// refuses one that would publish kvsync's own files; it needs no network and
+// no state, so check uses it alone, and a reload goes through it too.
 func loadConfig(cf *commonFlags) (config.Config, error) {
 	f := cf.cfg
 	if cf.local {
@@ -90,6 +91,9 @@ func loadConfig(cf *commonFlags) (config.Config, error) {
 	}
 	cfg, err := config.FromSources(f, os.Getenv)
 	if err != nil {
+		return cfg, usageError{err}
+	}
+	if err := checkOwnFilesUnpublished(&cfg, f.Config, os.Getenv, cf.local); err != nil {
 		return cfg, usageError{err}
 	}
 	return cfg, nil

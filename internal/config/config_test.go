@@ -496,3 +496,29 @@ func TestSlogLevelAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceOf: SourceOf gives where a value was set, or for a defaulted one
+// the enclosing block errors would name, and says which it is.
+func TestSourceOf(t *testing.T) {
+	c, err := parseFile([]byte("api:\n  account_id: a\nsyncs:\n  - dir: /srv/www\n    namespace_id: n\n"), "kvsync.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		field string
+		want  Source
+		set   bool
+	}{
+		{"syncs[0].dir", Source{File: "kvsync.yaml", Line: 4}, true},
+		{"api.account_id", Source{File: "kvsync.yaml", Line: 2}, true},
+		{"api.token_file", Source{File: "kvsync.yaml", Line: 1}, false}, // the api: block
+		{"state_dir", Source{File: "kvsync.yaml", Line: 1}, false},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			got, set := c.SourceOf(tc.field)
+			if got != tc.want || set != tc.set {
+				t.Errorf("SourceOf(%q) = %v, %v; want %v, %v", tc.field, got, set, tc.want, tc.set)
+			}
+		})
+	}
+}

@@ -19,8 +19,10 @@ const (
 	// CredentialName is the file systemd's LoadCredential= provides under
 	// $CREDENTIALS_DIRECTORY.
 	CredentialName = "cloudflare-api-token"
-	EnvEmail       = "CLOUDFLARE_EMAIL"
-	EnvAPIKey      = "CLOUDFLARE_API_KEY"
+	// EnvCredentialsDirectory is where systemd puts a unit's credentials.
+	EnvCredentialsDirectory = "CREDENTIALS_DIRECTORY"
+	EnvEmail                = "CLOUDFLARE_EMAIL"
+	EnvAPIKey               = "CLOUDFLARE_API_KEY"
 )
 
 // maxTokenFileBytes bounds what is read from a token file: tokens are about
@@ -152,8 +154,7 @@ func ResolveCredentials(api API, getenv func(string) string, logger *slog.Logger
 		warnShadowedKey(logger, email, key, c)
 		return c, nil
 	}
-	if dir := getenv("CREDENTIALS_DIRECTORY"); dir != "" {
-		path := filepath.Join(dir, CredentialName)
+	if path := credentialPath(getenv); path != "" {
 		if _, err := os.Stat(path); err == nil {
 			tok, err := readTokenFile(path, logger)
 			if err != nil {
@@ -176,6 +177,50 @@ func ResolveCredentials(api API, getenv func(string) string, logger *slog.Logger
 	}
 	return Credentials{}, fmt.Errorf("%w: set $%s, or api.token_file in the config, or provide the token as systemd credential %s (LoadCredential=%s:/path, read from $CREDENTIALS_DIRECTORY), or set both $%s and $%s",
 		ErrNoCredentials, EnvAPIToken, CredentialName, CredentialName, EnvEmail, EnvAPIKey)
+}
+
+// credentialPath is where systemd's LoadCredential= puts the token, "" when
+// kvsync does not run with credentials.
+func credentialPath(getenv func(string) string) string {
+	dir := getenv(EnvCredentialsDirectory)
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, CredentialName)
+}
+
+// TokenFile is a file that holds, or is configured to hold, the API token.
+type TokenFile struct {
+	// Path is as configured; relative paths in a config file have already
+	// been resolved against its directory.
+	Path string
+	// Field names it in errors: "api.token_file" or
+	// "$CREDENTIALS_DIRECTORY/cloudflare-api-token".
+	Field string
+	// Source is where it was set; zero for the systemd credential, which
+	// Field names in full.
+	Source Source
+}
+
+// TokenFiles lists the files the API token is read from, or would be:
+// api.token_file whenever it is set ($CLOUDFLARE_API_TOKEN shadows it only
+// until that is unset), and the systemd credential when ResolveCredentials
+// looks for it (neither of those set). The credential need not exist yet.
+func (c *Config) TokenFiles(getenv func(string) string) []TokenFile {
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	if c.API.TokenFile != "" {
+		src, _ := c.SourceOf("api.token_file")
+		return []TokenFile{{Path: c.API.TokenFile, Field: "api.token_file", Source: src}}
+	}
+	if strings.TrimSpace(getenv(EnvAPIToken)) != "" {
+		return nil
+	}
+	if path := credentialPath(getenv); path != "" {
+		return []TokenFile{{Path: path, Field: "$" + EnvCredentialsDirectory + "/" + CredentialName}}
+	}
+	return nil
 }
 
 func warnShadowedKey(logger *slog.Logger, email, key string, c Credentials) {

@@ -205,3 +205,55 @@ func TestResolveCredentialsNilLogger(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTokenFiles: TokenFiles names the file ResolveCredentials reads the
+// token from, with the field and line that set it, and api.token_file even
+// while $CLOUDFLARE_API_TOKEN shadows it.
+func TestTokenFiles(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := writeFile(t, filepath.Join(dir, "token"), []byte(secretToken), 0o600)
+	credDir := filepath.Join(dir, "creds")
+	if err := os.Mkdir(credDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	credFile := writeFile(t, filepath.Join(credDir, CredentialName), []byte(secretToken), 0o400)
+	withFile, err := parseFile([]byte("api:\n  account_id: a\n  token_file: "+tokenFile+"\n"), "kvsync.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withoutFile, err := parseFile([]byte("api:\n  account_id: a\n"), "kvsync.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		cfg     Config
+		env     map[string]string
+		want    []TokenFile
+		readsIt string // ResolveCredentials' source, "" when it reads no file
+	}{
+		{"token_file", withFile, nil,
+			[]TokenFile{{Path: tokenFile, Field: "api.token_file", Source: Source{File: "kvsync.yaml", Line: 3}}}, "file " + tokenFile},
+		{"token_file shadowed by the environment", withFile, map[string]string{EnvAPIToken: secretToken},
+			[]TokenFile{{Path: tokenFile, Field: "api.token_file", Source: Source{File: "kvsync.yaml", Line: 3}}}, ""},
+		{"token_file beats the systemd credential", withFile, map[string]string{EnvCredentialsDirectory: credDir},
+			[]TokenFile{{Path: tokenFile, Field: "api.token_file", Source: Source{File: "kvsync.yaml", Line: 3}}}, "file " + tokenFile},
+		{"systemd credential", withoutFile, map[string]string{EnvCredentialsDirectory: credDir},
+			[]TokenFile{{Path: credFile, Field: "$CREDENTIALS_DIRECTORY/" + CredentialName}}, "systemd credential " + credFile},
+		{"systemd credential shadowed by the environment", withoutFile, map[string]string{EnvCredentialsDirectory: credDir, EnvAPIToken: secretToken}, nil, ""},
+		{"no file", withoutFile, nil, nil, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			getenv := func(k string) string { return tc.env[k] }
+			got := tc.cfg.TokenFiles(getenv)
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("TokenFiles = %+v, want %+v", got, tc.want)
+			}
+			creds, err := ResolveCredentials(tc.cfg.API, getenv, nil)
+			if tc.readsIt != "" && (err != nil || creds.source != tc.readsIt) {
+				t.Errorf("ResolveCredentials read %q (err %v), want %q", creds.source, err, tc.readsIt)
+			}
+		})
+	}
+}

@@ -19,6 +19,10 @@ var (
 	// ErrConflict: values that contradict each other (a key set twice,
 	// duplicate sync names, overlapping key ranges, a rate over budget).
 	ErrConflict = errors.New("conflicting values")
+	// ErrInsideTree: a file or directory of kvsync's own (the state
+	// directory, a token or CA file, the config file) lies where a sync
+	// would publish it.
+	ErrInsideTree = errors.New("kvsync's own file inside a synced tree")
 )
 
 // Source is where a value came from. The zero Source means a default or a
@@ -78,6 +82,14 @@ func (e *FieldError) Error() string {
 
 // Unwrap returns the error's class.
 func (e *FieldError) Unwrap() error { return e.Kind }
+
+// SourceOf returns where the value at the field path (such as "state_dir" or
+// "syncs[0].dir") was set, and whether it was set at all. For a defaulted
+// value it returns, as errors about it do, the source of the closest
+// enclosing value that was set, and false.
+func (c *Config) SourceOf(field string) (Source, bool) {
+	return c.src.lookup(field), c.src.has(field)
+}
 
 // sources maps field paths to where their values were set.
 type sources struct {

@@ -2,6 +2,8 @@ package kvapi
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -110,8 +112,16 @@ func (e *APIError) Codes() []int {
 	return codes
 }
 
+// ErrCertificateNotTrusted matches (errors.Is) a NetworkError whose TLS
+// handshake failed because the server's certificate could not be verified:
+// an unknown authority, a name it is not valid for, an expired certificate.
+// It is permanent: the next handshake meets the same certificate, and a
+// proxy or a misconfigured base URL is not fixed by trying again.
+var ErrCertificateNotTrusted = errors.New("the server's TLS certificate is not trusted")
+
 // NetworkError is a request that got no complete reply: a refused or dropped
-// connection, a timeout, a reply cut off mid-body. It is retryable.
+// connection, a timeout, a reply cut off mid-body. It is retryable, unless
+// the server's certificate failed verification (ErrCertificateNotTrusted).
 type NetworkError struct {
 	Op  Op
 	Key string
@@ -119,13 +129,47 @@ type NetworkError struct {
 }
 
 func (e *NetworkError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "kv %s", e.Op)
 	if e.Key != "" {
-		return fmt.Sprintf("kv %s key %q: %v", e.Op, e.Key, e.Err)
+		fmt.Fprintf(&b, " key %q", e.Key)
 	}
-	return fmt.Sprintf("kv %s: %v", e.Op, e.Err)
+	b.WriteString(": ")
+	if certificateNotTrusted(e.Err) {
+		// Go's own text ("failed to verify certificate") reads like a
+		// glitch; say plainly that it is the certificate, so the operator
+		// looks at the CA bundle rather than waiting for a retry.
+		b.WriteString(ErrCertificateNotTrusted.Error())
+		b.WriteString(": ")
+	}
+	fmt.Fprint(&b, e.Err)
+	return b.String()
 }
 
 func (e *NetworkError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrCertificateNotTrusted) hold for a failed
+// certificate verification without hiding the transport's own error from
+// errors.As.
+func (e *NetworkError) Is(target error) bool {
+	return target == ErrCertificateNotTrusted && certificateNotTrusted(e.Err)
+}
+
+// certificateNotTrusted reports whether err (typically a *url.Error from the
+// HTTP client) carries a failed verification of the server's certificate.
+// crypto/tls wraps every verification failure of a client handshake in
+// *tls.CertificateVerificationError; the x509 types are matched too for
+// transports that return them bare.
+func certificateNotTrusted(err error) bool {
+	var (
+		verification *tls.CertificateVerificationError
+		authority    x509.UnknownAuthorityError
+		hostname     x509.HostnameError
+		invalid      x509.CertificateInvalidError
+	)
+	return errors.As(err, &verification) || errors.As(err, &authority) ||
+		errors.As(err, &hostname) || errors.As(err, &invalid)
+}
 
 // ValueError is a write whose body could not be produced: Value.Open failed,
 // its reader failed, or it yielded a different number of bytes than Size (the
@@ -145,9 +189,11 @@ func (e *ValueError) Error() string {
 func (e *ValueError) Unwrap() error { return e.Err }
 
 // IsRetryable reports whether err may go away if the request is sent again.
-// Context cancellation is not retryable.
+// Context cancellation and an untrusted server certificate
+// (ErrCertificateNotTrusted) are not retryable.
 func IsRetryable(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, ErrCertificateNotTrusted) {
 		return false
 	}
 	var ae *APIError

@@ -2,13 +2,18 @@ package kvapi
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -284,6 +289,59 @@ func TestTransportAndContextErrors(t *testing.T) {
 		_, err := c.ListKeys(ctx, testNS, ListOptions{})
 		if !errors.Is(err, context.Canceled) || IsRetryable(err) {
 			t.Errorf("got %v, want context.Canceled", err)
+		}
+	})
+}
+
+// TestCertificateVerificationIsPermanent: a TLS handshake refused because the
+// server's certificate failed verification is ErrCertificateNotTrusted and
+// never retryable, however the HTTP client wraps it; other network failures
+// stay retryable.
+func TestCertificateVerificationIsPermanent(t *testing.T) {
+	cert := &x509.Certificate{Raw: []byte("not really a certificate")}
+	cases := []struct {
+		name      string
+		cause     error
+		untrusted bool
+	}{
+		{"unknown authority", x509.UnknownAuthorityError{Cert: cert}, true},
+		{"hostname mismatch", x509.HostnameError{Certificate: cert, Host: "api.example"}, true},
+		{"expired", x509.CertificateInvalidError{Cert: cert, Reason: x509.Expired}, true},
+		{"tls verification", &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{Cert: cert}}, true},
+		{"connection refused", syscall.ECONNREFUSED, false},
+		{"handshake cut off", io.ErrUnexpectedEOF, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := error(&NetworkError{Op: OpPut, Key: "k", Err: &url.Error{Op: "Put", URL: "https://api.example/x", Err: tc.cause}})
+			if got := errors.Is(err, ErrCertificateNotTrusted); got != tc.untrusted {
+				t.Errorf("errors.Is(ErrCertificateNotTrusted) = %v, want %v", got, tc.untrusted)
+			}
+			if got := IsRetryable(err); got == tc.untrusted {
+				t.Errorf("IsRetryable = %v, want %v", got, !tc.untrusted)
+			}
+			if got := strings.Contains(err.Error(), "certificate is not trusted"); got != tc.untrusted {
+				t.Errorf("message %q says the certificate is not trusted: %v, want %v", err, got, tc.untrusted)
+			}
+			if !errors.Is(err, tc.cause) {
+				t.Errorf("the transport's error is no longer reachable through %v", err)
+			}
+		})
+	}
+
+	t.Run("real handshake", func(t *testing.T) {
+		srv := httptest.NewTLSServer(http.HandlerFunc(okHandler))
+		srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+		t.Cleanup(srv.Close)
+		// http.DefaultClient trusts the system roots, not httptest's CA.
+		c, err := New(Options{BaseURL: srv.URL, AccountID: testAccount, Token: testToken, HTTPClient: &http.Client{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.DeleteValue(context.Background(), testNS, "k")
+		var ne *NetworkError
+		if !errors.As(err, &ne) || !errors.Is(err, ErrCertificateNotTrusted) || IsRetryable(err) {
+			t.Errorf("got %T %v, want a permanent NetworkError matching ErrCertificateNotTrusted", err, err)
 		}
 	})
 }
