@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"unicode"
@@ -27,25 +28,45 @@ func display(s string) string {
 }
 
 // displayErr is display for an error's message, which often embeds a name.
-// The errors of errors.Join keep their one line each: those line breaks are
-// kvsync's own, not a name's.
+// The errors of an errors.Join keep their one line each, also when the join
+// is wrapped: those line breaks are kvsync's own, not a name's.
 func displayErr(err error) string {
 	if err == nil {
 		return ""
 	}
 	msg := err.Error()
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs := j.Unwrap()
-		parts := make([]string, 0, len(errs))
-		for _, e := range errs {
-			parts = append(parts, e.Error())
-		}
-		if strings.Join(parts, "\n") == msg {
-			for i, e := range errs {
-				parts[i] = displayErr(e)
+	if j, ok := joinedIn(err); ok {
+		if i := strings.Index(msg, j.Error()); i >= 0 {
+			errs := j.Unwrap()
+			lines := make([]string, len(errs))
+			for k, e := range errs {
+				lines[k] = displayErr(e)
 			}
-			return strings.Join(parts, "\n")
+			return display(msg[:i]) + strings.Join(lines, "\n") + display(msg[i+len(j.Error()):])
 		}
 	}
 	return display(msg)
+}
+
+type joinError interface {
+	error
+	Unwrap() []error
+}
+
+// joinedIn finds, down err's chain of wrappers, an error that errors.Join
+// made (or one that prints like it: its errors' messages, one per line).
+func joinedIn(err error) (joinError, bool) {
+	for ; err != nil; err = errors.Unwrap(err) {
+		j, ok := err.(joinError)
+		if !ok {
+			continue
+		}
+		errs := j.Unwrap()
+		parts := make([]string, len(errs))
+		for i, e := range errs {
+			parts[i] = e.Error()
+		}
+		return j, strings.Join(parts, "\n") == j.Error()
+	}
+	return nil, false
 }

@@ -44,7 +44,8 @@ func TestDisplayErr(t *testing.T) {
 		{"plain", errors.New("no such file"), "no such file"},
 		{"a name with a newline", evil, `"reading x\nwrite  FAKE: denied"`},
 		{"joined errors keep their lines", errors.Join(errors.New("first"), evil), "first\n" + `"reading x\nwrite  FAKE: denied"`},
-		{"wrapped join is one message", fmt.Errorf("sync: %w", errors.Join(errors.New("a"), errors.New("b"))), `"sync: a\nb"`},
+		{"a wrapped join keeps its lines", fmt.Errorf("sync: %w", errors.Join(errors.New("a"), evil)), "sync: a\n" + `"reading x\nwrite  FAKE: denied"`},
+		{"a join inside a message", fmt.Errorf("x %w y", errors.Join(errors.New("a"), errors.New("b"))), "x a\nb y"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := displayErr(tc.err); got != tc.want {
