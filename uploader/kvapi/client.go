@@ -420,7 +420,7 @@ func (c *Client) ListKeys(ctx context.Context, ns string, opts ListOptions) (Key
 	}
 	q := url.Values{}
 	if opts.Limit != 0 {
-		if opts.Limit < 10 || opts.Limit > MaxListLimit {
+		if opts.Limit < MinListLimit || opts.Limit > MaxListLimit {
 			return KeyPage{}, &ValidationError{Field: "limit", Err: fmt.Errorf("%w: %d", ErrListLimit, opts.Limit)}
 		}
 		q.Set("limit", strconv.Itoa(opts.Limit))

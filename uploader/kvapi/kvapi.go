@@ -16,12 +16,14 @@ const (
 	MaxValueBytes    = 25 << 20
 	MaxMetadataBytes = 1024
 	MinTTLSeconds    = 60
-	// MinExpirationAhead is how far in the future an absolute expiration must be.
+	// MinExpirationAheadSeconds is how far in the future an absolute expiration must be.
 	MinExpirationAheadSeconds = 60
 	MaxBulkPairs              = 10000
 	// MaxBulkRequestBytes is the bulk body limit ("100 megabytes or less").
 	MaxBulkRequestBytes = 100_000_000
-	MaxListLimit        = 1000
+	// MinListLimit and MaxListLimit bound ListOptions.Limit.
+	MinListLimit = 10
+	MaxListLimit = 1000
 )
 
 // Op names an API operation. The values are bounded metric labels.
@@ -103,7 +105,8 @@ type BulkResult struct {
 type ListOptions struct {
 	Prefix string
 	Cursor string
-	// Limit is 10 to 1000; 0 means the API default (1000).
+	// Limit is MinListLimit to MaxListLimit; 0 means the API default
+	// (MaxListLimit).
 	Limit int
 }
 
