@@ -2,6 +2,18 @@
 // the API, not what the files mean: streamed multipart writes, bulk writes and
 // deletes, key listing, reads, and typed errors. It neither retries nor rate
 // limits; package ratelimit wraps it for that.
+//
+// A request goes through the files in this order:
+//
+//   - kvapi.go: the KV interface, its types and the API's limits.
+//   - validate.go, errors.go: the local checks, and every error type.
+//   - ops.go: the operations of Client, one method per endpoint.
+//   - putbody.go, bulkbody.go: the streamed bodies of a single write
+//     (multipart) and of a bulk write (a JSON array), and their lengths.
+//   - request.go: URLs, headers and the round trip.
+//   - reply.go: reading and classifying replies (envelope, errors, Retry-After).
+//   - client.go: Options, New, authentication and the HTTP client.
+//   - value.go: the Values a single write streams from.
 package kvapi
 
 import (
