@@ -3,8 +3,11 @@ package kvapi
 import (
 	"encoding/base64"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"strconv"
+	"time"
+	"unicode/utf8"
 )
 
 // bulkItem is one pair of a bulk write, framed: head is `[{"key":…,"value":"`
@@ -15,13 +18,6 @@ type bulkItem struct {
 	head, tail []byte
 	value      []byte
 	b64        bool
-}
-
-func (it *bulkItem) encodedValueLen() int64 {
-	if it.b64 {
-		return int64(base64.StdEncoding.EncodedLen(len(it.value)))
-	}
-	return jsonEscapedLen(it.value)
 }
 
 // bulkChunk is how much encoded value a bulkBody produces at a time; a
@@ -211,43 +207,141 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// newBulkItem frames one validated pair; first says whether it opens the array.
-func newBulkItem(key string, value, metadata []byte, exp, ttl int64, b64, first bool) bulkItem {
-	head := make([]byte, 0, len(key)+24)
+// The JSON around one pair of a bulk body, written by newBulkItem and
+// counted by bulkPairLen.
+const (
+	bulkKeyField    = `{"key":`
+	bulkValueField  = `,"value":"`
+	bulkBase64Field = `,"base64":true`
+	bulkTTLField    = `,"expiration_ttl":`
+	bulkExpField    = `,"expiration":`
+	bulkMetaField   = `,"metadata":`
+)
+
+// bulkBase64 decides how a value travels in a bulk body: a value that is not
+// valid UTF-8 cannot be a JSON string, so it goes base64-encoded.
+func bulkBase64(value []byte) bool { return !utf8.Valid(value) }
+
+// encodeBulk validates every pair at time now and frames it, and returns the
+// exact length of the body the items make (what BulkPairLen adds up).
+func encodeBulk(pairs []BulkPair, now time.Time) ([]bulkItem, int64, error) {
+	items := make([]bulkItem, len(pairs))
+	size := int64(1) // the closing ']'
+	for i, p := range pairs {
+		if err := ValidateKey(p.Key); err != nil {
+			return nil, 0, err
+		}
+		if len(p.Value) > MaxValueBytes {
+			return nil, 0, &ValidationError{Field: "value", Key: p.Key, Err: fmt.Errorf("%w: %d bytes", ErrValueTooLarge, len(p.Value))}
+		}
+		meta, err := ValidateMetadata(p.Metadata)
+		if err != nil {
+			return nil, 0, withKey(err, p.Key)
+		}
+		if err := ValidateExpiration(p.Expiration, p.ExpirationTTL, now); err != nil {
+			return nil, 0, withKey(err, p.Key)
+		}
+		p.Metadata = meta
+		items[i] = newBulkItem(p, i == 0)
+		size += bulkPairLen(p, items[i].b64, int64(len(meta)))
+	}
+	return items, size, nil
+}
+
+// newBulkItem frames one validated pair, whose metadata is compacted; first
+// says whether it opens the array.
+func newBulkItem(p BulkPair, first bool) bulkItem {
+	b64 := bulkBase64(p.Value)
+	head := make([]byte, 0, len(p.Key)+24)
 	if first {
 		head = append(head, '[')
 	} else {
 		head = append(head, ',')
 	}
-	head = append(head, `{"key":`...)
-	head = appendJSONString(head, key)
-	head = append(head, `,"value":"`...)
+	head = append(head, bulkKeyField...)
+	head = appendJSONString(head, p.Key)
+	head = append(head, bulkValueField...)
 
-	tail := make([]byte, 0, len(metadata)+64)
+	tail := make([]byte, 0, len(p.Metadata)+64)
 	tail = append(tail, '"')
 	if b64 {
-		tail = append(tail, `,"base64":true`...)
+		tail = append(tail, bulkBase64Field...)
 	}
 	switch {
-	case ttl > 0:
-		tail = append(tail, `,"expiration_ttl":`...)
-		tail = strconv.AppendInt(tail, ttl, 10)
-	case exp > 0:
-		tail = append(tail, `,"expiration":`...)
-		tail = strconv.AppendInt(tail, exp, 10)
+	case p.ExpirationTTL > 0:
+		tail = append(tail, bulkTTLField...)
+		tail = strconv.AppendInt(tail, p.ExpirationTTL, 10)
+	case p.Expiration > 0:
+		tail = append(tail, bulkExpField...)
+		tail = strconv.AppendInt(tail, p.Expiration, 10)
 	}
-	if metadata != nil {
-		tail = append(tail, `,"metadata":`...)
-		tail = append(tail, metadata...)
+	if p.Metadata != nil {
+		tail = append(tail, bulkMetaField...)
+		tail = append(tail, p.Metadata...)
 	}
 	tail = append(tail, '}')
-	return bulkItem{head: head, tail: tail, value: value, b64: b64}
+	return bulkItem{head: head, tail: tail, value: p.Value, b64: b64}
 }
 
-func bulkLength(items []bulkItem) int64 {
-	n := int64(1) // the closing ']'
-	for i := range items {
-		n += int64(len(items[i].head)) + items[i].encodedValueLen() + int64(len(items[i].tail))
+// BulkPairLen is exactly the number of bytes BulkPut's request body spends on
+// p, for a pair BulkPut accepts: a separator ('[' before the first pair, ','
+// before the others), the key and value as JSON strings (the value
+// base64-encoded when it is not valid UTF-8, see BulkPair), the expiration
+// and the metadata as BulkPut sends it, compacted. A body is one byte (its
+// closing ']') longer than the sum of its pairs' BulkPairLen, and BulkPut
+// refuses a body longer than MaxBulkRequestBytes.
+//
+// It reads every byte of the value, about as fast as copying it.
+func BulkPairLen(p BulkPair) int64 {
+	return bulkPairLen(p, bulkBase64(p.Value), compactedLen(p.Metadata))
+}
+
+// bulkPairLen is BulkPairLen for a value whose encoding is already decided
+// and metadata whose compacted length is known; it mirrors newBulkItem.
+func bulkPairLen(p BulkPair, b64 bool, metaLen int64) int64 {
+	n := int64(1 + len(bulkKeyField) + 2 + len(bulkValueField) + 1 + 1) // separator, key quotes, value's closing quote, '}'
+	n += jsonEscapedLen([]byte(p.Key))
+	if b64 {
+		n += int64(base64.StdEncoding.EncodedLen(len(p.Value)) + len(bulkBase64Field))
+	} else {
+		n += jsonEscapedLen(p.Value)
+	}
+	var digits [20]byte
+	switch {
+	case p.ExpirationTTL > 0:
+		n += int64(len(bulkTTLField) + len(strconv.AppendInt(digits[:0], p.ExpirationTTL, 10)))
+	case p.Expiration > 0:
+		n += int64(len(bulkExpField) + len(strconv.AppendInt(digits[:0], p.Expiration, 10)))
+	}
+	if metaLen > 0 {
+		n += int64(len(bulkMetaField)) + metaLen
+	}
+	return n
+}
+
+// compactedLen is the length of the JSON text m once json.Compact dropped
+// its insignificant whitespace (what ValidateMetadata returns), or 0 for an
+// empty m, which BulkPut sends as no metadata at all.
+func compactedLen(m []byte) int64 {
+	var n int64
+	inString, escaped := false, false
+	for _, c := range m {
+		switch {
+		case inString:
+			n++
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+		default:
+			n++
+			inString = c == '"'
+		}
 	}
 	return n
 }

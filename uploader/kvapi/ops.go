@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 )
 
 // PutValue writes one value as multipart/form-data, streamed from v.Open
@@ -89,25 +88,10 @@ func (c *Client) BulkPut(ctx context.Context, ns string, pairs []BulkPair) (Bulk
 	if len(pairs) > MaxBulkPairs {
 		return BulkResult{}, &ValidationError{Field: "bulk", Err: fmt.Errorf("%w: %d pairs", ErrBulkTooLarge, len(pairs))}
 	}
-	now := c.now()
-	items := make([]bulkItem, len(pairs))
-	for i, p := range pairs {
-		if err := ValidateKey(p.Key); err != nil {
-			return BulkResult{}, err
-		}
-		if len(p.Value) > MaxValueBytes {
-			return BulkResult{}, &ValidationError{Field: "value", Key: p.Key, Err: fmt.Errorf("%w: %d bytes", ErrValueTooLarge, len(p.Value))}
-		}
-		meta, err := ValidateMetadata(p.Metadata)
-		if err != nil {
-			return BulkResult{}, withKey(err, p.Key)
-		}
-		if err := ValidateExpiration(p.Expiration, p.ExpirationTTL, now); err != nil {
-			return BulkResult{}, withKey(err, p.Key)
-		}
-		items[i] = newBulkItem(p.Key, p.Value, meta, p.Expiration, p.ExpirationTTL, !utf8.Valid(p.Value), i == 0)
+	items, size, err := encodeBulk(pairs, c.now())
+	if err != nil {
+		return BulkResult{}, err
 	}
-	size := bulkLength(items)
 	if size > MaxBulkRequestBytes {
 		return BulkResult{}, &ValidationError{Field: "bulk", Err: fmt.Errorf("%w: %d bytes encoded", ErrBulkTooLarge, size)}
 	}
