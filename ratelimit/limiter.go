@@ -2,11 +2,9 @@
 // transient failures. It provides two decorators over kvapi.KV: Limit takes a
 // token from the account's shared bucket before every request, and Retry
 // sends retryable failures again with backoff, pausing every request of the
-// account after a 429. cmd wires them as
-//
-//	Retry(Limit(metrics.Instrument(client, m, nil), lim), policy, lim, m, log)
-//
-// so that every real attempt takes a token and is counted.
+// account after a 429. Chain stacks them over metrics.Instrument in the one
+// order that makes every real attempt take a token and be counted; cmd
+// builds its client with it.
 package ratelimit
 
 import (
