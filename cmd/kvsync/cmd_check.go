@@ -74,7 +74,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				bytes += st.Size
 			}
 		}
-		line := fmt.Sprintf("sync %q: %s -> namespace %s prefix %q: %d keys, %s", s.Name, s.Dir, s.NamespaceID, s.Prefix, keys, humanBytes(bytes))
+		line := fmt.Sprintf("sync %q: %s -> namespace %s prefix %q: %d keys, %s", s.Name, s.Dir, s.NamespaceID, s.Prefix, keys, config.HumanSize(bytes))
 		if n := counterValue(m.FilesSkipped.WithLabelValues(unpublishableSkip)); n > 0 {
 			line += fmt.Sprintf(", %.0f skipped (%s)", n, unpublishableSkip)
 			problems += int(n)

@@ -239,15 +239,15 @@ func (v *validator) sync(p string, s *Sync) {
 	case s.BulkThreshold < 0:
 		v.fail(p+".bulk_threshold", ErrInvalid, "%d is negative; 0 disables bulk writes", s.BulkThreshold)
 	case s.BulkThreshold > maxBulkValueBytes:
-		v.fail(p+".bulk_threshold", ErrInvalid, "%s is over %s: binary values travel base64-encoded in bulk requests, which must stay within the API's 25 MiB per value", formatSize(s.BulkThreshold), formatSize(maxBulkValueBytes))
+		v.fail(p+".bulk_threshold", ErrInvalid, "%s is over %s: binary values travel base64-encoded in bulk requests, which must stay within the API's 25 MiB per value", FormatSize(s.BulkThreshold), FormatSize(maxBulkValueBytes))
 	case s.BulkMaxBytes > 0 && s.BulkThreshold > s.BulkMaxBytes:
-		v.fail(p+".bulk_threshold", ErrConflict, "%s is larger than bulk_max_bytes (%s)", formatSize(s.BulkThreshold), formatSize(s.BulkMaxBytes))
+		v.fail(p+".bulk_threshold", ErrConflict, "%s is larger than bulk_max_bytes (%s)", FormatSize(s.BulkThreshold), FormatSize(s.BulkMaxBytes))
 	}
 	switch {
 	case s.BulkMaxBytes <= 0:
 		v.fail(p+".bulk_max_bytes", ErrInvalid, "%d: must be above 0", s.BulkMaxBytes)
 	case s.BulkMaxBytes > kvapi.MaxBulkRequestBytes:
-		v.fail(p+".bulk_max_bytes", ErrInvalid, "%s is over the API's 100 MB (100000000 bytes) per bulk request", formatSize(s.BulkMaxBytes))
+		v.fail(p+".bulk_max_bytes", ErrInvalid, "%s is over the API's 100 MB (100000000 bytes) per bulk request", FormatSize(s.BulkMaxBytes))
 	}
 }
 
