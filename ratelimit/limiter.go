@@ -23,16 +23,29 @@ import (
 // minute of slack is treated as bogus rather than obeyed.
 const DefaultMaxPause = 6 * time.Minute
 
-// DefaultRate is the account's request budget as a token bucket.
-//
-// Cloudflare allows 1,200 requests per 5 minutes per token, counted across
-// every user of the token (dashboard, other tools), and answers an overrun
-// by blocking all calls for 5 minutes. Like wrangler, kvsync leaves 100
-// requests of headroom for those other users, so in any 300 s window it may
-// send at most rate*300 + burst = 1000 + 100 = 1,100 requests: a steady
-// 1000/300 ≈ 3.33 per second, plus a burst of 100 after an idle spell.
+// Cloudflare's API budget: AccountBudget requests per BudgetWindow per token,
+// counted across every user of the token (dashboard, other tools). Going
+// over blocks all calls for a BudgetWindow. An account may have a raised
+// budget (config's api.budget); this is the one every account starts with.
+const (
+	AccountBudget = 1200
+	BudgetWindow  = 5 * time.Minute
+)
+
+// defaultHeadroom is what kvsync leaves of AccountBudget to the token's other
+// users, like wrangler; defaultBurst is the bucket's size.
+const (
+	defaultHeadroom = 100
+	defaultBurst    = 100
+)
+
+// DefaultRate is the account's request budget as a token bucket. A bucket
+// admits at most rate×window + burst requests in any window, so the default
+// spends AccountBudget less defaultHeadroom: a steady rate that, with the
+// burst after an idle spell, adds up to that in every BudgetWindow.
 func DefaultRate() (rate.Limit, int) {
-	return rate.Limit(1000.0 / 300.0), 100
+	steady := AccountBudget - defaultHeadroom - defaultBurst
+	return rate.Limit(float64(steady) / BudgetWindow.Seconds()), defaultBurst
 }
 
 // LimiterOptions configure NewLimiter.

@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/kvsync/kvsync/ratelimit"
 )
 
 // Config is the whole configuration of one kvsync process.
@@ -63,19 +65,19 @@ type API struct {
 	// Rate is the sustained request rate, per second, of the one token
 	// bucket all syncs share.
 	//
-	// Cloudflare allows 1,200 API requests per 5 minutes per token, counted
-	// across every client using it, and going over blocks the token for 5
-	// minutes. A bucket admits at most Rate×300+Burst requests in any 5
-	// minutes, so Validate rejects values where that exceeds Budget. The
-	// defaults (1000/300 per second, burst 100) leave 100 requests of
+	// Cloudflare counts a token's requests per window
+	// (ratelimit.BudgetWindow) across every client using it, and going over
+	// blocks the token for a window. A bucket admits at most
+	// Rate×window+Burst requests in any window, so Validate rejects values
+	// where that exceeds Budget. The defaults (ratelimit.DefaultRate) leave
 	// headroom, as wrangler does, for a dashboard or CLI sharing the token;
 	// lower Rate if other tools use the same token heavily.
 	Rate float64 `yaml:"rate"`
 	// Burst is the bucket size; see Rate.
 	Burst int `yaml:"burst"`
-	// Budget is the number of API requests the account may make per 5
-	// minutes: 1,200 unless Cloudflare raised it for the account. It only
-	// bounds Rate and Burst; kvsync never spends it all.
+	// Budget is the number of API requests the account may make per window:
+	// ratelimit.AccountBudget unless Cloudflare raised it for the account.
+	// It only bounds Rate and Burst; kvsync never spends it all.
 	Budget int `yaml:"budget"`
 	// Concurrency is how many requests may be in flight at once, 1..64.
 	Concurrency int `yaml:"concurrency"`
@@ -169,9 +171,6 @@ const (
 	defaultLogFormat      = "text"
 	defaultMetricsListen  = "127.0.0.1:9464"
 	defaultBaseURL        = "https://api.cloudflare.com/client/v4"
-	defaultRate           = 1000.0 / 300
-	defaultBurst          = 100
-	defaultBudget         = 1200
 	defaultConcurrency    = 4
 	defaultTimeout        = 5 * time.Minute
 	defaultMaxRetries     = 5
@@ -182,6 +181,16 @@ const (
 	defaultRescanInterval = time.Hour
 	defaultBulkThreshold  = 1 << 20
 	defaultBulkMaxBytes   = 8 << 20
+)
+
+// The request budget's defaults are ratelimit's, which owns the account's
+// budget and the headroom kvsync leaves of it.
+var (
+	defaultRate, defaultBurst = func() (float64, int) {
+		r, b := ratelimit.DefaultRate()
+		return float64(r), b
+	}()
+	defaultBudget = ratelimit.AccountBudget
 )
 
 // Default returns the defaults, with StateDir derived from the process's
