@@ -81,7 +81,8 @@ type API struct {
 	Budget int `yaml:"budget"`
 	// Concurrency is how many requests may be in flight at once, 1..64.
 	Concurrency int `yaml:"concurrency"`
-	// Timeout bounds one request; bulk requests can carry up to 100 MB.
+	// Timeout bounds one request, a bulk request of up to
+	// kvapi.MaxBulkRequestBytes included.
 	Timeout time.Duration `yaml:"timeout"`
 	// MaxRetries is how often a retryable failure (429, 5xx, network) is
 	// retried; 0 disables retries.
@@ -135,17 +136,18 @@ type Sync struct {
 	// BulkThreshold: files up to this size go through bulk writes; larger
 	// ones are written one request each. 0 disables bulk writes.
 	BulkThreshold int64 `yaml:"bulk_threshold"`
-	// BulkMaxBytes caps the body of one bulk request (the API allows 100 MB).
+	// BulkMaxBytes caps the body of one bulk request (the API allows
+	// kvapi.MaxBulkRequestBytes).
 	BulkMaxBytes int64 `yaml:"bulk_max_bytes"`
 }
 
 // ExpirationRule gives matching keys an expiration: exactly one of TTL
-// (relative to each write, at least 60 s) and At (an absolute instant).
+// (relative to each write) and At (an absolute instant).
 type ExpirationRule struct {
 	// Match is a doublestar glob over the path relative to the sync's Dir.
 	// It is empty in Sync.DefaultExpiration.
 	Match string `yaml:"match"`
-	// TTL is written in whole seconds, at least 60.
+	// TTL is written in whole seconds, at least kvapi.MinTTLSeconds.
 	TTL time.Duration `yaml:"ttl"`
 	// At is an RFC 3339 instant, whole seconds.
 	At time.Time `yaml:"at"`

@@ -38,8 +38,8 @@ var (
 )
 
 // mebibytes, megabytes and thousands write a limit the way Cloudflare's
-// documentation states it (25 MiB, 100 MB, 10,000), so a message can be
-// matched against the docs. They are exact only for the round limits they
+// documentation states it (in MiB, in MB, with a thousands separator), so a
+// message can be matched against the docs. They are exact only for the round limits they
 // are used on; a limit that stops being round shows up in the tests.
 func mebibytes(n int64) string { return fmt.Sprintf("%d MiB", n>>20) }
 
