@@ -291,7 +291,8 @@ func newBulkItem(p BulkPair, first bool) bulkItem {
 // closing ']') longer than the sum of its pairs' BulkPairLen, and BulkPut
 // refuses a body longer than MaxBulkRequestBytes.
 //
-// It reads every byte of the value, about as fast as copying it.
+// It reads every byte of the value: whether it is valid UTF-8 decides its
+// encoding, and each byte that needs escaping lengthens it.
 func BulkPairLen(p BulkPair) int64 {
 	return bulkPairLen(p, bulkBase64(p.Value), compactedLen(p.Metadata))
 }
