@@ -16,24 +16,16 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/kvsync/kvsync/metrics"
+	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
-// DefaultMaxPause caps a 429 pause. Cloudflare blocks an account for five
-// minutes when it exceeds its budget; a Retry-After beyond that plus a
-// minute of slack is treated as bogus rather than obeyed.
-const DefaultMaxPause = 6 * time.Minute
+// DefaultMaxPause caps a 429 pause. Cloudflare blocks an account for a
+// kvapi.BudgetWindow when it exceeds its budget; a Retry-After beyond that
+// plus a minute of slack is treated as bogus rather than obeyed.
+const DefaultMaxPause = kvapi.BudgetWindow + time.Minute
 
-// Cloudflare's API budget: AccountBudget requests per BudgetWindow per token,
-// counted across every user of the token (dashboard, other tools). Going
-// over blocks all calls for a BudgetWindow. An account may have a raised
-// budget (config's api.budget); this is the one every account starts with.
-const (
-	AccountBudget = 1200
-	BudgetWindow  = 5 * time.Minute
-)
-
-// defaultHeadroom is what kvsync leaves of AccountBudget to the token's other
-// users, like wrangler; defaultBurst is the bucket's size.
+// defaultHeadroom is what kvsync leaves of kvapi.AccountBudget to the token's
+// other users, like wrangler; defaultBurst is the bucket's size.
 const (
 	defaultHeadroom = 100
 	defaultBurst    = 100
@@ -41,11 +33,11 @@ const (
 
 // DefaultRate is the account's request budget as a token bucket. A bucket
 // admits at most rate×window + burst requests in any window, so the default
-// spends AccountBudget less defaultHeadroom: a steady rate that, with the
-// burst after an idle spell, adds up to that in every BudgetWindow.
+// spends kvapi.AccountBudget less defaultHeadroom: a steady rate that, with
+// the burst after an idle spell, adds up to that in every kvapi.BudgetWindow.
 func DefaultRate() (rate.Limit, int) {
-	steady := AccountBudget - defaultHeadroom - defaultBurst
-	return rate.Limit(float64(steady) / BudgetWindow.Seconds()), defaultBurst
+	steady := kvapi.AccountBudget - defaultHeadroom - defaultBurst
+	return rate.Limit(float64(steady) / kvapi.BudgetWindow.Seconds()), defaultBurst
 }
 
 // LimiterOptions configure NewLimiter.

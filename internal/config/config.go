@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/ratelimit"
+	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // Config is the whole configuration of one kvsync process.
@@ -66,7 +67,7 @@ type API struct {
 	// bucket all syncs share.
 	//
 	// Cloudflare counts a token's requests per window
-	// (ratelimit.BudgetWindow) across every client using it, and going over
+	// (kvapi.BudgetWindow) across every client using it, and going over
 	// blocks the token for a window. A bucket admits at most
 	// Rate×window+Burst requests in any window, so Validate rejects values
 	// where that exceeds Budget. The defaults (ratelimit.DefaultRate) leave
@@ -76,7 +77,7 @@ type API struct {
 	// Burst is the bucket size; see Rate.
 	Burst int `yaml:"burst"`
 	// Budget is the number of API requests the account may make per window:
-	// ratelimit.AccountBudget unless Cloudflare raised it for the account.
+	// kvapi.AccountBudget unless Cloudflare raised it for the account.
 	// It only bounds Rate and Burst; kvsync never spends it all.
 	Budget int `yaml:"budget"`
 	// Concurrency is how many requests may be in flight at once, 1..64.
@@ -185,14 +186,15 @@ const (
 	defaultBulkMaxBytes   = 8 << 20
 )
 
-// The request budget's defaults are ratelimit's, which owns the account's
-// budget and the headroom kvsync leaves of it.
+// The request budget's defaults: the rate and burst are ratelimit's, which
+// owns the headroom kvsync leaves of the account's budget; the budget is
+// the API's.
 var (
 	defaultRate, defaultBurst = func() (float64, int) {
 		r, b := ratelimit.DefaultRate()
 		return float64(r), b
 	}()
-	defaultBudget = ratelimit.AccountBudget
+	defaultBudget = kvapi.AccountBudget
 )
 
 // Default returns the defaults, with StateDir derived from the process's

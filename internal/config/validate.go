@@ -12,14 +12,13 @@ import (
 
 	"github.com/bmatcuk/doublestar/v4"
 
-	"github.com/kvsync/kvsync/ratelimit"
 	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // Limits Validate enforces.
 const (
 	// The account's budget (api.budget) is counted per rateWindowSeconds.
-	rateWindowSeconds = float64(ratelimit.BudgetWindow / time.Second)
+	rateWindowSeconds = float64(kvapi.BudgetWindow / time.Second)
 	maxConcurrency    = 64
 	// maxIDLength is the schema's maxLength for account and namespace ids.
 	maxIDLength = 32
@@ -141,7 +140,7 @@ func (v *validator) api(a *API) {
 			}
 			v.failAt(where, "api.rate, api.burst", ErrConflict,
 				"rate×300 + burst = %s + %d = %s requests per 5 minutes, over the account's budget of %d per 5 minutes (api.budget; Cloudflare's is %d unless raised for the account, and going over blocks the token for 5 minutes); lower rate or burst",
-				strconv.FormatFloat(a.Rate*rateWindowSeconds, 'f', -1, 64), a.Burst, strconv.FormatFloat(window, 'f', -1, 64), a.Budget, ratelimit.AccountBudget)
+				strconv.FormatFloat(a.Rate*rateWindowSeconds, 'f', -1, 64), a.Burst, strconv.FormatFloat(window, 'f', -1, 64), a.Budget, kvapi.AccountBudget)
 		}
 	}
 	if a.Concurrency < 1 || a.Concurrency > maxConcurrency {

@@ -20,6 +20,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"time"
 )
 
 // Limits of the KV API, enforced locally before any request is sent.
@@ -36,6 +37,16 @@ const (
 	// MinListLimit and MaxListLimit bound ListOptions.Limit.
 	MinListLimit = 10
 	MaxListLimit = 1000
+)
+
+// Cloudflare's API budget: AccountBudget requests per BudgetWindow per token,
+// counted across every user of the token (dashboard, other tools); going
+// over blocks every call for a BudgetWindow. An account may have a raised
+// budget (config's api.budget); this is the one every account starts with.
+// The client does not enforce it; package ratelimit does.
+const (
+	AccountBudget = 1200
+	BudgetWindow  = 5 * time.Minute
 )
 
 // Op names an API operation. The values are bounded metric labels.
