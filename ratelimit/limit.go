@@ -9,7 +9,7 @@ import (
 
 // Limit wraps next so that every request first waits on l: one token per
 // request, whatever it carries (each ListKeys page and each bulk request of up
-// to 10,000 pairs count as one, as Cloudflare counts them).
+// to kvapi.MaxBulkPairs pairs count as one, as Cloudflare counts them).
 func Limit(next kvapi.KV, l *Limiter) kvapi.KV {
 	return &limited{next: next, l: l}
 }

@@ -2,11 +2,9 @@
 // transient failures. It provides two decorators over kvapi.KV: Limit takes a
 // token from the account's shared bucket before every request, and Retry
 // sends retryable failures again with backoff, pausing every request of the
-// account after a 429. cmd wires them as
-//
-//	Retry(Limit(metrics.Instrument(client, m, nil), lim), policy, lim, m, log)
-//
-// so that every real attempt takes a token and is counted.
+// account after a 429. Chain stacks them over metrics.Instrument in the one
+// order that makes every real attempt take a token and be counted; cmd
+// builds its client with it.
 package ratelimit
 
 import (
@@ -18,23 +16,28 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/kvsync/kvsync/metrics"
+	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
-// DefaultMaxPause caps a 429 pause. Cloudflare blocks an account for five
-// minutes when it exceeds its budget; a Retry-After beyond that plus a
-// minute of slack is treated as bogus rather than obeyed.
-const DefaultMaxPause = 6 * time.Minute
+// DefaultMaxPause caps a 429 pause. Cloudflare blocks an account for a
+// kvapi.BudgetWindow when it exceeds its budget; a Retry-After beyond that
+// plus a minute of slack is treated as bogus rather than obeyed.
+const DefaultMaxPause = kvapi.BudgetWindow + time.Minute
 
-// DefaultRate is the account's request budget as a token bucket.
-//
-// Cloudflare allows 1,200 requests per 5 minutes per token, counted across
-// every user of the token (dashboard, other tools), and answers an overrun
-// by blocking all calls for 5 minutes. Like wrangler, kvsync leaves 100
-// requests of headroom for those other users, so in any 300 s window it may
-// send at most rate*300 + burst = 1000 + 100 = 1,100 requests: a steady
-// 1000/300 ≈ 3.33 per second, plus a burst of 100 after an idle spell.
+// defaultHeadroom is what kvsync leaves of kvapi.AccountBudget to the token's
+// other users, like wrangler; defaultBurst is the bucket's size.
+const (
+	defaultHeadroom = 100
+	defaultBurst    = 100
+)
+
+// DefaultRate is the account's request budget as a token bucket. A bucket
+// admits at most rate×window + burst requests in any window, so the default
+// spends kvapi.AccountBudget less defaultHeadroom: a steady rate that, with
+// the burst after an idle spell, adds up to that in every kvapi.BudgetWindow.
 func DefaultRate() (rate.Limit, int) {
-	return rate.Limit(1000.0 / 300.0), 100
+	steady := kvapi.AccountBudget - defaultHeadroom - defaultBurst
+	return rate.Limit(float64(steady) / kvapi.BudgetWindow.Seconds()), defaultBurst
 }
 
 // LimiterOptions configure NewLimiter.

@@ -597,19 +597,3 @@ func TestRateLimitWaitObserved(t *testing.T) {
 	}
 	t.Error("kvsync_rate_limiter_wait_seconds not gathered")
 }
-
-// BenchmarkChain measures the decorators' own cost per request on the
-// success path, as cmd wires them, with the bucket disabled.
-func BenchmarkChain(b *testing.B) {
-	m := metrics.New(prometheus.NewRegistry(), "bench")
-	lim := NewLimiter(LimiterOptions{Rate: rate.Inf, Metrics: m})
-	kv := Retry(Limit(metrics.Instrument(&scriptKV{}, m, nil), lim), RetryPolicy{}, lim, m, nil)
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := kv.DeleteValue(context.Background(), "ns", "k"); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-}

@@ -180,10 +180,12 @@ func (a *app) buildClient(creds config.Credentials) error {
 		Burst:   a.cfg.API.Burst,
 		Metrics: a.m,
 	})
-	a.kv = ratelimit.Retry(
-		ratelimit.Limit(metrics.Instrument(client, a.m, time.Now), lim),
-		ratelimit.RetryPolicy{MaxAttempts: a.cfg.API.MaxRetries + 1},
-		lim, a.m, a.log)
+	a.kv = ratelimit.Chain(client, ratelimit.ChainOptions{
+		Limiter: lim,
+		Policy:  ratelimit.RetryPolicy{MaxAttempts: a.cfg.API.MaxRetries + 1},
+		Metrics: a.m,
+		Log:     a.log,
+	})
 	return nil
 }
 

@@ -17,7 +17,7 @@ import (
 )
 
 // unpublishableSkip is the skip reason of a file that exists but can never
-// become a key (its name is over 512 bytes or not UTF-8). Files held back for
+// become a key (its name is over kvapi.MaxKeyBytes or not UTF-8). Files held back for
 // their content (too large, unreadable, bad sidecar) come as states with an
 // error instead; excluded files and editor debris are intentional.
 const unpublishableSkip = "key_invalid"
@@ -67,14 +67,14 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				problems++
 			case !st.Expiration.At.IsZero() && st.Expiration.TTL == 0 &&
 				st.Expiration.At.Before(now.Add(kvapi.MinExpirationAheadSeconds*time.Second)):
-				fmt.Fprintf(stdout, "error: %s: key %q expires at %s, less than 60 s from now\n", display(st.Path), st.Key, st.Expiration.At.Format(time.RFC3339))
+				fmt.Fprintf(stdout, "error: %s: key %q expires at %s, less than %d s from now\n", display(st.Path), st.Key, st.Expiration.At.Format(time.RFC3339), kvapi.MinExpirationAheadSeconds)
 				problems++
 			default:
 				keys++
 				bytes += st.Size
 			}
 		}
-		line := fmt.Sprintf("sync %q: %s -> namespace %s prefix %q: %d keys, %s", s.Name, s.Dir, s.NamespaceID, s.Prefix, keys, humanBytes(bytes))
+		line := fmt.Sprintf("sync %q: %s -> namespace %s prefix %q: %d keys, %s", s.Name, s.Dir, s.NamespaceID, s.Prefix, keys, config.HumanSize(bytes))
 		if n := counterValue(m.FilesSkipped.WithLabelValues(unpublishableSkip)); n > 0 {
 			line += fmt.Sprintf(", %.0f skipped (%s)", n, unpublishableSkip)
 			problems += int(n)

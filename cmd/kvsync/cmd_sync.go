@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/config"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/uploader"
 )
@@ -140,7 +141,7 @@ func addReport(total *uploader.Report, r uploader.Report) {
 
 func summaryLine(r uploader.Report, took time.Duration) string {
 	parts := []string{
-		fmt.Sprintf("%d written (%s)", r.Written, humanBytes(r.Bytes)),
+		fmt.Sprintf("%d written (%s)", r.Written, config.HumanSize(r.Bytes)),
 		fmt.Sprintf("%d unchanged", r.Unchanged),
 		fmt.Sprintf("%d deleted", r.Deleted),
 	}
@@ -152,17 +153,4 @@ func summaryLine(r uploader.Report, took time.Duration) string {
 		parts = append(parts, fmt.Sprintf("%d held back", r.HeldBack))
 	}
 	return fmt.Sprintf("kvsync: %s in %s", strings.Join(parts, ", "), took.Round(time.Millisecond))
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -11,6 +11,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/term"
 
+	"github.com/kvsync/kvsync/internal/config"
 	"github.com/kvsync/kvsync/metrics"
 )
 
@@ -40,7 +41,7 @@ func startProgress(w io.Writer, m *metrics.Metrics) *progress {
 			same := counterValue(m.Uploads.WithLabelValues("skipped_unchanged"))
 			bytes := counterValue(m.UploadBytes.WithLabelValues("success"))
 			fmt.Fprintf(f, "\r\033[K%6.0f written  %6.0f unchanged  %4.0f failed  %9s  %5.1fs",
-				ok, same, failed, humanBytes(int64(bytes)), time.Since(start).Seconds())
+				ok, same, failed, config.HumanSize(int64(bytes)), time.Since(start).Seconds())
 		}
 		for {
 			select {

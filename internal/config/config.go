@@ -19,6 +19,9 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/kvsync/kvsync/ratelimit"
+	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // Config is the whole configuration of one kvsync process.
@@ -63,23 +66,24 @@ type API struct {
 	// Rate is the sustained request rate, per second, of the one token
 	// bucket all syncs share.
 	//
-	// Cloudflare allows 1,200 API requests per 5 minutes per token, counted
-	// across every client using it, and going over blocks the token for 5
-	// minutes. A bucket admits at most Rate×300+Burst requests in any 5
-	// minutes, so Validate rejects values where that exceeds Budget. The
-	// defaults (1000/300 per second, burst 100) leave 100 requests of
+	// Cloudflare counts a token's requests per window
+	// (kvapi.BudgetWindow) across every client using it, and going over
+	// blocks the token for a window. A bucket admits at most
+	// Rate×window+Burst requests in any window, so Validate rejects values
+	// where that exceeds Budget. The defaults (ratelimit.DefaultRate) leave
 	// headroom, as wrangler does, for a dashboard or CLI sharing the token;
 	// lower Rate if other tools use the same token heavily.
 	Rate float64 `yaml:"rate"`
 	// Burst is the bucket size; see Rate.
 	Burst int `yaml:"burst"`
-	// Budget is the number of API requests the account may make per 5
-	// minutes: 1,200 unless Cloudflare raised it for the account. It only
-	// bounds Rate and Burst; kvsync never spends it all.
+	// Budget is the number of API requests the account may make per window:
+	// kvapi.AccountBudget unless Cloudflare raised it for the account.
+	// It only bounds Rate and Burst; kvsync never spends it all.
 	Budget int `yaml:"budget"`
 	// Concurrency is how many requests may be in flight at once, 1..64.
 	Concurrency int `yaml:"concurrency"`
-	// Timeout bounds one request; bulk requests can carry up to 100 MB.
+	// Timeout bounds one request, a bulk request of up to
+	// kvapi.MaxBulkRequestBytes included.
 	Timeout time.Duration `yaml:"timeout"`
 	// MaxRetries is how often a retryable failure (429, 5xx, network) is
 	// retried; 0 disables retries.
@@ -133,17 +137,18 @@ type Sync struct {
 	// BulkThreshold: files up to this size go through bulk writes; larger
 	// ones are written one request each. 0 disables bulk writes.
 	BulkThreshold int64 `yaml:"bulk_threshold"`
-	// BulkMaxBytes caps the body of one bulk request (the API allows 100 MB).
+	// BulkMaxBytes caps the body of one bulk request (the API allows
+	// kvapi.MaxBulkRequestBytes).
 	BulkMaxBytes int64 `yaml:"bulk_max_bytes"`
 }
 
 // ExpirationRule gives matching keys an expiration: exactly one of TTL
-// (relative to each write, at least 60 s) and At (an absolute instant).
+// (relative to each write) and At (an absolute instant).
 type ExpirationRule struct {
 	// Match is a doublestar glob over the path relative to the sync's Dir.
 	// It is empty in Sync.DefaultExpiration.
 	Match string `yaml:"match"`
-	// TTL is written in whole seconds, at least 60.
+	// TTL is written in whole seconds, at least kvapi.MinTTLSeconds.
 	TTL time.Duration `yaml:"ttl"`
 	// At is an RFC 3339 instant, whole seconds.
 	At time.Time `yaml:"at"`
@@ -169,9 +174,6 @@ const (
 	defaultLogFormat      = "text"
 	defaultMetricsListen  = "127.0.0.1:9464"
 	defaultBaseURL        = "https://api.cloudflare.com/client/v4"
-	defaultRate           = 1000.0 / 300
-	defaultBurst          = 100
-	defaultBudget         = 1200
 	defaultConcurrency    = 4
 	defaultTimeout        = 5 * time.Minute
 	defaultMaxRetries     = 5
@@ -182,6 +184,17 @@ const (
 	defaultRescanInterval = time.Hour
 	defaultBulkThreshold  = 1 << 20
 	defaultBulkMaxBytes   = 8 << 20
+)
+
+// The request budget's defaults: the rate and burst are ratelimit's, which
+// owns the headroom kvsync leaves of the account's budget; the budget is
+// the API's.
+var (
+	defaultRate, defaultBurst = func() (float64, int) {
+		r, b := ratelimit.DefaultRate()
+		return float64(r), b
+	}()
+	defaultBudget = kvapi.AccountBudget
 )
 
 // Default returns the defaults, with StateDir derived from the process's

@@ -38,8 +38,11 @@ func TestDefaults(t *testing.T) {
 	if c.LogLevel != "info" || c.LogFormat != "text" || c.MetricsListen != "127.0.0.1:9464" {
 		t.Errorf("top-level defaults: %+v", c)
 	}
-	if c.StateDir != DefaultStateDir(os.Getenv, os.Geteuid()) {
-		t.Errorf("StateDir = %q, want DefaultStateDir of the process environment", c.StateDir)
+	// systemd's $STATE_DIRECTORY wins for every user (its first entry);
+	// TestDefaultStateDir covers the other sources.
+	t.Setenv("STATE_DIRECTORY", "/var/lib/kvsync-test:/var/lib/other")
+	if got := Default().StateDir; got != "/var/lib/kvsync-test" {
+		t.Errorf("StateDir = %q, want /var/lib/kvsync-test from $STATE_DIRECTORY", got)
 	}
 	wantAPI := API{BaseURL: "https://api.cloudflare.com/client/v4", Rate: 1000.0 / 300, Burst: 100, Budget: 1200, Concurrency: 4, Timeout: 5 * time.Minute, MaxRetries: 5}
 	if c.API != wantAPI {
@@ -337,20 +340,65 @@ func TestValidationErrors(t *testing.T) {
 }
 
 func TestValidConfigs(t *testing.T) {
+	// sync is what a sync loads as: the defaults, plus what the case set.
+	sync := func(name, dir, ns, prefix string) Sync {
+		s := DefaultSync()
+		s.Name, s.Dir, s.NamespaceID, s.Prefix = name, dir, ns, prefix
+		return s
+	}
 	cases := []struct {
 		name string
 		data []byte
+		// check looks at what was loaded, beyond "no error".
+		check func(t *testing.T, c Config)
 	}{
-		{"minimal", y("api: {account_id: a}", "syncs: [{dir: /a, namespace_id: n}]")},
-		{"http loopback", y("api: {account_id: a, base_url: 'http://localhost:8787/client/v4'}", "syncs: [{dir: /a, namespace_id: n}]")},
-		{"http 127.x", y("api: {account_id: a, base_url: 'http://127.0.0.2/client/v4'}", "syncs: [{dir: /a, namespace_id: n}]")},
-		{"metrics off", y("metrics_listen: ''", "api: {account_id: a}", "syncs: [{dir: /a, namespace_id: n}]")},
-		{"metrics public", y("metrics_listen: '0.0.0.0:9464'", "api: {account_id: a}", "syncs: [{dir: /a, namespace_id: n}]")},
-		{"rate budget exactly 1200", y("api: {account_id: a, rate: 3, burst: 300}", "syncs: [{dir: /a, namespace_id: n}]")},
-		{"raised account budget", y("api: {account_id: a, rate: 100, burst: 100, budget: 30100}", "syncs: [{dir: /a, namespace_id: n}]")},
-		{"same namespace disjoint prefixes", y("api: {account_id: a}", "syncs:", "  - {dir: /a, namespace_id: n, prefix: a/}", "  - {dir: /b, namespace_id: n, prefix: b/}")},
-		{"same prefix other namespaces", y("api: {account_id: a}", "syncs:", "  - {dir: /a, name: a, namespace_id: n1}", "  - {dir: /a, name: b, namespace_id: n2}")},
-		{"nulls keep defaults", y("log_level:", "api: {account_id: a, rate: ~}", "syncs: [{dir: /a, namespace_id: n, quiet: null}]")},
+		{"minimal", y("api: {account_id: a}", "syncs: [{dir: /a, namespace_id: n}]"), func(t *testing.T, c Config) {
+			checkSyncs(t, c, sync("a", "/a", "n", ""))
+			if c.API.AccountID != "a" || c.API.BaseURL != "https://api.cloudflare.com/client/v4" {
+				t.Errorf("api = %+v", c.API)
+			}
+		}},
+		{"http loopback", y("api: {account_id: a, base_url: 'http://localhost:8787/client/v4'}", "syncs: [{dir: /a, namespace_id: n}]"), func(t *testing.T, c Config) {
+			if c.API.BaseURL != "http://localhost:8787/client/v4" {
+				t.Errorf("base_url = %q", c.API.BaseURL)
+			}
+		}},
+		{"http 127.x", y("api: {account_id: a, base_url: 'http://127.0.0.2/client/v4'}", "syncs: [{dir: /a, namespace_id: n}]"), func(t *testing.T, c Config) {
+			if c.API.BaseURL != "http://127.0.0.2/client/v4" {
+				t.Errorf("base_url = %q", c.API.BaseURL)
+			}
+		}},
+		{"metrics off", y("metrics_listen: ''", "api: {account_id: a}", "syncs: [{dir: /a, namespace_id: n}]"), func(t *testing.T, c Config) {
+			if c.MetricsListen != "" || c.MetricsEnabled() {
+				t.Errorf("metrics_listen = %q, enabled %v", c.MetricsListen, c.MetricsEnabled())
+			}
+		}},
+		{"metrics public", y("metrics_listen: '0.0.0.0:9464'", "api: {account_id: a}", "syncs: [{dir: /a, namespace_id: n}]"), func(t *testing.T, c Config) {
+			if c.MetricsListen != "0.0.0.0:9464" || !c.MetricsEnabled() {
+				t.Errorf("metrics_listen = %q, enabled %v", c.MetricsListen, c.MetricsEnabled())
+			}
+		}},
+		{"rate budget exactly 1200", y("api: {account_id: a, rate: 3, burst: 300}", "syncs: [{dir: /a, namespace_id: n}]"), func(t *testing.T, c Config) {
+			if c.API.Rate != 3 || c.API.Burst != 300 || c.API.Budget != 1200 {
+				t.Errorf("rate %v burst %d budget %d, want 3, 300, 1200", c.API.Rate, c.API.Burst, c.API.Budget)
+			}
+		}},
+		{"raised account budget", y("api: {account_id: a, rate: 100, burst: 100, budget: 30100}", "syncs: [{dir: /a, namespace_id: n}]"), func(t *testing.T, c Config) {
+			if c.API.Rate != 100 || c.API.Burst != 100 || c.API.Budget != 30100 {
+				t.Errorf("rate %v burst %d budget %d, want 100, 100, 30100", c.API.Rate, c.API.Burst, c.API.Budget)
+			}
+		}},
+		{"same namespace disjoint prefixes", y("api: {account_id: a}", "syncs:", "  - {dir: /a, namespace_id: n, prefix: a/}", "  - {dir: /b, namespace_id: n, prefix: b/}"), func(t *testing.T, c Config) {
+			checkSyncs(t, c, sync("a", "/a", "n", "a/"), sync("b", "/b", "n", "b/"))
+		}},
+		{"same prefix other namespaces", y("api: {account_id: a}", "syncs:", "  - {dir: /a, name: a, namespace_id: n1}", "  - {dir: /a, name: b, namespace_id: n2}"), func(t *testing.T, c Config) {
+			checkSyncs(t, c, sync("a", "/a", "n1", ""), sync("b", "/a", "n2", ""))
+		}},
+		{"nulls keep defaults", y("log_level:", "api: {account_id: a, rate: ~}", "syncs: [{dir: /a, namespace_id: n, quiet: null}]"), func(t *testing.T, c Config) {
+			if c.LogLevel != "info" || c.API.Rate != 1000.0/300 || c.Syncs[0].Quiet != time.Second {
+				t.Errorf("log_level %q rate %v quiet %v, want info, 1000/300, 1s", c.LogLevel, c.API.Rate, c.Syncs[0].Quiet)
+			}
+		}},
 		{"alias shared between syncs", y(
 			"api: {account_id: a}",
 			"syncs:",
@@ -363,7 +411,12 @@ func TestValidConfigs(t *testing.T) {
 			"    namespace_id: n",
 			"    prefix: b/",
 			"    expiration: *rules",
-		)},
+		), func(t *testing.T, c Config) {
+			a, b := sync("a", "/a", "n", "a/"), sync("b", "/b", "n", "b/")
+			rules := []ExpirationRule{{Match: "tmp/**", TTL: 7 * 24 * time.Hour}}
+			a.Expiration, b.Expiration = rules, rules
+			checkSyncs(t, c, a, b)
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -374,7 +427,21 @@ func TestValidConfigs(t *testing.T) {
 			if err := c.Validate(); err != nil {
 				t.Fatalf("second Validate: %v", err)
 			}
+			tc.check(t, c)
 		})
+	}
+}
+
+// checkSyncs compares the loaded syncs with want, field by field.
+func checkSyncs(t *testing.T, c Config, want ...Sync) {
+	t.Helper()
+	if len(c.Syncs) != len(want) {
+		t.Fatalf("%d syncs loaded, want %d: %+v", len(c.Syncs), len(want), c.Syncs)
+	}
+	for i := range want {
+		if !reflect.DeepEqual(c.Syncs[i], want[i]) {
+			t.Errorf("sync %d = %+v\nwant %+v", i, c.Syncs[i], want[i])
+		}
 	}
 }
 

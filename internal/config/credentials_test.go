@@ -187,8 +187,12 @@ func TestShadowedSourcesAreLogged(t *testing.T) {
 	var logs bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	env := map[string]string{EnvAPIToken: secretToken, EnvEmail: "a@b.c", EnvAPIKey: secretKey}
-	if _, err := ResolveCredentials(API{TokenFile: path}, envOf(env), logger); err != nil {
+	creds, err := ResolveCredentials(API{TokenFile: path}, envOf(env), logger)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if creds.Token != secretToken || creds.Email != "" || creds.APIKey != "" {
+		t.Errorf("loaded %v, want the token of $%s alone", creds, EnvAPIToken)
 	}
 	out := logs.String()
 	if !strings.Contains(out, "api.token_file is ignored") || !strings.Contains(out, "are ignored: an API token is used") {
@@ -199,10 +203,17 @@ func TestShadowedSourcesAreLogged(t *testing.T) {
 	}
 }
 
+// TestResolveCredentialsNilLogger: without a logger (so the warning about a
+// token file readable by others has nowhere to go) and without an
+// environment, the token file is still read.
 func TestResolveCredentialsNilLogger(t *testing.T) {
-	path := writeFile(t, filepath.Join(t.TempDir(), "token"), []byte(secretToken), 0o644)
-	if _, err := ResolveCredentials(API{TokenFile: path}, nil, nil); err != nil {
+	path := writeFile(t, filepath.Join(t.TempDir(), "token"), []byte(secretToken+"\n"), 0o644)
+	creds, err := ResolveCredentials(API{TokenFile: path}, nil, nil)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if creds.Token != secretToken || creds.Email != "" || creds.APIKey != "" || creds.source != "file "+path {
+		t.Errorf("loaded %v (token matches: %v), want the token of file %s", creds, creds.Token == secretToken, path)
 	}
 }
 

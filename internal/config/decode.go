@@ -114,6 +114,14 @@ func syntaxError(name string, err error) error {
 
 // decoder walks a yaml.Node tree into the Config types by their yaml tags,
 // rejecting unknown and repeated keys and recording each key's line.
+//
+// It is hand-written, rather than yaml.v3's Decode with KnownFields, because
+// it is what lets a config error name the file, the line and the field's
+// path (syncs[1].expiration[0].ttl), list the field names valid where an
+// unknown one was found, report every problem of the file at once instead
+// of the first, and tell Validate which values the file set (a default is
+// not "set on line N"). yaml.v3 reports unknown fields one at a time,
+// without the valid names, and values not at all by line.
 type decoder struct {
 	file string
 	src  *sources
@@ -418,62 +426,4 @@ func formatDuration(d time.Duration) string {
 		return strconv.FormatInt(int64(d/day), 10) + "d"
 	}
 	return d.String()
-}
-
-var sizeRe = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$`)
-
-var sizeUnits = map[string]float64{
-	"":    1,
-	"b":   1,
-	"kb":  1e3,
-	"mb":  1e6,
-	"gb":  1e9,
-	"kib": 1 << 10,
-	"mib": 1 << 20,
-	"gib": 1 << 30,
-}
-
-// ParseSize reads a byte count: a plain number of bytes, or a number with a
-// unit, decimal (kB, MB, GB) or binary (KiB, MiB, GiB), case-insensitive.
-// The result must be a whole number of bytes.
-func ParseSize(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	if strings.HasPrefix(s, "-") {
-		if _, err := ParseSize(s[1:]); err == nil {
-			return 0, fmt.Errorf("%s is negative", s)
-		}
-	}
-	m := sizeRe.FindStringSubmatch(s)
-	if m == nil {
-		return 0, fmt.Errorf("%q is not a size such as 1048576, 512KiB or 1MiB", s)
-	}
-	unit, ok := sizeUnits[strings.ToLower(m[2])]
-	if !ok {
-		return 0, fmt.Errorf("%q: unknown unit %q; use B, kB, MB, GB, KiB, MiB or GiB", s, m[2])
-	}
-	n, err := strconv.ParseFloat(m[1], 64)
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a size such as 1048576, 512KiB or 1MiB", s)
-	}
-	bytes := n * unit
-	if bytes >= math.MaxInt64/2 {
-		return 0, fmt.Errorf("%s is too large", s)
-	}
-	if bytes != math.Trunc(bytes) {
-		return 0, fmt.Errorf("%s is not a whole number of bytes", s)
-	}
-	return int64(bytes), nil
-}
-
-// formatSize prints sizes with the largest binary unit that divides them.
-func formatSize(n int64) string {
-	switch {
-	case n != 0 && n%(1<<30) == 0:
-		return fmt.Sprintf("%dGiB", n>>30)
-	case n != 0 && n%(1<<20) == 0:
-		return fmt.Sprintf("%dMiB", n>>20)
-	case n != 0 && n%(1<<10) == 0:
-		return fmt.Sprintf("%dKiB", n>>10)
-	}
-	return fmt.Sprintf("%d bytes", n)
 }

@@ -17,14 +17,15 @@ import (
 
 // Limits Validate enforces.
 const (
-	// The account's budget (api.budget) is counted per rateWindow seconds.
-	rateWindowSeconds = 300
+	// The account's budget (api.budget) is counted per rateWindowSeconds.
+	rateWindowSeconds = float64(kvapi.BudgetWindow / time.Second)
 	maxConcurrency    = 64
 	// maxIDLength is the schema's maxLength for account and namespace ids.
 	maxIDLength = 32
 	minTTL      = kvapi.MinTTLSeconds * time.Second
 	// maxBulkValueBytes is the largest file whose base64 form fits the bulk
-	// API's 25 MiB value limit: binary values travel base64-encoded there.
+	// API's value limit (kvapi.MaxValueBytes): binary values travel
+	// base64-encoded there.
 	maxBulkValueBytes = kvapi.MaxValueBytes / 4 * 3
 )
 
@@ -138,8 +139,8 @@ func (v *validator) api(a *API) {
 				where = "api.burst"
 			}
 			v.failAt(where, "api.rate, api.burst", ErrConflict,
-				"rate×300 + burst = %s + %d = %s requests per 5 minutes, over the account's budget of %d per 5 minutes (api.budget; Cloudflare's is 1,200 unless raised for the account, and going over blocks the token for 5 minutes); lower rate or burst",
-				strconv.FormatFloat(a.Rate*rateWindowSeconds, 'f', -1, 64), a.Burst, strconv.FormatFloat(window, 'f', -1, 64), a.Budget)
+				"rate×300 + burst = %s + %d = %s requests per 5 minutes, over the account's budget of %d per 5 minutes (api.budget; Cloudflare's is %d unless raised for the account, and going over blocks the token for 5 minutes); lower rate or burst",
+				strconv.FormatFloat(a.Rate*rateWindowSeconds, 'f', -1, 64), a.Burst, strconv.FormatFloat(window, 'f', -1, 64), a.Budget, kvapi.AccountBudget)
 		}
 	}
 	if a.Concurrency < 1 || a.Concurrency > maxConcurrency {
@@ -239,15 +240,15 @@ func (v *validator) sync(p string, s *Sync) {
 	case s.BulkThreshold < 0:
 		v.fail(p+".bulk_threshold", ErrInvalid, "%d is negative; 0 disables bulk writes", s.BulkThreshold)
 	case s.BulkThreshold > maxBulkValueBytes:
-		v.fail(p+".bulk_threshold", ErrInvalid, "%s is over %s: binary values travel base64-encoded in bulk requests, which must stay within the API's 25 MiB per value", formatSize(s.BulkThreshold), formatSize(maxBulkValueBytes))
+		v.fail(p+".bulk_threshold", ErrInvalid, "%s is over %s: binary values travel base64-encoded in bulk requests, which must stay within the API's %d MiB per value", FormatSize(s.BulkThreshold), FormatSize(maxBulkValueBytes), kvapi.MaxValueBytes>>20)
 	case s.BulkMaxBytes > 0 && s.BulkThreshold > s.BulkMaxBytes:
-		v.fail(p+".bulk_threshold", ErrConflict, "%s is larger than bulk_max_bytes (%s)", formatSize(s.BulkThreshold), formatSize(s.BulkMaxBytes))
+		v.fail(p+".bulk_threshold", ErrConflict, "%s is larger than bulk_max_bytes (%s)", FormatSize(s.BulkThreshold), FormatSize(s.BulkMaxBytes))
 	}
 	switch {
 	case s.BulkMaxBytes <= 0:
 		v.fail(p+".bulk_max_bytes", ErrInvalid, "%d: must be above 0", s.BulkMaxBytes)
 	case s.BulkMaxBytes > kvapi.MaxBulkRequestBytes:
-		v.fail(p+".bulk_max_bytes", ErrInvalid, "%s is over the API's 100 MB (100000000 bytes) per bulk request", formatSize(s.BulkMaxBytes))
+		v.fail(p+".bulk_max_bytes", ErrInvalid, "%s is over the API's %d MB (%d bytes) per bulk request", FormatSize(s.BulkMaxBytes), kvapi.MaxBulkRequestBytes/1_000_000, kvapi.MaxBulkRequestBytes)
 	}
 }
 
@@ -285,7 +286,7 @@ func (v *validator) ttl(path string, d time.Duration) {
 	case d < 0:
 		v.fail(path, ErrInvalid, "%s is negative", formatDuration(d))
 	case d < minTTL:
-		v.fail(path, ErrInvalid, "%s is under the 60 s minimum", formatDuration(d))
+		v.fail(path, ErrInvalid, "%s is under the %d s minimum", formatDuration(d), kvapi.MinTTLSeconds)
 	case d%time.Second != 0:
 		v.fail(path, ErrInvalid, "%s is not a whole number of seconds (KV expirations are in seconds)", formatDuration(d))
 	}

@@ -6,33 +6,52 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
 
-// Sentinel causes of a ValidationError; match them with errors.Is.
+// Sentinel causes of a ValidationError; match them with errors.Is. Their
+// texts are derived from the limits in kvapi.go, which own the numbers.
 var (
 	ErrKeyEmpty          = errors.New("key is empty")
-	ErrKeyTooLong        = errors.New("key is longer than 512 bytes")
+	ErrKeyTooLong        = fmt.Errorf("key is longer than %d bytes", MaxKeyBytes)
 	ErrKeyReserved       = errors.New(`key may not be "." or ".."`)
-	ErrValueTooLarge     = errors.New("value is larger than 25 MiB")
+	ErrValueTooLarge     = fmt.Errorf("value is larger than %s", mebibytes(MaxValueBytes))
 	ErrMetadataNotObject = errors.New("metadata is not a JSON object")
-	ErrMetadataTooLarge  = errors.New("metadata is larger than 1024 bytes")
-	ErrTTLTooShort       = errors.New("expiration_ttl is under 60 seconds")
-	ErrExpirationTooSoon = errors.New("expiration is less than 60 seconds ahead")
-	ErrBulkTooLarge      = errors.New("bulk request exceeds 10,000 pairs or 100 MB")
+	ErrMetadataTooLarge  = fmt.Errorf("metadata is larger than %d bytes", MaxMetadataBytes)
+	ErrTTLTooShort       = fmt.Errorf("expiration_ttl is under %d seconds", MinTTLSeconds)
+	ErrExpirationTooSoon = fmt.Errorf("expiration is less than %d seconds ahead", MinExpirationAheadSeconds)
+	ErrBulkTooLarge      = fmt.Errorf("bulk request exceeds %s pairs or %s",
+		thousands(MaxBulkPairs), megabytes(MaxBulkRequestBytes))
 	// ErrKeyInvalidUTF8: the API's keys are strings; an invalid byte would be
 	// replaced on the way, so two different names could land on one key.
 	ErrKeyInvalidUTF8 = errors.New("key is not valid UTF-8")
 	// ErrNamespaceEmpty: a request without a namespace id would address the
 	// namespace collection instead.
 	ErrNamespaceEmpty = errors.New("namespace id is empty")
-	ErrListLimit      = errors.New("list limit is outside 10..1000")
+	ErrListLimit      = fmt.Errorf("list limit is outside %d..%d", MinListLimit, MaxListLimit)
 	ErrValueInvalid   = errors.New("value is missing or has a negative size")
 	// ErrValueSizeMismatch is the cause of a ValueError whose reader yielded
 	// fewer or more bytes than the Value's Size.
 	ErrValueSizeMismatch = errors.New("value yielded a different number of bytes than its size")
 )
+
+// mebibytes, megabytes and thousands write a limit the way Cloudflare's
+// documentation states it (in MiB, in MB, with a thousands separator), so a
+// message can be matched against the docs. They are exact only for the round limits they
+// are used on; a limit that stops being round shows up in the tests.
+func mebibytes(n int64) string { return fmt.Sprintf("%d MiB", n>>20) }
+
+func megabytes(n int64) string { return fmt.Sprintf("%d MB", n/1_000_000) }
+
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
 
 // ValidationError is a request refused locally, before anything was sent.
 // It is permanent: sending it again cannot succeed.

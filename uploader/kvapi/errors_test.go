@@ -345,3 +345,30 @@ func TestCertificateVerificationIsPermanent(t *testing.T) {
 		}
 	})
 }
+
+// TestSentinelTexts pins the messages derived from the limits to the way
+// Cloudflare's documentation states those limits: a limit whose constant
+// changes, or stops being round, changes a message and fails here.
+func TestSentinelTexts(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{ErrKeyTooLong, "key is longer than 512 bytes"},
+		{ErrValueTooLarge, "value is larger than 25 MiB"},
+		{ErrMetadataTooLarge, "metadata is larger than 1024 bytes"},
+		{ErrTTLTooShort, "expiration_ttl is under 60 seconds"},
+		{ErrExpirationTooSoon, "expiration is less than 60 seconds ahead"},
+		{ErrBulkTooLarge, "bulk request exceeds 10,000 pairs or 100 MB"},
+		{ErrListLimit, "list limit is outside 10..1000"},
+	} {
+		if got := tc.err.Error(); got != tc.want {
+			t.Errorf("%q, want %q", got, tc.want)
+		}
+	}
+	for n, want := range map[int]string{0: "0", 999: "999", 1000: "1,000", 10000: "10,000", 1234567: "1,234,567"} {
+		if got := thousands(n); got != want {
+			t.Errorf("thousands(%d) = %q, want %q", n, got, want)
+		}
+	}
+}

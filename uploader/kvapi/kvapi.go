@@ -2,12 +2,25 @@
 // the API, not what the files mean: streamed multipart writes, bulk writes and
 // deletes, key listing, reads, and typed errors. It neither retries nor rate
 // limits; package ratelimit wraps it for that.
+//
+// A request goes through the files in this order:
+//
+//   - kvapi.go: the KV interface, its types and the API's limits.
+//   - validate.go, errors.go: the local checks, and every error type.
+//   - ops.go: the operations of Client, one method per endpoint.
+//   - putbody.go, bulkbody.go: the streamed bodies of a single write
+//     (multipart) and of a bulk write (a JSON array), and their lengths.
+//   - request.go: URLs, headers and the round trip.
+//   - reply.go: reading and classifying replies (envelope, errors, Retry-After).
+//   - client.go: Options, New, authentication and the HTTP client.
+//   - value.go: the Values a single write streams from.
 package kvapi
 
 import (
 	"context"
 	"encoding/json"
 	"io"
+	"time"
 )
 
 // Limits of the KV API, enforced locally before any request is sent.
@@ -16,12 +29,24 @@ const (
 	MaxValueBytes    = 25 << 20
 	MaxMetadataBytes = 1024
 	MinTTLSeconds    = 60
-	// MinExpirationAhead is how far in the future an absolute expiration must be.
+	// MinExpirationAheadSeconds is how far in the future an absolute expiration must be.
 	MinExpirationAheadSeconds = 60
 	MaxBulkPairs              = 10000
 	// MaxBulkRequestBytes is the bulk body limit ("100 megabytes or less").
 	MaxBulkRequestBytes = 100_000_000
-	MaxListLimit        = 1000
+	// MinListLimit and MaxListLimit bound ListOptions.Limit.
+	MinListLimit = 10
+	MaxListLimit = 1000
+)
+
+// Cloudflare's API budget: AccountBudget requests per BudgetWindow per token,
+// counted across every user of the token (dashboard, other tools); going
+// over blocks every call for a BudgetWindow. An account may have a raised
+// budget (config's api.budget); this is the one every account starts with.
+// The client does not enforce it; package ratelimit does.
+const (
+	AccountBudget = 1200
+	BudgetWindow  = 5 * time.Minute
 )
 
 // Op names an API operation. The values are bounded metric labels.
@@ -103,7 +128,8 @@ type BulkResult struct {
 type ListOptions struct {
 	Prefix string
 	Cursor string
-	// Limit is 10 to 1000; 0 means the API default (1000).
+	// Limit is MinListLimit to MaxListLimit; 0 means the API default
+	// (MaxListLimit).
 	Limit int
 }
 

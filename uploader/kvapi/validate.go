@@ -62,7 +62,7 @@ func ValidateMetadata(m json.RawMessage) (json.RawMessage, error) {
 // epoch, 0 for none) and a ttl (seconds, 0 for none) at time now. A ttl, when
 // set, must be at least MinTTLSeconds and wins: exp is then not sent and not
 // checked. Otherwise exp must be at least MinExpirationAheadSeconds ahead of
-// now; the server refuses both kinds of expiry under 60 s.
+// now: the server refuses a nearer expiry of either kind.
 func ValidateExpiration(exp, ttl int64, now time.Time) error {
 	if ttl != 0 {
 		if ttl < MinTTLSeconds {
@@ -85,4 +85,11 @@ func withKey(err error, key string) error {
 		ve.Key = key
 	}
 	return err
+}
+
+func checkNamespace(ns, key string) error {
+	if ns == "" {
+		return &ValidationError{Field: "namespace", Key: key, Err: ErrNamespaceEmpty}
+	}
+	return nil
 }

@@ -1,169 +1,14 @@
 package kvapi
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
 	"io"
-	"mime/multipart"
-	"net/textproto"
 	"strconv"
-	"sync"
+	"time"
+	"unicode/utf8"
 )
-
-// bodyFault remembers the first error a request body produced, across every
-// body GetBody made for the request, so that a failed round trip can be told
-// apart from a network failure. The transport reads bodies on its own
-// goroutine, hence the lock.
-type bodyFault struct {
-	mu  sync.Mutex
-	err error
-}
-
-func (f *bodyFault) set(err error) error {
-	f.mu.Lock()
-	if f.err == nil {
-		f.err = err
-	}
-	f.mu.Unlock()
-	return err
-}
-
-func (f *bodyFault) get() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.err
-}
-
-// multipartFrame is the multipart/form-data envelope around a streamed value:
-// the optional metadata part first, then the value part's header (head), the
-// value bytes, and the closing boundary (tail). Putting the value last means
-// only it has to be streamed, and the closing boundary, without which the
-// server cannot accept the form, is written only after the value proved to
-// have exactly the announced size.
-type multipartFrame struct {
-	contentType string
-	head, tail  []byte
-}
-
-func newMultipartFrame(metadata []byte) (multipartFrame, error) {
-	var buf bytes.Buffer
-	w := multipart.NewWriter(&buf)
-	if metadata != nil {
-		h := make(textproto.MIMEHeader)
-		h.Set("Content-Disposition", `form-data; name="metadata"`)
-		h.Set("Content-Type", "application/json")
-		pw, err := w.CreatePart(h)
-		if err != nil {
-			return multipartFrame{}, err
-		}
-		if _, err := pw.Write(metadata); err != nil {
-			return multipartFrame{}, err
-		}
-	}
-	// A plain form field, no filename, as `curl -F value=...` and wrangler send.
-	if _, err := w.CreateFormField("value"); err != nil {
-		return multipartFrame{}, err
-	}
-	headLen := buf.Len()
-	if err := w.Close(); err != nil {
-		return multipartFrame{}, err
-	}
-	all := buf.Bytes()
-	return multipartFrame{
-		contentType: w.FormDataContentType(),
-		head:        all[:headLen:headLen],
-		tail:        all[headLen:],
-	}, nil
-}
-
-func (f multipartFrame) length(valueSize int64) int64 {
-	return int64(len(f.head)) + valueSize + int64(len(f.tail))
-}
-
-// putBody streams head, exactly size bytes of the value, then tail. A value
-// reader that ends early or has bytes left over fails the body before the
-// tail, so the request is cut off instead of carrying a corrupt value.
-//
-// The transport may Close a body from another goroutine while it is being
-// read, so Read never touches value's lifetime and Close runs once.
-type putBody struct {
-	head, tail []byte
-	value      io.ReadCloser
-	valueDone  bool
-	remain     int64
-	fault      *bodyFault
-	err        error
-	closeOnce  sync.Once
-	closeErr   error
-}
-
-func (b *putBody) Read(p []byte) (int, error) {
-	if b.err != nil {
-		return 0, b.err
-	}
-	if len(b.head) > 0 {
-		n := copy(p, b.head)
-		b.head = b.head[n:]
-		return n, nil
-	}
-	if !b.valueDone {
-		if b.remain == 0 {
-			if err := b.checkExhausted(); err != nil {
-				return 0, b.fail(err)
-			}
-			b.valueDone = true
-		} else {
-			if int64(len(p)) > b.remain {
-				p = p[:b.remain]
-			}
-			n, err := b.value.Read(p)
-			b.remain -= int64(n)
-			switch {
-			case err == io.EOF && b.remain > 0:
-				return n, b.fail(fmt.Errorf("%w: ended %d bytes early", ErrValueSizeMismatch, b.remain))
-			case err != nil && err != io.EOF:
-				return n, b.fail(err)
-			}
-			return n, nil
-		}
-	}
-	if len(b.tail) > 0 {
-		n := copy(p, b.tail)
-		b.tail = b.tail[n:]
-		return n, nil
-	}
-	return 0, io.EOF
-}
-
-// checkExhausted makes sure the value reader has nothing beyond its size.
-func (b *putBody) checkExhausted() error {
-	var one [1]byte
-	for range 100 {
-		n, err := b.value.Read(one[:])
-		if n > 0 {
-			return fmt.Errorf("%w: more bytes than its size", ErrValueSizeMismatch)
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return io.ErrNoProgress
-}
-
-func (b *putBody) fail(err error) error {
-	b.err = b.fault.set(err)
-	return err
-}
-
-func (b *putBody) Close() error {
-	b.closeOnce.Do(func() { b.closeErr = b.value.Close() })
-	return b.closeErr
-}
 
 // bulkItem is one pair of a bulk write, framed: head is `[{"key":…,"value":"`
 // (or starting with a comma), tail closes the value string and carries the
@@ -173,13 +18,6 @@ type bulkItem struct {
 	head, tail []byte
 	value      []byte
 	b64        bool
-}
-
-func (it *bulkItem) encodedValueLen() int64 {
-	if it.b64 {
-		return int64(base64.StdEncoding.EncodedLen(len(it.value)))
-	}
-	return jsonEscapedLen(it.value)
 }
 
 // bulkChunk is how much encoded value a bulkBody produces at a time; a
@@ -369,43 +207,142 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// newBulkItem frames one validated pair; first says whether it opens the array.
-func newBulkItem(key string, value, metadata []byte, exp, ttl int64, b64, first bool) bulkItem {
-	head := make([]byte, 0, len(key)+24)
+// The JSON around one pair of a bulk body, written by newBulkItem and
+// counted by bulkPairLen.
+const (
+	bulkKeyField    = `{"key":`
+	bulkValueField  = `,"value":"`
+	bulkBase64Field = `,"base64":true`
+	bulkTTLField    = `,"expiration_ttl":`
+	bulkExpField    = `,"expiration":`
+	bulkMetaField   = `,"metadata":`
+)
+
+// bulkBase64 decides how a value travels in a bulk body: a value that is not
+// valid UTF-8 cannot be a JSON string, so it goes base64-encoded.
+func bulkBase64(value []byte) bool { return !utf8.Valid(value) }
+
+// encodeBulk validates every pair at time now and frames it, and returns the
+// exact length of the body the items make (what BulkPairLen adds up).
+func encodeBulk(pairs []BulkPair, now time.Time) ([]bulkItem, int64, error) {
+	items := make([]bulkItem, len(pairs))
+	size := int64(1) // the closing ']'
+	for i, p := range pairs {
+		if err := ValidateKey(p.Key); err != nil {
+			return nil, 0, err
+		}
+		if len(p.Value) > MaxValueBytes {
+			return nil, 0, &ValidationError{Field: "value", Key: p.Key, Err: fmt.Errorf("%w: %d bytes", ErrValueTooLarge, len(p.Value))}
+		}
+		meta, err := ValidateMetadata(p.Metadata)
+		if err != nil {
+			return nil, 0, withKey(err, p.Key)
+		}
+		if err := ValidateExpiration(p.Expiration, p.ExpirationTTL, now); err != nil {
+			return nil, 0, withKey(err, p.Key)
+		}
+		p.Metadata = meta
+		items[i] = newBulkItem(p, i == 0)
+		size += bulkPairLen(p, items[i].b64, int64(len(meta)))
+	}
+	return items, size, nil
+}
+
+// newBulkItem frames one validated pair, whose metadata is compacted; first
+// says whether it opens the array.
+func newBulkItem(p BulkPair, first bool) bulkItem {
+	b64 := bulkBase64(p.Value)
+	head := make([]byte, 0, len(p.Key)+24)
 	if first {
 		head = append(head, '[')
 	} else {
 		head = append(head, ',')
 	}
-	head = append(head, `{"key":`...)
-	head = appendJSONString(head, key)
-	head = append(head, `,"value":"`...)
+	head = append(head, bulkKeyField...)
+	head = appendJSONString(head, p.Key)
+	head = append(head, bulkValueField...)
 
-	tail := make([]byte, 0, len(metadata)+64)
+	tail := make([]byte, 0, len(p.Metadata)+64)
 	tail = append(tail, '"')
 	if b64 {
-		tail = append(tail, `,"base64":true`...)
+		tail = append(tail, bulkBase64Field...)
 	}
 	switch {
-	case ttl > 0:
-		tail = append(tail, `,"expiration_ttl":`...)
-		tail = strconv.AppendInt(tail, ttl, 10)
-	case exp > 0:
-		tail = append(tail, `,"expiration":`...)
-		tail = strconv.AppendInt(tail, exp, 10)
+	case p.ExpirationTTL > 0:
+		tail = append(tail, bulkTTLField...)
+		tail = strconv.AppendInt(tail, p.ExpirationTTL, 10)
+	case p.Expiration > 0:
+		tail = append(tail, bulkExpField...)
+		tail = strconv.AppendInt(tail, p.Expiration, 10)
 	}
-	if metadata != nil {
-		tail = append(tail, `,"metadata":`...)
-		tail = append(tail, metadata...)
+	if p.Metadata != nil {
+		tail = append(tail, bulkMetaField...)
+		tail = append(tail, p.Metadata...)
 	}
 	tail = append(tail, '}')
-	return bulkItem{head: head, tail: tail, value: value, b64: b64}
+	return bulkItem{head: head, tail: tail, value: p.Value, b64: b64}
 }
 
-func bulkLength(items []bulkItem) int64 {
-	n := int64(1) // the closing ']'
-	for i := range items {
-		n += int64(len(items[i].head)) + items[i].encodedValueLen() + int64(len(items[i].tail))
+// BulkPairLen is exactly the number of bytes BulkPut's request body spends on
+// p, for a pair BulkPut accepts: a separator ('[' before the first pair, ','
+// before the others), the key and value as JSON strings (the value
+// base64-encoded when it is not valid UTF-8, see BulkPair), the expiration
+// and the metadata as BulkPut sends it, compacted. A body is one byte (its
+// closing ']') longer than the sum of its pairs' BulkPairLen, and BulkPut
+// refuses a body longer than MaxBulkRequestBytes.
+//
+// It reads every byte of the value: whether it is valid UTF-8 decides its
+// encoding, and each byte that needs escaping lengthens it.
+func BulkPairLen(p BulkPair) int64 {
+	return bulkPairLen(p, bulkBase64(p.Value), compactedLen(p.Metadata))
+}
+
+// bulkPairLen is BulkPairLen for a value whose encoding is already decided
+// and metadata whose compacted length is known; it mirrors newBulkItem.
+func bulkPairLen(p BulkPair, b64 bool, metaLen int64) int64 {
+	n := int64(1 + len(bulkKeyField) + 2 + len(bulkValueField) + 1 + 1) // separator, key quotes, value's closing quote, '}'
+	n += jsonEscapedLen([]byte(p.Key))
+	if b64 {
+		n += int64(base64.StdEncoding.EncodedLen(len(p.Value)) + len(bulkBase64Field))
+	} else {
+		n += jsonEscapedLen(p.Value)
+	}
+	var digits [20]byte
+	switch {
+	case p.ExpirationTTL > 0:
+		n += int64(len(bulkTTLField) + len(strconv.AppendInt(digits[:0], p.ExpirationTTL, 10)))
+	case p.Expiration > 0:
+		n += int64(len(bulkExpField) + len(strconv.AppendInt(digits[:0], p.Expiration, 10)))
+	}
+	if metaLen > 0 {
+		n += int64(len(bulkMetaField)) + metaLen
+	}
+	return n
+}
+
+// compactedLen is the length of the JSON text m once json.Compact dropped
+// its insignificant whitespace (what ValidateMetadata returns), or 0 for an
+// empty m, which BulkPut sends as no metadata at all.
+func compactedLen(m []byte) int64 {
+	var n int64
+	inString, escaped := false, false
+	for _, c := range m {
+		switch {
+		case inString:
+			n++
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+		default:
+			n++
+			inString = c == '"'
+		}
 	}
 	return n
 }
