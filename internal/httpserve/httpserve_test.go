@@ -404,15 +404,17 @@ func TestSilentConnsClosedAtCapAfterGrace(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	ts := startServerClock(t, Options{Handler: okHandler(), MaxConns: capConns}, clock.now)
 	var silent []*rawConn
-	for range capConns {
+	for i := range capConns {
 		silent = append(silent, dial(t, ts.addr))
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for ts.ll.stats().Held < capConns {
-		if time.Now().After(deadline) {
-			t.Fatal("the silent connections were not accepted")
+		deadline := time.Now().Add(10 * time.Second)
+		for ts.ll.stats().Held < i+1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("silent connection %d was not accepted", i)
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
-		time.Sleep(5 * time.Millisecond)
+		// Each one a little older than the next, so "oldest" is defined.
+		clock.advance(time.Millisecond)
 	}
 	clock.advance(newConnGrace)
 	client := &http.Client{Timeout: 10 * time.Second}
