@@ -191,6 +191,33 @@ func TestRequestTimeout(t *testing.T) {
 	}
 }
 
+func TestRequestTimeoutCutsAReaderThatStalls(t *testing.T) {
+	writeErr := make(chan error, 1)
+	ts := startServer(t, Options{
+		RequestTimeout: 200 * time.Millisecond,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			chunk := make([]byte, 64<<10)
+			for range 4096 { // 256 MiB, far more than the socket buffers hold
+				if _, err := w.Write(chunk); err != nil {
+					writeErr <- err
+					return
+				}
+			}
+			writeErr <- nil
+		}),
+	})
+	c := dial(t, ts.addr)
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") // and never read the answer
+	select {
+	case err := <-writeErr:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("writing to a client that reads nothing ended with %v, want the deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("still writing to a client that reads nothing after 10s with RequestTimeout 200ms")
+	}
+}
+
 func TestExtendDeadline(t *testing.T) {
 	readErr := make(chan error, 1)
 	ts := startServer(t, Options{
