@@ -30,6 +30,10 @@
 //     result null. (The schema types that result as a non-nullable object;
 //     kvapi.KV.GetMetadata documents "JSON null when it has none".)
 //   - DELETE of a missing key succeeds, as on the Workers binding.
+//   - Credentials are checked before anything else: a request without valid
+//     ones gets its 400 or 403 at once, is never charged to Faults.Budget
+//     and meets no injected fault (the budget is the account's, which such
+//     a request never reaches). Only HealthPath needs no credentials.
 //   - Missing credentials answer 400 code 9106 "Missing X-Auth-Key,
 //     X-Auth-Email or Authorization headers" (observed, cloudflare-python#2678);
 //     a malformed Authorization or half of the email/key pair answers 400 code
