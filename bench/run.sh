@@ -111,7 +111,7 @@ start_emulator() {
 	local name=$1
 	shift
 	local out=$RUN/emulator-$name.out
-	"${BENCH_EMULATOR:-$BIN/kvsync}" emulator --listen 127.0.0.1:0 --token "$TOKEN" "$@" >"$out" 2>"$RUN/emulator-$name.log" &
+	KVSYNC_EMULATOR_TOKEN=$TOKEN "${BENCH_EMULATOR:-$BIN/kvsync}" emulator --listen 127.0.0.1:0 "$@" >"$out" 2>"$RUN/emulator-$name.log" &
 	PIDS+=($!)
 	local i
 	for ((i = 0; i < 200; i++)); do
@@ -231,7 +231,7 @@ measure() {
 	local label=$1 tool=$2 t=$3 ns=$4
 	shift 5
 	local pre=$RUN/$label.stats-before m=$RUN/$label.measure
-	"$BT" stats --url "$EMU_STATS" --save "$pre" >/dev/null
+	KVSYNC_EMULATOR_TOKEN=$TOKEN "$BT" stats --url "$EMU_STATS" --save "$pre" >/dev/null
 	log "$label: $*"
 	local rc=0
 	"$BT" measure --out "$m" -- "$@" >"$RUN/$label.out" 2>"$RUN/$label.err" || rc=$?
@@ -240,7 +240,7 @@ measure() {
 		fail "$label: exit status $rc (see $RUN/$label.err)"
 	fi
 	local st
-	st=$("$BT" stats --url "$EMU_STATS" --account "$ACCOUNT" --namespace "$ns" --before "$pre")
+	st=$(KVSYNC_EMULATOR_TOKEN=$TOKEN "$BT" stats --url "$EMU_STATS" --account "$ACCOUNT" --namespace "$ns" --before "$pre")
 	local wall rss
 	wall=$(field WALL_S "$(cat "$m")")
 	rss=$(field RSS_KIB "$(cat "$m")")

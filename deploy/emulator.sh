@@ -6,7 +6,8 @@
 start_emulator() {
 	local bin=$1 token=$2 dir=$3
 	: >"$dir/emulator.out" # exists before the background child opens it
-	"$bin" emulator --listen 127.0.0.1:0 --token "$token" >"$dir/emulator.out" 2>"$dir/emulator.err" &
+	# The token goes in the environment, where ps does not show it.
+	KVSYNC_EMULATOR_TOKEN=$token "$bin" emulator --listen 127.0.0.1:0 >"$dir/emulator.out" 2>"$dir/emulator.err" &
 	emu_pid=$!
 	base=
 	for _ in $(seq 1 100); do

@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,14 +10,33 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kvsync/kvsync/internal/httpserve"
 )
 
 // DefaultAddr is loopback so that metrics are not exposed beyond the host
 // unless an operator asks for it.
 const DefaultAddr = "127.0.0.1:9464"
 
-// shutdownTimeout bounds how long Serve waits for in-flight scrapes.
-const shutdownTimeout = 5 * time.Second
+// Limits of the metrics server. A scrape or a probe is one small GET with no
+// body, answered in well under a second, by one or two clients at a time, so
+// every limit is tight: whoever can reach the port (in the Kubernetes example,
+// possibly any pod) cannot hold descriptors the uploader and the watcher need.
+const (
+	// shutdownTimeout bounds how long Serve waits for in-flight scrapes.
+	shutdownTimeout = 5 * time.Second
+	// DefaultMaxConns caps the connections held open; idle ones are closed
+	// to admit a new scraper once it is reached.
+	DefaultMaxConns   = 16
+	readHeaderTimeout = 5 * time.Second
+	// idleTimeout keeps a scraper's connection across the usual 15-60 s
+	// scrape interval; past that a reconnect costs one handshake, while a
+	// held idle connection costs a descriptor.
+	idleTimeout = 60 * time.Second
+	// requestTimeout bounds gathering and writing one response.
+	requestTimeout = 30 * time.Second
+	maxHeaderBytes = 8 << 10
+)
 
 // ServerOptions configure the metrics and health endpoints.
 type ServerOptions struct {
@@ -30,6 +48,9 @@ type ServerOptions struct {
 	Ready func() bool
 	// Logger receives scrape and server errors; nil discards.
 	Logger *slog.Logger
+	// MaxConns caps the connections held open; 0 means DefaultMaxConns. It
+	// is lowered further when the file descriptor limit is low.
+	MaxConns int
 }
 
 func (o ServerOptions) logger() *slog.Logger {
@@ -81,27 +102,25 @@ func Serve(ctx context.Context, o ServerOptions, ready func(net.Addr)) error {
 	if err != nil {
 		return fmt.Errorf("metrics: listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{
-		Handler:           NewHandler(o),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(o.logger().Handler(), slog.LevelWarn),
-	}
 	if ready != nil {
 		ready(ln.Addr())
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("metrics: serve on %s: %w", ln.Addr(), err)
-	case <-ctx.Done():
+	maxConns := o.MaxConns
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConns
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("metrics: shutdown of %s: %w", ln.Addr(), err)
-	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+	err = httpserve.Serve(ctx, ln, httpserve.Options{
+		Handler:           NewHandler(o),
+		MaxConns:          maxConns,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		RequestTimeout:    requestTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		MaxBodyBytes:      0, // no endpoint takes a body
+		ShutdownGrace:     shutdownTimeout,
+		ErrorLog:          slog.NewLogLogger(o.logger().Handler(), slog.LevelWarn),
+	})
+	if err != nil {
 		return fmt.Errorf("metrics: serve on %s: %w", ln.Addr(), err)
 	}
 	return nil

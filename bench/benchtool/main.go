@@ -14,6 +14,7 @@
 //	filelist --dir D --out FILE.tsv
 //	measure  --out FILE -- command [args...]
 //	stats    --url STATS_URL [--account A --namespace N] [--save FILE] [--before FILE]
+//	         (authenticates with $KVSYNC_EMULATOR_TOKEN)
 package main
 
 import (
@@ -441,8 +442,19 @@ func cmdStats(args []string) error {
 	if len(q) > 0 {
 		full += "?" + q.Encode()
 	}
+	req, err := http.NewRequest(http.MethodGet, full, nil)
+	if err != nil {
+		return err
+	}
+	// The stats endpoint needs the emulator's credentials; an emulator
+	// without a token accepts any, so a placeholder serves then.
+	tok := os.Getenv("KVSYNC_EMULATOR_TOKEN")
+	if tok == "" {
+		tok = "benchtool"
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
 	client := &http.Client{Timeout: 30 * time.Second}
-	resp, err := client.Get(full)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}

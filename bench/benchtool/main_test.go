@@ -176,7 +176,11 @@ func TestMeasure(t *testing.T) {
 }
 
 func TestStatsAgainstEmulator(t *testing.T) {
-	em, err := emulator.New(emulator.Options{})
+	// The stats endpoint needs the emulator's token, which benchtool reads
+	// from the environment, as bench/run.sh passes it.
+	const token = "bench-secret"
+	t.Setenv("KVSYNC_EMULATOR_TOKEN", token)
+	em, err := emulator.New(emulator.Options{Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +190,7 @@ func TestStatsAgainstEmulator(t *testing.T) {
 	statsURL := srv.URL + emulator.StatsPath
 	put := func(method, path, body string) {
 		req, _ := http.NewRequest(method, srv.URL+emulator.PathPrefix+"/accounts/acc/storage/kv/namespaces/ns"+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer x")
+		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := srv.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/emulator"
@@ -14,7 +15,8 @@ func cmdEmulator(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlagSet("emulator", stderr)
 	listen := fs.String("listen", "127.0.0.1:8787", "address to serve the API on; keep it on loopback")
 	data := fs.String("data", "", "directory to persist keys in (default: memory only)")
-	token := fs.String("token", "", "API token to require (default: accept any credentials)")
+	token := fs.String("token", "", "API token to require; visible to every user in ps, prefer --token-file or $"+emulator.TokenEnv+" (default: accept any credentials)")
+	tokenFile := fs.String("token-file", "", "file holding the API token to require")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	var f emulator.Faults
@@ -31,7 +33,14 @@ func cmdEmulator(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return usageError{err}
 	}
-	em, err := emulator.New(emulator.Options{DataDir: *data, Token: *token, Logger: logger, Faults: f})
+	tok, err := emulator.ResolveToken(emulator.TokenSources{Flag: *token, File: *tokenFile, Getenv: os.Getenv, Logger: logger})
+	if err != nil {
+		return usageError{err}
+	}
+	if tok == "" {
+		logger.Warn("emulator: no token configured (--token-file or $" + emulator.TokenEnv + "); any credentials are accepted")
+	}
+	em, err := emulator.New(emulator.Options{DataDir: *data, Token: tok, Logger: logger, Faults: f})
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -20,7 +21,8 @@ func TestEmulatorAnswersTheDocumentedCurlCalls(t *testing.T) {
 		t.Fatal("curl is needed for this test (Debian package curl)")
 	}
 	const token = "curl-token"
-	emu := exec.Command(kvsyncBin, "emulator", "--listen", "127.0.0.1:0", "--token", token)
+	emu := exec.Command(kvsyncBin, "emulator", "--listen", "127.0.0.1:0")
+	emu.Env = append(os.Environ(), "KVSYNC_EMULATOR_TOKEN="+token)
 	out, err := emu.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

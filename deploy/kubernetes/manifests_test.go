@@ -23,6 +23,9 @@ import (
 	"github.com/kvsync/kvsync/internal/config"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
@@ -80,6 +83,7 @@ type manifestSet struct {
 	deployments   []*appsv1.Deployment
 	configMaps    map[string]*corev1.ConfigMap
 	secrets       map[string]*corev1.Secret
+	policies      []*networkingv1.NetworkPolicy
 	kustomization *kustomization
 }
 
@@ -103,6 +107,8 @@ func decodeStrict(doc []byte) (any, error) {
 		obj = new(corev1.ConfigMap)
 	case "v1 Secret":
 		obj = new(corev1.Secret)
+	case "networking.k8s.io/v1 NetworkPolicy":
+		obj = new(networkingv1.NetworkPolicy)
 	case "kustomize.config.k8s.io/v1beta1 Kustomization":
 		obj = new(kustomization)
 	default:
@@ -152,6 +158,8 @@ func loadSet(files map[string][]byte) (*manifestSet, error) {
 				set.configMaps[o.Name] = o
 			case *corev1.Secret:
 				set.secrets[o.Name] = o
+			case *networkingv1.NetworkPolicy:
+				set.policies = append(set.policies, o)
 			case *kustomization:
 				if name != kustomizationFile {
 					errs = append(errs, fmt.Errorf("%s: a Kustomization belongs in %s", name, kustomizationFile))
@@ -229,6 +237,7 @@ func check(set *manifestSet) []error {
 	}
 
 	errs = append(errs, checkSecurity(pod.SecurityContext, c)...)
+	errs = append(errs, checkNetworkPolicy(set.policies, d.Spec.Template.Labels, ports)...)
 
 	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
 		if q, ok := c.Resources.Requests[r]; !ok || q.IsZero() {
@@ -354,6 +363,68 @@ func checkSecurity(psc *corev1.PodSecurityContext, c corev1.Container) []error {
 	}
 	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		fail("seccompProfile must be RuntimeDefault")
+	}
+	return errs
+}
+
+// checkNetworkPolicy: a policy isolates the pod's ingress and admits the
+// metrics port only from pods of selected namespaces: no rule lets every
+// source in (an empty from), or an IP block, or any pod of the cluster.
+func checkNetworkPolicy(policies []*networkingv1.NetworkPolicy, podLabels map[string]string, ports map[string]int32) []error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	isolating, metricsAdmitted := 0, false
+	for _, p := range policies {
+		sel, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
+		if err != nil {
+			fail("NetworkPolicy %s: podSelector: %v", p.Name, err)
+			continue
+		}
+		if sel.Empty() || !sel.Matches(labels.Set(podLabels)) {
+			fail("NetworkPolicy %s: podSelector %s does not select the site pod alone (labels %v)", p.Name, sel, podLabels)
+			continue
+		}
+		if !slices.Contains(p.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+			fail("NetworkPolicy %s: policyTypes must include Ingress, or the pod's ingress is not isolated", p.Name)
+			continue
+		}
+		isolating++
+		for i, rule := range p.Spec.Ingress {
+			if len(rule.Ports) == 0 {
+				fail("NetworkPolicy %s: ingress rule %d lists no ports: it opens every port", p.Name, i)
+			}
+			admitsMetrics := false
+			for _, pp := range rule.Ports {
+				if pp.Port == nil || resolvePort(*pp.Port, ports) == metricsPort ||
+					(pp.EndPort != nil && pp.Port.Type == intstr.Int && pp.Port.IntVal <= metricsPort && *pp.EndPort >= metricsPort) {
+					admitsMetrics = true
+				}
+			}
+			if !admitsMetrics {
+				continue
+			}
+			if len(rule.From) == 0 {
+				fail("NetworkPolicy %s: ingress rule %d admits the metrics port from everywhere (no from)", p.Name, i)
+				continue
+			}
+			for _, peer := range rule.From {
+				switch {
+				case peer.IPBlock != nil:
+					fail("NetworkPolicy %s: ingress rule %d admits the metrics port from an IP block (%s), not the scraper's namespace", p.Name, i, peer.IPBlock.CIDR)
+				case peer.NamespaceSelector == nil:
+					fail("NetworkPolicy %s: ingress rule %d admits the metrics port from pods of the pod's own namespace, not the scraper's", p.Name, i)
+				case len(peer.NamespaceSelector.MatchLabels) == 0 && len(peer.NamespaceSelector.MatchExpressions) == 0:
+					fail("NetworkPolicy %s: ingress rule %d admits the metrics port from every namespace", p.Name, i)
+				default:
+					metricsAdmitted = true
+				}
+			}
+		}
+	}
+	if isolating == 0 {
+		fail("no NetworkPolicy isolates the site pod's ingress: every pod in the cluster can reach the metrics port")
+	} else if !metricsAdmitted {
+		fail("no NetworkPolicy rule admits the scraper's namespace to the metrics port %d", metricsPort)
 	}
 	return errs
 }
@@ -532,6 +603,15 @@ func TestBrokenManifestsFail(t *testing.T) {
 		{"token key", "deployment.yaml", "key: api-token", "key: token", `key "token"`},
 		{"secret applied", "kustomization.yaml", "  - deployment.yaml\n", "  - deployment.yaml\n  - secret.example.yaml\n", `must not list secret.example.yaml`},
 		{"unknown kind", "configmap.yaml", "kind: ConfigMap", "kind: ConfigMop", `no type to check it against`},
+		{"misspelt NetworkPolicy field", "networkpolicy.yaml", "policyTypes:", "policyType:", `unknown field "spec.policyType"`},
+		{"policy not applied", "kustomization.yaml", "  - networkpolicy.yaml\n", "", `does not list networkpolicy.yaml`},
+		{"policy selects another pod", "networkpolicy.yaml", "  podSelector:\n    matchLabels:\n      app.kubernetes.io/name: site", "  podSelector:\n    matchLabels:\n      app.kubernetes.io/name: other", `no NetworkPolicy isolates the site pod's ingress`},
+		{"policy without Ingress", "networkpolicy.yaml", "  policyTypes:\n    - Ingress", "  policyTypes:\n    - Egress", `policyTypes must include Ingress`},
+		{"metrics open to everyone", "networkpolicy.yaml", "    - from:\n        - namespaceSelector:\n            matchLabels:\n              kubernetes.io/metadata.name: monitoring\n      ports:", "    - ports:", `from everywhere`},
+		{"metrics open to every namespace", "networkpolicy.yaml", "            matchLabels:\n              kubernetes.io/metadata.name: monitoring", "            matchLabels: {}", `from every namespace`},
+		{"metrics open to an IP block", "networkpolicy.yaml", "        - namespaceSelector:\n            matchLabels:\n              kubernetes.io/metadata.name: monitoring", "        - ipBlock:\n            cidr: 0.0.0.0/0", `from an IP block`},
+		{"every port open", "networkpolicy.yaml", "      ports:\n        - protocol: TCP\n          port: 9464\n", "", `lists no ports`},
+		{"another port admitted", "networkpolicy.yaml", "port: 9464", "port: 8080", `no NetworkPolicy rule admits the scraper's namespace`},
 	}
 	orig := readManifests(t)
 	for _, tt := range tests {

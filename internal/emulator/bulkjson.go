@@ -45,6 +45,11 @@ type bulkItem struct {
 // string decodes to; the handler words every such failure the same way.
 var errNotKeyString = errors.New("not a string")
 
+// bulkTooLarge answers a bulk body over limit bytes.
+func bulkTooLarge(what string, limit int64) *apiError {
+	return tooLarge(fmt.Sprintf("request too large: a %s body must be at most %d bytes", what, limit))
+}
+
 // readBulkBody reads a bulk request body of at most limit bytes.
 func readBulkBody(r *http.Request, limit int64, what string) ([]byte, *apiError) {
 	// A declared length sizes the buffer (one spare byte, so that reading
@@ -68,7 +73,7 @@ func readBulkBody(r *http.Request, limit int64, what string) ([]byte, *apiError)
 		}
 	}
 	if int64(len(buf)) > limit {
-		return nil, tooLarge(fmt.Sprintf("request too large: a %s body must be at most %d bytes", what, limit))
+		return nil, bulkTooLarge(what, limit)
 	}
 	if err != io.EOF {
 		return nil, badRequest(10029, "invalid request: reading the body: "+err.Error())

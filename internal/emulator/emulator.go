@@ -30,6 +30,10 @@
 //     result null. (The schema types that result as a non-nullable object;
 //     kvapi.KV.GetMetadata documents "JSON null when it has none".)
 //   - DELETE of a missing key succeeds, as on the Workers binding.
+//   - Credentials are checked before anything else: a request without valid
+//     ones gets its 400 or 403 at once, is never charged to Faults.Budget
+//     and meets no injected fault (the budget is the account's, which such
+//     a request never reaches). Only HealthPath needs no credentials.
 //   - Missing credentials answer 400 code 9106 "Missing X-Auth-Key,
 //     X-Auth-Email or Authorization headers" (observed, cloudflare-python#2678);
 //     a malformed Authorization or half of the email/key pair answers 400 code
@@ -43,6 +47,7 @@
 package emulator
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,6 +56,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/httpserve"
 )
 
 // PathPrefix is where the API is mounted; a client's base URL is the
@@ -159,11 +166,13 @@ type CountKey struct {
 
 // Emulator is the KV API handler. It is safe for concurrent use.
 type Emulator struct {
-	token  string
-	now    func() time.Time
-	logger *slog.Logger
-	store  *store
-	faults *faultGate
+	token string
+	// tokenSum is the SHA-256 of token, what credentials are compared with.
+	tokenSum [sha256.Size]byte
+	now      func() time.Time
+	logger   *slog.Logger
+	store    *store
+	faults   *faultGate
 
 	countMu sync.Mutex
 	counts  map[CountKey]int
@@ -171,6 +180,8 @@ type Emulator struct {
 	// maxBulkBytes is MaxBulkRequestBytes; tests lower it to exercise the
 	// limit without 100 MB bodies.
 	maxBulkBytes int64
+	// bodies bounds the write bodies buffered at once.
+	bodies *bodyGate
 }
 
 // New builds an emulator. With Options.DataDir it replays the data found
@@ -189,14 +200,16 @@ func New(opts Options) (*Emulator, error) {
 		return nil, err
 	}
 	return &Emulator{
-		token:  opts.Token,
-		now:    now,
-		logger: logger,
-		store:  st,
-		faults: newFaultGate(opts.Faults, now),
-		counts: make(map[CountKey]int),
+		token:    opts.Token,
+		tokenSum: sha256.Sum256([]byte(opts.Token)),
+		now:      now,
+		logger:   logger,
+		store:    st,
+		faults:   newFaultGate(opts.Faults, now),
+		counts:   make(map[CountKey]int),
 
 		maxBulkBytes: MaxBulkRequestBytes,
+		bodies:       newBodyGate(MaxBufferedBodyBytes, BodyQueueTimeout),
 	}, nil
 }
 
@@ -304,9 +317,21 @@ func (d *discardWriter) Header() http.Header         { return d.h }
 func (d *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (d *discardWriter) WriteHeader(int)             {}
 
-// ServeHTTP serves the API under PathPrefix, and StatsPath.
+// ServeHTTP serves the API under PathPrefix, StatsPath and HealthPath.
 func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == HealthPath {
+		serveHealth(w, r)
+		return
+	}
+	// Credentials are checked before anything else, so that a request
+	// without them reaches no data, no counters (StatsPath) and no fault:
+	// above all it is never charged to the budget, which would let anyone
+	// who can reach the port get the real client answered 429.
 	if r.URL.Path == StatsPath {
+		if aerr := e.authenticate(r); aerr != nil {
+			writeError(w, aerr)
+			return
+		}
 		// The emulator's own observation endpoint (see StatsPath); it is
 		// no Cloudflare route, so it bypasses counters, budget and faults.
 		e.serveStats(w, r)
@@ -318,12 +343,21 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		op = OpUnknown
 	}
 	start := e.now()
+	if aerr := e.authenticate(r); aerr != nil {
+		// Counted, so that scripts see refused calls, but nothing else.
+		writeError(w, aerr)
+		e.count(op, aerr.status)
+		return
+	}
 
 	if err := e.faults.delay(r.Context()); err != nil {
 		// The client went away during the injected latency.
 		e.count(op, StatusDropped)
 		return
 	}
+	// The request's deadlines start after the injected latency, so no
+	// --latency can eat into the time a large body needs.
+	httpserve.ExtendDeadline(w, RequestTimeout)
 	switch e.faults.dropDecision() {
 	case dropBefore:
 		e.count(op, StatusDropped)
@@ -348,8 +382,8 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		"status", rec.status, "elapsed", e.now().Sub(start))
 }
 
-// handle runs the gates (budget, injected 5xx, authentication) and then the
-// operation.
+// handle runs the gates (budget, injected 5xx) and then the operation; the
+// caller has authenticated the request.
 func (e *Emulator) handle(w http.ResponseWriter, r *http.Request, rt route, rerr *apiError) {
 	e.faults.rateHeaders(w.Header())
 	if retry, blocked := e.faults.admit(); blocked {
@@ -360,10 +394,6 @@ func (e *Emulator) handle(w http.ResponseWriter, r *http.Request, rt route, rerr
 	}
 	if status, fail := e.faults.serverError(); fail {
 		writeError(w, &apiError{status: status, code: 10001, msg: "service temporarily unavailable"})
-		return
-	}
-	if aerr := e.authenticate(r); aerr != nil {
-		writeError(w, aerr)
 		return
 	}
 	if rerr != nil {

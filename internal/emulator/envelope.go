@@ -1,6 +1,8 @@
 package emulator
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -28,6 +30,13 @@ type apiError struct {
 	code   int
 	msg    string
 	chain  []cfMessage
+	// retryAfter, when set, is sent as the Retry-After header.
+	retryAfter string
+	// unreadBody marks an answer given without reading the request's body:
+	// the connection is closed after it, since net/http would otherwise
+	// read up to 256 KiB of a body no one uses (and wait for a client that
+	// sends it slowly) before answering.
+	unreadBody bool
 }
 
 func (a *apiError) Error() string { return a.msg }
@@ -60,6 +69,12 @@ func writeOK(w http.ResponseWriter, result any) {
 }
 
 func writeError(w http.ResponseWriter, a *apiError) {
+	if a.retryAfter != "" {
+		w.Header().Set("Retry-After", a.retryAfter)
+	}
+	if a.unreadBody {
+		w.Header().Set("Connection", "close")
+	}
 	writeJSON(w, a.status, envelope{Errors: []cfMessage{{Code: a.code, Message: a.msg, ErrorChain: a.chain}}})
 }
 
@@ -78,7 +93,7 @@ func (e *Emulator) authenticate(r *http.Request) *apiError {
 		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
 			return invalid(6111, "Authorization")
 		}
-		if e.token != "" && tok != e.token {
+		if !e.tokenMatches(tok) {
 			return denied
 		}
 		return nil
@@ -89,11 +104,24 @@ func (e *Emulator) authenticate(r *http.Request) *apiError {
 			return invalid(6102, "X-Auth-Email")
 		case key == "":
 			return invalid(6103, "X-Auth-Key")
-		case e.token != "" && key != e.token:
+		case !e.tokenMatches(key):
 			return denied
 		}
 		return nil
 	}
 	return &apiError{status: http.StatusBadRequest, code: 9106,
 		msg: "Missing X-Auth-Key, X-Auth-Email or Authorization headers"}
+}
+
+// tokenMatches reports whether cred is the configured token; with none
+// configured any credential matches. The comparison takes the same time
+// wherever the first differing byte is, so a client cannot find the token
+// byte by byte from response times; comparing SHA-256 digests also hides
+// the token's length, which subtle.ConstantTimeCompare alone would leak.
+func (e *Emulator) tokenMatches(cred string) bool {
+	if e.token == "" {
+		return true
+	}
+	got := sha256.Sum256([]byte(cred))
+	return subtle.ConstantTimeCompare(got[:], e.tokenSum[:]) == 1
 }

@@ -20,6 +20,10 @@ import (
 // MaxMetadataBytes is rejected anyway, but whitespace may be compacted away.
 const maxMetadataRead = 64 << 10
 
+// maxPutBuffered is the most a single write holds in memory: the value and
+// the metadata part, each read one byte past its limit.
+const maxPutBuffered = MaxValueBytes + maxMetadataRead + 2
+
 func notFoundKey() *apiError {
 	return &apiError{status: http.StatusNotFound, code: 10009, msg: "get: 'key not found'"}
 }
@@ -192,6 +196,12 @@ func handlePut(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
 		writeError(w, aerr)
 		return
 	}
+	release, aerr := e.bodies.acquire(r, reserve(r, maxPutBuffered))
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	defer release()
 	value, meta, aerr := readPutBody(r)
 	if aerr != nil {
 		writeError(w, aerr)
@@ -264,6 +274,27 @@ func handleGetMetadata(e *Emulator, w http.ResponseWriter, r *http.Request, rt r
 	writeOK(w, json.RawMessage(ent.Metadata))
 }
 
+// bulkBody reads a bulk request's body once the body gate has room for it;
+// release frees that room.
+func (e *Emulator) bulkBody(r *http.Request, what string) (body []byte, release func(), aerr *apiError) {
+	if r.ContentLength > e.maxBulkBytes {
+		// Refused before queueing for, or reading, a body known to be too large.
+		aerr := bulkTooLarge(what, e.maxBulkBytes)
+		aerr.unreadBody = true
+		return nil, nil, aerr
+	}
+	release, aerr = e.bodies.acquire(r, reserve(r, e.maxBulkBytes+1))
+	if aerr != nil {
+		return nil, nil, aerr
+	}
+	body, aerr = readBulkBody(r, e.maxBulkBytes, what)
+	if aerr != nil {
+		release()
+		return nil, nil, aerr
+	}
+	return body, release, nil
+}
+
 // bulkResult is the result of bulk writes and deletes.
 type bulkResult struct {
 	SuccessfulKeyCount int      `json:"successful_key_count"`
@@ -272,11 +303,12 @@ type bulkResult struct {
 
 func handleBulkPut(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
 	now := e.now()
-	body, aerr := readBulkBody(r, e.maxBulkBytes, "bulk write")
+	body, release, aerr := e.bulkBody(r, "bulk write")
 	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
+	defer release()
 	muts, aerr := decodeBulkPut(body, now)
 	if aerr != nil {
 		writeError(w, aerr)
@@ -360,11 +392,12 @@ func jsonNum(f *float64) string {
 }
 
 func handleBulkDelete(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
-	body, aerr := readBulkBody(r, e.maxBulkBytes, "bulk delete")
+	body, release, aerr := e.bulkBody(r, "bulk delete")
 	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
+	defer release()
 	muts, aerr := decodeBulkDelete(body)
 	if aerr != nil {
 		writeError(w, aerr)

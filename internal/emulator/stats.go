@@ -16,9 +16,11 @@ import (
 // GET StatsPath answers a Stats object. With the query parameters account and
 // namespace, Stats.Namespace also reports that namespace's live keys.
 //
-// The endpoint only observes: it is not counted, not charged to the budget,
-// not subject to injected faults, and needs no credentials (it reveals counts
-// and sizes, never key names or values). Any other method answers 405.
+// The endpoint only observes: it is not counted, not charged to the budget
+// and not subject to injected faults. It needs the same credentials as the
+// API (what it reveals, traffic and sizes, is the namespace owner's
+// business); HealthPath is the endpoint that needs none. Any other method
+// answers 405.
 const StatsPath = "/__emulator/stats"
 
 // Stats is the body of GET StatsPath.

@@ -7,10 +7,10 @@ import (
 	"time"
 )
 
-// getStats fetches StatsPath without credentials, as a script would.
+// getStats fetches StatsPath with the harness's credentials.
 func getStats(t *testing.T, h *harness, query string) Stats {
 	t.Helper()
-	r := h.do(http.MethodGet, h.srv.URL+StatsPath+query, nil, "NoAuth", "")
+	r := h.do(http.MethodGet, h.srv.URL+StatsPath+query, nil)
 	if r.status != http.StatusOK {
 		t.Fatalf("GET %s%s: %d %s", StatsPath, query, r.status, r.body)
 	}
