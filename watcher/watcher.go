@@ -33,6 +33,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
@@ -45,8 +46,9 @@ type Watcher struct {
 	mu sync.Mutex
 	st *scanState
 
-	// open opens a file to hash it; tests inject failures and count calls.
-	open func(name string) (*os.File, error)
+	// open opens a file beneath a root to hash or read it; tests inject
+	// failures and count calls.
+	open func(root *beneath.Root, rel string) (*os.File, error)
 	// newSource starts the event source; tests wrap it to inject overflows
 	// and refused watches.
 	newSource func() (eventSource, error)
@@ -59,6 +61,8 @@ type Watcher struct {
 
 	rescan  chan desired.Trigger
 	running atomic.Bool
+	// work is Run's queue while Run runs, for Recheck.
+	work atomic.Pointer[work]
 
 	// prefetch bounds the directories a walk lists ahead (walk.go); 0
 	// lists each only when the walk reaches it.
