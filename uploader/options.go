@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/metrics"
 	"github.com/kvsync/kvsync/uploader/kvapi"
@@ -138,6 +139,16 @@ type Options struct {
 	// RetryBackoff is the wait before a key that failed with a retryable
 	// error is tried again; default 30 s. A full Snapshot retries it sooner.
 	RetryBackoff time.Duration
+	// Recheck, when set, is told the key of a file that was not written
+	// because it is not the file the scan saw (see desired.State.File):
+	// the watcher's Recheck, which evaluates the path again, so the key's
+	// current state arrives through Changed. Without it (a one-shot sync)
+	// the key is only reported held back. It must not block.
+	Recheck func(key string)
+	// BeforeRead, when set, is called by a write job with the states whose
+	// files it is about to open, before it opens any. Tests change the
+	// tree there, between the scan and the read.
+	BeforeRead func(states []desired.State)
 	// Reconcile says the store is fresh (missing or corrupt): the first full
 	// sync lists the namespace to report keys it cannot vouch for, and
 	// rewrites every key of the tree since nothing can be compared.
