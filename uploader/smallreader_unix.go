@@ -54,7 +54,11 @@ func (r *smallReader) read(st desired.State, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	// One byte more than the size: a read that fills it proves the file
-	// longer than the scan saw.
+	// longer than the scan saw. A read of a regular file stops short only
+	// at its end, so one that yields exactly the size, short of the
+	// buffer, proves the length without another read to see the end; a
+	// file system that returns less (a stream-like FUSE file) is read on
+	// until it says end of file.
 	buf := make([]byte, size+1)
 	n := 0
 	for n < len(buf) {
@@ -65,7 +69,9 @@ func (r *smallReader) read(st desired.State, limit int64) ([]byte, error) {
 		if m == 0 {
 			break
 		}
-		n += m
+		if n += m; int64(n) == size {
+			break
+		}
 	}
 	if int64(n) != size {
 		return nil, errShort(st, n)
