@@ -370,3 +370,55 @@ func (d *daemon) barrier(t *testing.T, em *emulator.Emulator) {
 		t.Fatal(err)
 	}
 }
+
+// TestAllowSymlinksOutsidePinsTarget: with the explicit opt-in, a symlink
+// leading out of the tree publishes its target, read beneath "/" by its
+// real path; a target replaced after the scan by another file of the same
+// size is held back like any file of the tree.
+func TestAllowSymlinksOutsidePinsTarget(t *testing.T) {
+	for _, wp := range writePaths {
+		t.Run(wp.name, func(t *testing.T) {
+			tr := newSwapTree(t)
+			target := filepath.Join(tr.outside, "allowed.txt")
+			writeFile(t, target, "allowed target!!!")
+			if err := os.Symlink(target, filepath.Join(tr.root, "link.txt")); err != nil {
+				t.Fatal(err)
+			}
+			w, err := watcher.New(watcher.Options{Root: tr.root, Prefix: testPrefix, AllowSymlinksOutside: true, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			scan := func() desired.Snapshot {
+				snap, err := w.Scan(context.Background(), desired.TriggerManual)
+				if err != nil || !snap.Complete {
+					t.Fatalf("scan: complete %v, %v", snap.Complete, err)
+				}
+				return snap
+			}
+			snap := scan()
+			for _, st := range snap.States {
+				if st.Key == testPrefix+"link.txt" && st.Root != string(filepath.Separator) {
+					t.Fatalf("link.txt read beneath %q, want the file system's root", st.Root)
+				}
+			}
+			em, client := emulated(t)
+			e, _ := newTestEngine(t, client, newMemStore(), func(o *Options) { o.BulkThreshold = wp.threshold })
+			if rep, err := e.SyncOnce(context.Background(), snap); err != nil || rep.Written != 5 {
+				t.Fatalf("%+v, %v", rep, err)
+			}
+			if got := string(em.Snapshot("acct", testNS)[testPrefix+"link.txt"].Value); got != "allowed target!!!" {
+				t.Fatalf("link.txt holds %q", got)
+			}
+
+			snap = scan()
+			replace(t, target, "SECRET-TOKEN-0123")
+			em2, client2 := emulated(t)
+			e2, _ := newTestEngine(t, client2, newMemStore(), func(o *Options) { o.BulkThreshold = wp.threshold })
+			rep, err := e2.SyncOnce(context.Background(), snap)
+			noSecret(t, em2)
+			if !errors.Is(err, ErrSyncIncomplete) || rep.HeldBack != 1 || rep.Written != 4 {
+				t.Fatalf("%+v, %v; want link.txt held back", rep, err)
+			}
+		})
+	}
+}

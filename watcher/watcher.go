@@ -16,6 +16,14 @@
 // complete, empty snapshot: whether emptiness is suspicious is the
 // uploader's call, since only it knows how many keys would go.
 //
+// Every path of the tree is opened beneath its root with package beneath:
+// no symlink is followed on the way, so a file or directory swapped for a
+// symlink cannot make the watcher read (or hash, or take metadata from)
+// anything outside the tree. A symlink in the tree is resolved to its
+// target's path beneath the root, which is then opened under the same
+// rules. What is read is the descriptor opened, whose identity each State
+// carries for the sink to check its own read against.
+//
 // inotify is neither recursive nor lossless, so every directory is watched
 // individually, watched before it is read, and a queue overflow or watcher
 // error is answered by a full rescan; a periodic rescan is the backstop.
