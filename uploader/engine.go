@@ -158,6 +158,11 @@ type Engine struct {
 	cur        *run
 	closed     bool // Drain was called: nothing new is accepted
 	reconciled bool
+
+	// beforeRead, when set, is called by a write job with the states
+	// whose files it is about to open, before it opens any. Tests change
+	// the tree there, between the scan and the read.
+	beforeRead func(states []desired.State)
 }
 
 // New validates o and returns an idle engine.

@@ -78,8 +78,8 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 	if done {
 		return r
 	}
-	if e.o.BeforeRead != nil {
-		e.o.BeforeRead([]desired.State{st})
+	if e.beforeRead != nil {
+		e.beforeRead([]desired.State{st})
 	}
 	// Opened and checked before the intent mark: a file that cannot be
 	// opened (unreadable, or never read by the watcher, see
@@ -386,12 +386,12 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 	intents := make(map[string]state.Record, len(items))
 	var raw, enc int64
 	lookup := e.batchLookup(items)
-	if e.o.BeforeRead != nil {
+	if e.beforeRead != nil {
 		sts := make([]desired.State, len(items))
 		for i, it := range items {
 			sts[i] = it.st
 		}
-		e.o.BeforeRead(sts)
+		e.beforeRead(sts)
 	}
 	rd := newSmallReader()
 	for _, it := range items {

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/metrics"
 	"github.com/kvsync/kvsync/uploader/kvapi"
@@ -145,10 +144,7 @@ type Options struct {
 	// current state arrives through Changed. Without it (a one-shot sync)
 	// the key is only reported held back. It must not block.
 	Recheck func(key string)
-	// BeforeRead, when set, is called by a write job with the states whose
-	// files it is about to open, before it opens any. Tests change the
-	// tree there, between the scan and the read.
-	BeforeRead func(states []desired.State)
+
 	// Reconcile says the store is fresh (missing or corrupt): the first full
 	// sync lists the namespace to report keys it cannot vouch for, and
 	// rewrites every key of the tree since nothing can be compared.

@@ -181,7 +181,7 @@ func TestSwapBeforeSync(t *testing.T) {
 
 // TestSwapWhileRunning: the daemon (the watcher's Run feeding the engine,
 // with the engine's Recheck wired to the watcher's, as kvsync run does).
-// The swap happens in the write job itself (Options.BeforeRead), after
+// The swap happens in the write job itself (Engine.beforeRead), after
 // every check the engine makes and just before it opens the file. The
 // file is held back as changed since the scan, the watcher looks at it
 // again, and nothing from outside the root is ever published. A sidecar
@@ -194,16 +194,13 @@ func TestSwapWhileRunning(t *testing.T) {
 				em, client := emulated(t)
 				var once sync.Once
 				swapped := make(chan struct{})
-				d := startDaemon(t, tr.root, client, func(o *Options) {
-					o.BulkThreshold = wp.threshold
-					o.BeforeRead = func(states []desired.State) {
-						for _, st := range states {
-							if st.Key == testPrefix+sw.key {
-								once.Do(func() {
-									sw.swap(t, tr)
-									close(swapped)
-								})
-							}
+				d := startDaemon(t, tr.root, client, wp.threshold, func(states []desired.State) {
+					for _, st := range states {
+						if st.Key == testPrefix+sw.key {
+							once.Do(func() {
+								sw.swap(t, tr)
+								close(swapped)
+							})
 						}
 					}
 				})
@@ -250,13 +247,10 @@ func TestChangedWithoutEventRechecked(t *testing.T) {
 				t.Skip("no hard links here:", err)
 			}
 			var once sync.Once
-			d := startDaemon(t, tr.root, client, func(o *Options) {
-				o.BulkThreshold = wp.threshold
-				o.BeforeRead = func(states []desired.State) {
-					for _, st := range states {
-						if st.Key == testPrefix+"top.txt" {
-							once.Do(func() { writeFile(t, hard, "rewritten, and longer") })
-						}
+			d := startDaemon(t, tr.root, client, wp.threshold, func(states []desired.State) {
+				for _, st := range states {
+					if st.Key == testPrefix+"top.txt" {
+						once.Do(func() { writeFile(t, hard, "rewritten, and longer") })
 					}
 				}
 			})
@@ -297,7 +291,7 @@ func (f *firstSnapshot) Snapshot(s desired.Snapshot) {
 	f.once.Do(func() { close(f.ch) })
 }
 
-func startDaemon(t *testing.T, root string, kv kvapi.KV, mod func(*Options)) *daemon {
+func startDaemon(t *testing.T, root string, kv kvapi.KV, threshold int64, beforeRead func([]desired.State)) *daemon {
 	t.Helper()
 	d := &daemon{root: root, first: make(chan struct{})}
 	w, err := watcher.New(watcher.Options{
@@ -309,8 +303,9 @@ func startDaemon(t *testing.T, root string, kv kvapi.KV, mod func(*Options)) *da
 	}
 	e, logs := newTestEngine(t, kv, newMemStore(), func(o *Options) {
 		o.Recheck = w.Recheck
-		mod(o)
+		o.BulkThreshold = threshold
 	})
+	e.beforeRead = beforeRead
 	d.w, d.e, d.logs = w, e, logs
 	ctx, cancel := context.WithCancel(context.Background())
 	engineDone, watcherDone := make(chan struct{}), make(chan struct{})
