@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -92,8 +93,73 @@ func link(t *testing.T, target, name string) {
 	}
 }
 
-// emulated returns the local emulator and a client of it.
-func emulated(t *testing.T) (*emulator.Emulator, kvapi.KV) {
+// sentKV records every value and metadata a client sends, so a secret
+// that reached the emulator and was deleted since is caught too.
+type sentKV struct {
+	kvapi.KV
+	mu   sync.Mutex
+	sent []*bytes.Buffer
+}
+
+func (s *sentKV) record(b []byte) *bytes.Buffer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	buf := bytes.NewBuffer(append([]byte(nil), b...))
+	s.sent = append(s.sent, buf)
+	return buf
+}
+
+func (s *sentKV) PutValue(ctx context.Context, ns, key string, v kvapi.Value, o kvapi.PutOptions) error {
+	s.record(o.Metadata)
+	return s.KV.PutValue(ctx, ns, key, teeValue{v, s}, o)
+}
+
+func (s *sentKV) BulkPut(ctx context.Context, ns string, pairs []kvapi.BulkPair) (kvapi.BulkResult, error) {
+	for _, p := range pairs {
+		s.record(p.Value)
+		s.record(p.Metadata)
+	}
+	return s.KV.BulkPut(ctx, ns, pairs)
+}
+
+// teeValue copies what each attempt of a streamed write reads.
+type teeValue struct {
+	kvapi.Value
+	s *sentKV
+}
+
+func (v teeValue) Open() (io.ReadCloser, error) {
+	r, err := v.Value.Open()
+	if err != nil {
+		return nil, err
+	}
+	s := v.s
+	s.mu.Lock()
+	buf := &bytes.Buffer{}
+	s.sent = append(s.sent, buf)
+	s.mu.Unlock()
+	return readCloser{io.TeeReader(r, lockedWriter{&s.mu, buf}), r}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// emulated returns the local emulator and a client of it that records
+// what it sends.
+func emulated(t *testing.T) (*emulator.Emulator, *sentKV) {
 	t.Helper()
 	em, err := emulator.New(emulator.Options{})
 	if err != nil {
@@ -106,17 +172,24 @@ func emulated(t *testing.T) (*emulator.Emulator, kvapi.KV) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return em, client
+	return em, &sentKV{KV: client}
 }
 
-// noSecret fails the test if any value or metadata in the emulator holds
-// the secret, and returns what it holds.
-func noSecret(t *testing.T, em *emulator.Emulator) map[string]emulator.Entry {
+// noSecret fails the test if any value or metadata in the emulator, or
+// any ever sent to it, holds the secret, and returns what it holds.
+func noSecret(t *testing.T, em *emulator.Emulator, sent *sentKV) map[string]emulator.Entry {
 	t.Helper()
 	kv := em.Snapshot("acct", testNS)
 	for k, e := range kv {
 		if bytes.Contains(e.Value, []byte("SECRET")) || bytes.Contains(e.Metadata, []byte("SECRET")) {
 			t.Errorf("key %q holds a secret from outside the root: value %q, metadata %s", k, e.Value, e.Metadata)
+		}
+	}
+	sent.mu.Lock()
+	defer sent.mu.Unlock()
+	for _, b := range sent.sent {
+		if bytes.Contains(b.Bytes(), []byte("SECRET")) {
+			t.Errorf("a secret from outside the root was sent: %q", b.Bytes())
 		}
 	}
 	return kv
@@ -160,7 +233,7 @@ func TestSwapBeforeSync(t *testing.T) {
 					sw.swap(t, tr)
 					e, _ := newTestEngine(t, client, newMemStore(), func(o *Options) { o.BulkThreshold = wp.threshold })
 					rep, err := e.SyncOnce(context.Background(), snap)
-					kv := noSecret(t, em)
+					kv := noSecret(t, em, client)
 					if !errors.Is(err, ErrSyncIncomplete) || rep.Written != 3 || rep.HeldBack != 1 || rep.Failed != 0 {
 						t.Fatalf("report %+v, %v; want 3 written and the swapped file held back", rep, err)
 					}
@@ -217,7 +290,7 @@ func TestSwapWhileRunning(t *testing.T) {
 				// under the symlink rules.
 				link(t, filepath.Join(tr.outside, "secret.json"), filepath.Join(tr.root, "side.txt.meta.json"))
 				d.barrier(t, em)
-				kv := noSecret(t, em)
+				kv := noSecret(t, em, client)
 				if _, ok := kv[testPrefix+sw.key]; ok {
 					t.Errorf("%s was written", sw.key)
 				}
@@ -256,7 +329,7 @@ func TestChangedWithoutEventRechecked(t *testing.T) {
 			})
 			d.initial(t)
 			d.barrier(t, em)
-			kv := noSecret(t, em)
+			kv := noSecret(t, em, client)
 			if got := string(kv[testPrefix+"top.txt"].Value); got != "rewritten, and longer" {
 				t.Fatalf("top.txt holds %q; want the content written after the scan", got)
 			}
@@ -410,7 +483,7 @@ func TestAllowSymlinksOutsidePinsTarget(t *testing.T) {
 			em2, client2 := emulated(t)
 			e2, _ := newTestEngine(t, client2, newMemStore(), func(o *Options) { o.BulkThreshold = wp.threshold })
 			rep, err := e2.SyncOnce(context.Background(), snap)
-			noSecret(t, em2)
+			noSecret(t, em2, client2)
 			if !errors.Is(err, ErrSyncIncomplete) || rep.HeldBack != 1 || rep.Written != 4 {
 				t.Fatalf("%+v, %v; want link.txt held back", rep, err)
 			}
