@@ -313,9 +313,14 @@ func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bo
 		// outside the tree included. Its key is left as it is, held back
 		// like an unreadable file, and the watcher (when one runs) looks
 		// at the path again, which emits the key's state anew.
-		e.log.Warn("file changed since it was scanned; not written, scanned again", "key", st.Key, "path", st.Path, "err", err)
-		if e.o.Recheck != nil {
+		if e.o.Recheck == nil {
+			e.log.Warn("file changed since it was scanned; not written", "key", st.Key, "path", st.Path, "err", err)
+		} else if e.firstRecheck(st) {
+			e.log.Warn("file changed since it was scanned; not written, scanned again", "key", st.Key, "path", st.Path, "err", err)
 			e.o.Recheck(st.Key)
+		} else {
+			e.log.Warn("file changed since it was scanned, and again after it was scanned again; held back until it changes or the next full sync",
+				"key", st.Key, "path", st.Path, "err", err)
 		}
 		return result{it: it, out: outcome{kind: outHeldBack, err: err}}
 	case errors.Is(err, fs.ErrNotExist):
@@ -351,6 +356,18 @@ func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bo
 			"retry_in", e.o.RetryBackoff}, codes(err)...)...)
 	}
 	return result{it: it, out: outcome{kind: outFailed, err: err}, retry: true}
+}
+
+// firstRecheck records that st's file was not the one its scan saw and
+// reports whether that is news for this key (see Engine.rechecked).
+func (e *Engine) firstRecheck(st desired.State) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if id, ok := e.rechecked[st.Key]; ok && id == st.File {
+		return false
+	}
+	e.rechecked[st.Key] = st.File
+	return true
 }
 
 func codes(err error) []any {

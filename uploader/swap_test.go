@@ -490,3 +490,51 @@ func TestAllowSymlinksOutsidePinsTarget(t *testing.T) {
 		})
 	}
 }
+
+// TestRecheckOnce: a state whose file is still not the one it names after
+// the watcher looked again (the same identity fails twice: a file system
+// whose inodes do not hold still) is handed to Recheck once, not in a
+// loop; it is held back until its next change or full sync, which tries
+// again.
+func TestRecheckOnce(t *testing.T) {
+	for _, wp := range writePaths {
+		t.Run(wp.name, func(t *testing.T) {
+			tr := newTree(t)
+			st := tr.write("a.txt", "content")
+			st.File.Ino++ // never the file's
+			other := tr.write("b.txt", "other")
+			rechecks := make(chan string, 10)
+			kv := newFakeKV(t)
+			e, logs := newTestEngine(t, kv, newMemStore(), func(o *Options) {
+				o.BulkThreshold = wp.threshold
+				o.BulkMinPending = 2
+				o.Recheck = func(key string) { rechecks <- key }
+			})
+			running(t, e)
+			e.Changed([]desired.State{st, other})
+			waitIdle(t, e)
+			if k := <-rechecks; k != st.Key {
+				t.Fatalf("Recheck(%q), want %q", k, st.Key)
+			}
+			// The watcher's new look finds the same file, with the same
+			// identity, and emits it again.
+			e.Changed([]desired.State{st})
+			waitIdle(t, e)
+			if len(rechecks) != 0 {
+				t.Fatalf("Recheck called again for %q", <-rechecks)
+			}
+			if !strings.Contains(logs.String(), "and again after it was scanned again") {
+				t.Errorf("the second refusal is not logged:\n%s", logs)
+			}
+			if _, ok := kv.get(st.Key); ok {
+				t.Fatal("a file that is not the one scanned was written")
+			}
+			mustContent(t, kv, other.Key, "other")
+			// A full sync states every key afresh.
+			rep, _ := e.SyncOnce(context.Background(), complete(st, other))
+			if rep.HeldBack != 1 || len(rechecks) != 1 {
+				t.Fatalf("full sync: %+v, %d rechecks; want the key held back and handed over again", rep, len(rechecks))
+			}
+		})
+	}
+}
