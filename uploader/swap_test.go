@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/emulator"
 	"github.com/kvsync/kvsync/uploader/kvapi"
@@ -80,6 +81,22 @@ var swaps = []struct {
 			t.Fatal(err)
 		}
 	}},
+}
+
+// resolvers runs f with openat2 and with the component walk that replaces
+// it where the kernel lacks it or a seccomp filter refuses it.
+func resolvers(t *testing.T, f func(t *testing.T)) {
+	for _, on := range []bool{true, false} {
+		name := "openat2"
+		if !on {
+			name = "walk"
+		}
+		t.Run(name, func(t *testing.T) {
+			was := beneath.SetOpenat2(on)
+			defer beneath.SetOpenat2(was)
+			f(t)
+		})
+	}
 }
 
 // link replaces name with a symlink to target.
@@ -211,7 +228,9 @@ var writePaths = []struct {
 // the tree is written. Whether the scan hashed the files or left them to
 // the engine (a first publish, watcher.Options.NeedHash), and through
 // single and bulk writes alike.
-func TestSwapBeforeSync(t *testing.T) {
+func TestSwapBeforeSync(t *testing.T) { resolvers(t, testSwapBeforeSync) }
+
+func testSwapBeforeSync(t *testing.T) {
 	for _, sw := range swaps {
 		for _, wp := range writePaths {
 			for _, hashed := range []bool{true, false} {
@@ -259,7 +278,9 @@ func TestSwapBeforeSync(t *testing.T) {
 // file is held back as changed since the scan, the watcher looks at it
 // again, and nothing from outside the root is ever published. A sidecar
 // swapped afterwards for a symlink to secret metadata is refused too.
-func TestSwapWhileRunning(t *testing.T) {
+func TestSwapWhileRunning(t *testing.T) { resolvers(t, testSwapWhileRunning) }
+
+func testSwapWhileRunning(t *testing.T) {
 	for _, sw := range swaps {
 		for _, wp := range writePaths {
 			t.Run(sw.name+"/"+wp.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
@@ -22,7 +23,21 @@ const secretOutside = "SECRET-TOKEN-0123"
 // it, no key below the swapped directory. The swaps happen in listHook,
 // after the stat: no timing is involved.
 func TestScanSwapAfterListing(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it switches the resolver of the whole process.
+	for _, on := range []bool{true, false} {
+		name := "openat2"
+		if !on {
+			name = "walk"
+		}
+		t.Run(name, func(t *testing.T) {
+			was := beneath.SetOpenat2(on)
+			defer beneath.SetOpenat2(was)
+			testScanSwapAfterListing(t)
+		})
+	}
+}
+
+func testScanSwapAfterListing(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		// swap changes root (outside holds the secrets) once the
@@ -75,7 +90,6 @@ func TestScanSwapAfterListing(t *testing.T) {
 				name = tc.name + "/unhashed"
 			}
 			t.Run(name, func(t *testing.T) {
-				t.Parallel()
 				base := t.TempDir()
 				root, outside := filepath.Join(base, "root"), filepath.Join(base, "outside")
 				write(t, root, "top.txt", "top level public!")
