@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/uploader/kvapi"
 )
@@ -28,6 +29,11 @@ func smallTree(tb testing.TB, n, size int) []desired.State {
 	if err := os.WriteFile(src, content, 0o644); err != nil {
 		tb.Fatal(err)
 	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	id, _ := beneath.IdentityOf(fi) // every link is the same file
 	states := make([]desired.State, n)
 	for i := range n {
 		rel := fmt.Sprintf("d%02d/f%05d.txt", i%100, i)
@@ -35,7 +41,7 @@ func smallTree(tb testing.TB, n, size int) []desired.State {
 		if err := os.Link(src, p); err != nil {
 			tb.Fatal(err)
 		}
-		states[i] = desired.State{Key: testPrefix + rel, Path: p, Hash: sum, Size: int64(size)}
+		states[i] = desired.State{Key: testPrefix + rel, Path: p, Root: root, Rel: rel, File: id, Hash: sum, Size: int64(size)}
 	}
 	return states
 }

@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/uploader/kvapi"
@@ -131,6 +132,13 @@ type Engine struct {
 	nextDue  time.Time
 	rejected map[string]desired.State // permanently failed states
 	held     map[string]bool          // keys whose latest state is held back
+	// rechecked holds, per key whose file was not the one scanned, the
+	// identity of the state that found it so and was handed to Recheck.
+	// A state with that same identity failing again means a new look
+	// changed nothing (a file system whose identities do not hold still):
+	// the key is not handed over again, which would loop, and waits for
+	// its file's next change or the next full sync.
+	rechecked map[string]beneath.Identity
 	// lastPassClean: the latest full sync wrote and deleted all it had to.
 	// With nothing queued, failed or held back since, KV holds the tree.
 	lastPassClean bool
@@ -158,6 +166,11 @@ type Engine struct {
 	cur        *run
 	closed     bool // Drain was called: nothing new is accepted
 	reconciled bool
+
+	// beforeRead, when set, is called by a write job with the states
+	// whose files it is about to open, before it opens any. Tests change
+	// the tree there, between the scan and the read.
+	beforeRead func(states []desired.State)
 }
 
 // New validates o and returns an idle engine.
@@ -167,16 +180,17 @@ func New(o Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		o:        o,
-		log:      o.Logger,
-		bcast:    make(chan struct{}),
-		wake:     make(chan struct{}, 1),
-		pending:  map[string]*item{},
-		inflight: map[string]bool{},
-		deferred: map[string]*item{},
-		delayed:  map[string]*item{},
-		rejected: map[string]desired.State{},
-		held:     map[string]bool{},
+		o:         o,
+		log:       o.Logger,
+		bcast:     make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		pending:   map[string]*item{},
+		inflight:  map[string]bool{},
+		deferred:  map[string]*item{},
+		delayed:   map[string]*item{},
+		rejected:  map[string]desired.State{},
+		held:      map[string]bool{},
+		rechecked: map[string]beneath.Identity{},
 	}
 	if o.Metrics != nil {
 		o.Metrics.QueueDepth.Set(0)
@@ -940,6 +954,8 @@ func (e *Engine) complete(j *job, rs []result) {
 		}
 		e.resolve(it, r.out, true)
 		switch r.out.kind {
+		case outWritten:
+			delete(e.rechecked, key)
 		case outRejected:
 			e.rejected[key] = it.st
 		case outHeldBack:

@@ -181,11 +181,14 @@ func TestRecordOnlyAfterConfirmedWrite(t *testing.T) {
 
 // Rule 1: the record holds the hash of the bytes actually sent, even when the
 // file changed after the watcher hashed it; single and bulk writes alike.
+// The change is in place and keeps the size: the file is still the one
+// the scan saw (a file of another size or inode is not sent at all, see
+// TestChangedSinceScan).
 func TestRecordHashesBytesSent(t *testing.T) {
 	for _, bulk := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bulk=%v", bulk), func(t *testing.T) {
 			tr := newTree(t)
-			stale := tr.write("a.txt", "old content")
+			stale := tr.write("a.txt", "old content!!!")
 			tr.write("a.txt", "newer content!")
 			states := []desired.State{stale}
 			if bulk {
@@ -727,6 +730,7 @@ func TestPermanentAndRetryableErrors(t *testing.T) {
 		mustContent(t, kv, st.Key, "a2")
 	})
 	t.Run("permanent retried by full sync", func(t *testing.T) {
+		st := tr.state("a") // as the subtests before left it
 		kv := newFakeKV(t)
 		calls := 0
 		kv.putErr = func(string) error {
@@ -745,6 +749,7 @@ func TestPermanentAndRetryableErrors(t *testing.T) {
 		mustContent(t, kv, st.Key, "a2")
 	})
 	t.Run("retryable", func(t *testing.T) {
+		st := tr.state("a") // as the subtests before left it
 		kv := newFakeKV(t)
 		calls := 0
 		kv.putErr = func(string) error {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/uploader/kvapi"
@@ -424,7 +425,25 @@ func (tr *tree) state(rel string) desired.State {
 	if err != nil {
 		tr.t.Fatal(err)
 	}
-	return desired.State{Key: testPrefix + rel, Path: p, Hash: sha256Hex(b), Size: int64(len(b))}
+	st := scanned(tr.t, tr.root, rel)
+	st.Key, st.Hash, st.Size = testPrefix+rel, sha256Hex(b), int64(len(b))
+	return st
+}
+
+// scanned returns where the watcher would say the bytes of rel beneath
+// root are, and the identity it would pin: Path, Root, Rel and File.
+func scanned(t testing.TB, root, rel string) desired.State {
+	t.Helper()
+	p := filepath.Join(root, filepath.FromSlash(rel))
+	fi, err := os.Lstat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := beneath.IdentityOf(fi)
+	if !ok {
+		t.Fatalf("%s: not a regular file", p)
+	}
+	return desired.State{Path: p, Root: root, Rel: rel, File: id, Size: fi.Size()}
 }
 
 func (tr *tree) remove(rel string) desired.State {

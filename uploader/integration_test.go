@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -91,7 +92,7 @@ func TestIntegrationEmulator(t *testing.T) {
 
 func readFile(t *testing.T, path string) string {
 	t.Helper()
-	b, err := readSmall(path, 1<<20)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}

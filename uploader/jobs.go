@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
-	"os"
-	"syscall"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/desired"
@@ -80,20 +78,20 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 	if done {
 		return r
 	}
-	v, err := kvapi.File(st.Path)
+	if e.beforeRead != nil {
+		e.beforeRead([]desired.State{st})
+	}
+	// Opened and checked before the intent mark: a file that cannot be
+	// opened (unreadable, or never read by the watcher, see
+	// desired.State.Hash) or is not the one scanned fails here, unsent
+	// and unmarked. The first attempt sends this descriptor; a retry
+	// opens and checks the file again.
+	f, err := openTree(st)
 	if err != nil {
 		return e.writeFailure(ctx, it, err, true)
 	}
-	// The value is opened only once the request is under way, after its
-	// intent mark; a file that cannot be opened at all (unreadable, or
-	// never read by the watcher, see desired.State.Hash) fails here
-	// instead, unsent and unmarked. Non-blocking, in case a FIFO took the
-	// file's place since kvapi.File checked it.
-	f, err := os.OpenFile(st.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return e.writeFailure(ctx, it, err, true)
-	}
-	f.Close()
+	tv, v := newTreeValue(st, f)
+	defer tv.close()
 	if err := validWrite(st.Key, opts.Metadata, v.Size()); err != nil {
 		return e.writeFailure(ctx, it, err, true)
 	}
@@ -309,6 +307,22 @@ func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bo
 	switch {
 	case ctx.Err() != nil:
 		return result{it: it, requeue: true} // shutting down: stays queued
+	case changedSinceScan(err):
+		// Not the file the scan saw (another file, a symlink on its way,
+		// another size): publishing it could send anything, a secret from
+		// outside the tree included. Its key is left as it is, held back
+		// like an unreadable file, and the watcher (when one runs) looks
+		// at the path again, which emits the key's state anew.
+		if e.o.Recheck == nil {
+			e.log.Warn("file changed since it was scanned; not written", "key", st.Key, "path", st.Path, "err", err)
+		} else if e.firstRecheck(st) {
+			e.log.Warn("file changed since it was scanned; not written, scanned again", "key", st.Key, "path", st.Path, "err", err)
+			e.o.Recheck(st.Key)
+		} else {
+			e.log.Warn("file changed since it was scanned, and again after it was scanned again; held back until it changes or the next full sync",
+				"key", st.Key, "path", st.Path, "err", err)
+		}
+		return result{it: it, out: outcome{kind: outHeldBack, err: err}}
 	case errors.Is(err, fs.ErrNotExist):
 		e.log.Debug("file vanished before upload; skipped", "key", st.Key, "path", st.Path)
 		return settled(it, outVanished)
@@ -344,6 +358,18 @@ func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bo
 	return result{it: it, out: outcome{kind: outFailed, err: err}, retry: true}
 }
 
+// firstRecheck records that st's file was not the one its scan saw and
+// reports whether that is news for this key (see Engine.rechecked).
+func (e *Engine) firstRecheck(st desired.State) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if id, ok := e.rechecked[st.Key]; ok && id == st.File {
+		return false
+	}
+	e.rechecked[st.Key] = st.File
+	return true
+}
+
 func codes(err error) []any {
 	var ae *kvapi.APIError
 	if errors.As(err, &ae) && len(ae.Errors) > 0 {
@@ -377,6 +403,13 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 	intents := make(map[string]state.Record, len(items))
 	var raw, enc int64
 	lookup := e.batchLookup(items)
+	if e.beforeRead != nil {
+		sts := make([]desired.State, len(items))
+		for i, it := range items {
+			sts[i] = it.st
+		}
+		e.beforeRead(sts)
+	}
 	rd := newSmallReader()
 	for _, it := range items {
 		st := it.st
@@ -391,7 +424,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			rs = append(rs, settledNow)
 			continue
 		}
-		data, err := rd.read(st.Path, st.Size, e.o.BulkThreshold)
+		data, err := rd.read(st, e.o.BulkThreshold)
 		if errors.Is(err, errGrew) {
 			it.split = 1 // streamed alone from now on
 			rs = append(rs, result{it: it, requeue: true})

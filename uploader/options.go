@@ -138,6 +138,13 @@ type Options struct {
 	// RetryBackoff is the wait before a key that failed with a retryable
 	// error is tried again; default 30 s. A full Snapshot retries it sooner.
 	RetryBackoff time.Duration
+	// Recheck, when set, is told the key of a file that was not written
+	// because it is not the file the scan saw (see desired.State.File):
+	// the watcher's Recheck, which evaluates the path again, so the key's
+	// current state arrives through Changed. Without it (a one-shot sync)
+	// the key is only reported held back. It must not block.
+	Recheck func(key string)
+
 	// Reconcile says the store is fresh (missing or corrupt): the first full
 	// sync lists the namespace to report keys it cannot vouch for, and
 	// rewrites every key of the tree since nothing can be compared.

@@ -118,6 +118,7 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 	e.filling++
 	clear(e.rejected) // a full sync retries what failed permanently
 	clear(e.held)     // and states its held-back keys afresh
+	clear(e.rechecked)
 	e.mu.Unlock()
 
 	interrupted := error(nil)

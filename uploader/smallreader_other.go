@@ -1,18 +1,40 @@
-//go:build !linux
+//go:build !unix
 
 package uploader
 
-// smallReader reads the files of one bulk batch. Outside Linux the syscall
-// package offers no openat, so each file is read by its path.
+import (
+	"io"
+
+	"github.com/kvsync/kvsync/internal/desired"
+)
+
+// smallReader reads the files of one bulk batch. Without openat each file
+// is opened through openTree, its root opened each time.
 type smallReader struct{}
 
 func newSmallReader() *smallReader { return &smallReader{} }
 
-// read returns the content of the file at path, refusing more than limit
-// bytes (errGrew). size, the scan's, serves only the Linux reader.
-func (r *smallReader) read(path string, size, limit int64) ([]byte, error) {
-	return readSmall(path, limit)
+// read returns the content of st's file, checked as openTree checks it,
+// refusing more than limit bytes (errGrew).
+func (r *smallReader) read(st desired.State, limit int64) ([]byte, error) {
+	if st.File.Size > limit {
+		return nil, errGrew
+	}
+	f, err := openTree(st)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	buf := make([]byte, st.File.Size+1)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, err
+	}
+	if int64(n) != st.File.Size {
+		return nil, errShort(st, n)
+	}
+	return buf[:n], nil
 }
 
-// close releases nothing here; it exists for the Linux reader.
+// close releases nothing here; it exists for the Unix reader.
 func (r *smallReader) close() {}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -18,12 +19,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
 // readWithin runs rd.read and fails the test if it blocks: a FIFO in a
 // file's place must never hang a job.
-func readWithin(t *testing.T, rd *smallReader, path string, size, limit int64) ([]byte, error) {
+func readWithin(t *testing.T, rd *smallReader, st desired.State, limit int64) ([]byte, error) {
 	t.Helper()
 	type res struct {
 		b   []byte
@@ -31,19 +33,19 @@ func readWithin(t *testing.T, rd *smallReader, path string, size, limit int64) (
 	}
 	done := make(chan res, 1)
 	go func() {
-		b, err := rd.read(path, size, limit)
+		b, err := rd.read(st, limit)
 		done <- res{b, err}
 	}()
 	select {
 	case r := <-done:
 		return r.b, r.err
 	case <-time.After(10 * time.Second):
-		t.Fatalf("read of %s blocked", path)
+		t.Fatalf("read of %s blocked", st.Path)
 		return nil, nil
 	}
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t *testing.T, path string, content string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
@@ -53,165 +55,238 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
+// replace puts a new file with content at path, as an atomic save does:
+// another inode under the same name.
+func replace(t *testing.T, path, content string) {
+	t.Helper()
+	writeFile(t, path+".new", content)
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSmallReader: whatever happened to a file between the scan (which
-// told its size) and the read, the reader returns its content now, or an
-// error naming it, or errGrew when it no longer fits a bulk write. Each
-// case first reads a sibling, so the directory is the one kept open.
+// pinned its identity) and the read, the reader returns the content of the
+// file the scan saw, or an error naming it: beneath.ErrChanged (or
+// ErrSymlink) for anything that is not that file with that length, which
+// is then never read, or errGrew when it no longer fits a bulk write.
+// Each case first reads a sibling, so the directory is the one kept open
+// unless the case says otherwise.
 func TestSmallReader(t *testing.T) {
-	notRegular := func(t *testing.T, path string, b []byte, err error) {
-		if err == nil || !strings.Contains(err.Error(), "not a regular file") || !strings.Contains(err.Error(), path) {
-			t.Errorf("got %q, %v; want a not-a-regular-file error naming %s", b, err, path)
+	changed := func(t *testing.T, path string, b []byte, err error) {
+		t.Helper()
+		if !changedSinceScan(err) || !strings.Contains(err.Error(), path) || b != nil {
+			t.Errorf("got %q, %v; want a changed-since-the-scan error naming %s", b, err, path)
 		}
 	}
 	notExist := func(t *testing.T, path string, b []byte, err error) {
+		t.Helper()
 		if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), path) {
 			t.Errorf("got %q, %v; want ErrNotExist naming %s", b, err, path)
 		}
 	}
 	grew := func(t *testing.T, path string, b []byte, err error) {
+		t.Helper()
 		if !errors.Is(err, errGrew) {
 			t.Errorf("got %q, %v; want errGrew", b, err)
 		}
 	}
 	content := func(want string) func(*testing.T, string, []byte, error) {
 		return func(t *testing.T, path string, b []byte, err error) {
+			t.Helper()
 			if err != nil || string(b) != want {
 				t.Errorf("got %q, %v; want %q", b, err, want)
 			}
 		}
 	}
+	fifo := func(t *testing.T, f string) {
+		t.Helper()
+		os.Remove(f)
+		if err := syscall.Mkfifo(f, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
-		name string
-		// setup makes dir/f what it is at read time and returns the size
-		// the scan found.
-		setup func(t *testing.T, dir, f string) int64
-		limit int64
-		check func(t *testing.T, path string, b []byte, err error)
+		name    string
+		scanned string // the content of dir/f when it is scanned
+		// change makes dir/f what it is at read time (outside is a
+		// directory beside the root).
+		change func(t *testing.T, dir, f, outside string)
+		cold   bool // no sibling read first: no directory kept open
+		limit  int64
+		check  func(t *testing.T, path string, b []byte, err error)
 	}{
-		{"unchanged", func(t *testing.T, dir, f string) int64 { writeFile(t, f, "hello"); return 5 }, 64, content("hello")},
-		{"at the limit", func(t *testing.T, dir, f string) int64 { writeFile(t, f, "12345678"); return 8 }, 8, content("12345678")},
-		{"grew by one byte", func(t *testing.T, dir, f string) int64 { writeFile(t, f, "hello!"); return 5 }, 64, content("hello!")},
-		{"grew, still under the limit", func(t *testing.T, dir, f string) int64 { writeFile(t, f, "hello, world"); return 5 }, 64, content("hello, world")},
-		{"grew over the limit", func(t *testing.T, dir, f string) int64 { writeFile(t, f, "hello, world"); return 5 }, 8, grew},
-		{"scanned over the limit", func(t *testing.T, dir, f string) int64 { writeFile(t, f, "hello, world"); return 12 }, 8, grew},
-		{"shrank", func(t *testing.T, dir, f string) int64 { writeFile(t, f, "hi"); return 5 }, 64, content("hi")},
-		{"emptied", func(t *testing.T, dir, f string) int64 { writeFile(t, f, ""); return 5 }, 64, content("")},
-		{"empty as scanned", func(t *testing.T, dir, f string) int64 { writeFile(t, f, ""); return 0 }, 64, content("")},
-		{"replaced by a FIFO", func(t *testing.T, dir, f string) int64 {
-			if err := syscall.Mkfifo(f, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			return 5
-		}, 64, notRegular},
-		{"replaced by an empty FIFO, scanned empty", func(t *testing.T, dir, f string) int64 {
-			if err := syscall.Mkfifo(f, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			return 0
-		}, 64, notRegular},
-		{"replaced by a FIFO holding fewer bytes", func(t *testing.T, dir, f string) int64 {
-			if err := syscall.Mkfifo(f, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			// O_RDWR opens a FIFO without waiting for a reader.
-			w, err := os.OpenFile(f, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { w.Close() })
-			if _, err := w.WriteString("abc"); err != nil {
-				t.Fatal(err)
-			}
-			return 5
-		}, 64, notRegular},
-		{"replaced by a directory", func(t *testing.T, dir, f string) int64 {
-			if err := os.Mkdir(f, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			return 5
-		}, 64, notRegular},
-		{"deleted", func(t *testing.T, dir, f string) int64 { return 5 }, 64, notExist},
-		{"directory deleted after it was opened", func(t *testing.T, dir, f string) int64 {
-			if err := os.RemoveAll(dir); err != nil {
-				t.Fatal(err)
-			}
-			return 5
-		}, 64, notExist},
-		{"directory replaced by a file", func(t *testing.T, dir, f string) int64 {
-			if err := os.RemoveAll(dir); err != nil {
-				t.Fatal(err)
-			}
-			writeFile(t, dir, "not a directory")
-			return 5
-		}, 64, func(t *testing.T, path string, b []byte, err error) {
-			if !errors.Is(err, syscall.ENOTDIR) || !strings.Contains(err.Error(), path) {
-				t.Errorf("got %q, %v; want ENOTDIR naming %s", b, err, path)
-			}
-		}},
-		{"directory swapped for a new one holding the file", func(t *testing.T, dir, f string) int64 {
-			if err := os.Rename(dir, dir+".old"); err != nil {
-				t.Fatal(err)
-			}
-			writeFile(t, f, "new one")
-			return 7
-		}, 64, content("new one")},
-		{"symlink to a file in another directory", func(t *testing.T, dir, f string) int64 {
-			target := filepath.Join(filepath.Dir(dir), "elsewhere", "target")
-			writeFile(t, target, "target!")
-			if err := os.Symlink("../elsewhere/target", f); err != nil {
-				t.Fatal(err)
-			}
-			return 7
-		}, 64, content("target!")},
-		{"dangling symlink", func(t *testing.T, dir, f string) int64 {
-			if err := os.Symlink("../nowhere/target", f); err != nil {
-				t.Fatal(err)
-			}
-			return 7
-		}, 64, notExist},
+		{name: "unchanged", scanned: "hello", limit: 64, check: content("hello")},
+		{name: "at the limit", scanned: "12345678", limit: 8, check: content("12345678")},
+		{name: "scanned over the limit", scanned: "hello, world", limit: 8, check: grew},
+		{name: "empty as scanned", scanned: "", limit: 64, check: content("")},
+		{name: "grew in place", scanned: "hello", limit: 64, check: changed,
+			change: func(t *testing.T, dir, f, outside string) { writeFile(t, f, "hello!") }},
+		{name: "shrank in place", scanned: "hello", limit: 64, check: changed,
+			change: func(t *testing.T, dir, f, outside string) { writeFile(t, f, "hi") }},
+		{name: "emptied", scanned: "hello", limit: 64, check: changed,
+			change: func(t *testing.T, dir, f, outside string) { writeFile(t, f, "") }},
+		{name: "replaced, same size", scanned: "hello", limit: 64, check: changed,
+			change: func(t *testing.T, dir, f, outside string) { replace(t, f, "HELLO") }},
+		{name: "replaced by a FIFO", scanned: "hello", limit: 64, check: changed,
+			change: func(t *testing.T, dir, f, outside string) { fifo(t, f) }},
+		{name: "replaced by an empty FIFO, scanned empty", scanned: "", limit: 64, check: changed,
+			change: func(t *testing.T, dir, f, outside string) { fifo(t, f) }},
+		{name: "replaced by a directory", scanned: "hello", limit: 64, check: changed,
+			change: func(t *testing.T, dir, f, outside string) {
+				os.Remove(f)
+				if err := os.Mkdir(f, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "replaced by a symlink to a same-size file outside", scanned: "hello", limit: 64, check: changed,
+			change: func(t *testing.T, dir, f, outside string) {
+				writeFile(t, filepath.Join(outside, "decoy"), "SECRT")
+				os.Remove(f)
+				if err := os.Symlink(filepath.Join(outside, "decoy"), f); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "replaced by a symlink to /proc/self/environ", scanned: "hello", limit: 64, check: changed,
+			change: func(t *testing.T, dir, f, outside string) {
+				os.Remove(f)
+				if err := os.Symlink("/proc/self/environ", f); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "deleted", scanned: "hello", limit: 64, check: notExist,
+			change: func(t *testing.T, dir, f, outside string) { os.Remove(f) }},
+		{name: "directory deleted after it was opened", scanned: "hello", limit: 64, check: notExist,
+			change: func(t *testing.T, dir, f, outside string) {
+				if err := os.RemoveAll(dir); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "directory replaced by a file", scanned: "hello", limit: 64, cold: true,
+			change: func(t *testing.T, dir, f, outside string) {
+				if err := os.RemoveAll(dir); err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, dir, "not a directory")
+			}, check: func(t *testing.T, path string, b []byte, err error) {
+				if !errors.Is(err, syscall.ENOTDIR) || !strings.Contains(err.Error(), path) {
+					t.Errorf("got %q, %v; want ENOTDIR naming %s", b, err, path)
+				}
+			}},
+		{name: "directory swapped for a new one holding a same-size file", scanned: "hello", limit: 64, cold: true, check: changed,
+			change: func(t *testing.T, dir, f, outside string) {
+				if err := os.Rename(dir, dir+".old"); err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, f, "HELLO")
+			}},
+		{name: "directory swapped for a symlink to the outside", scanned: "hello", limit: 64, cold: true, check: changed,
+			change: func(t *testing.T, dir, f, outside string) {
+				writeFile(t, filepath.Join(outside, "f"), "SECRT")
+				if err := os.Rename(dir, dir+".old"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(outside, dir); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		// The directory kept open is the one moved aside, which still
+		// holds the very file the scan saw: that file is what is read.
+		{name: "directory swapped for a symlink after it was opened", scanned: "hello", limit: 64, check: content("hello"),
+			change: func(t *testing.T, dir, f, outside string) {
+				writeFile(t, filepath.Join(outside, "f"), "SECRT")
+				if err := os.Rename(dir, dir+".old"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(outside, dir); err != nil {
+					t.Fatal(err)
+				}
+			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			root := t.TempDir()
+			base := t.TempDir()
+			root, outside := filepath.Join(base, "root"), filepath.Join(base, "outside")
 			dir := filepath.Join(root, "d")
 			writeFile(t, filepath.Join(dir, "warm"), "sibling")
+			writeFile(t, filepath.Join(outside, "x"), "x")
+			f := filepath.Join(dir, "f")
+			writeFile(t, f, tc.scanned)
+			st := scanned(t, root, "d/f")
 			rd := newSmallReader()
 			defer rd.close()
-			if b, err := readWithin(t, rd, filepath.Join(dir, "warm"), 7, 64); err != nil || string(b) != "sibling" {
-				t.Fatalf("sibling: %q, %v", b, err)
+			if !tc.cold {
+				if b, err := readWithin(t, rd, scanned(t, root, "d/warm"), 64); err != nil || string(b) != "sibling" {
+					t.Fatalf("sibling: %q, %v", b, err)
+				}
 			}
-			f := filepath.Join(dir, "f")
-			size := tc.setup(t, dir, f)
-			b, err := readWithin(t, rd, f, size, tc.limit)
+			if tc.change != nil {
+				tc.change(t, dir, f, outside)
+			}
+			b, err := readWithin(t, rd, st, tc.limit)
 			tc.check(t, f, b, err)
 		})
 	}
 }
 
+// A FIFO that took a file's place is recognised before it is read: the
+// bytes a process wrote into it are not consumed.
+func TestSmallReaderLeavesFIFOUnread(t *testing.T) {
+	root := t.TempDir()
+	f := filepath.Join(root, "f")
+	writeFile(t, f, "abc")
+	st := scanned(t, root, "f")
+	os.Remove(f)
+	if err := syscall.Mkfifo(f, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// O_RDWR opens a FIFO without waiting for a reader.
+	w, err := os.OpenFile(f, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.WriteString("abc"); err != nil {
+		t.Fatal(err)
+	}
+	rd := newSmallReader()
+	defer rd.close()
+	if b, err := readWithin(t, rd, st, 64); !changedSinceScan(err) {
+		t.Fatalf("got %q, %v; want a changed-since-the-scan error", b, err)
+	}
+	buf := make([]byte, 3)
+	if n, err := w.Read(buf); err != nil || string(buf[:n]) != "abc" {
+		t.Fatalf("the FIFO holds %q, %v; want abc still in it", buf[:n], err)
+	}
+}
+
 // Files of several directories, in and out of order, each read with the
-// right directory; paths through a symlinked directory too.
+// right directory; a path through a symlinked directory is refused.
 func TestSmallReaderSwitchesDirectories(t *testing.T) {
 	root := t.TempDir()
-	var paths []string
-	for _, rel := range []string{"a/1", "a/2", "a/b/1", "a/3", "c/1", "a/4", "c/2", "c/1", "top"} {
-		p := filepath.Join(root, rel)
-		writeFile(t, p, "content of "+rel)
-		paths = append(paths, p)
+	var states []desired.State
+	for _, rel := range []string{"a/1", "a/2", "a/b/1", "a/3", "c/1", "a/4", "c/2", "c/1", "top", "a/2"} {
+		writeFile(t, filepath.Join(root, rel), "content of "+rel)
+		states = append(states, scanned(t, root, rel))
 	}
 	if err := os.Symlink("a", filepath.Join(root, "link")); err != nil {
 		t.Fatal(err)
 	}
-	paths = append(paths, filepath.Join(root, "link", "2"), filepath.Join(root, "a", "2"))
 	rd := newSmallReader()
 	defer rd.close()
-	for _, p := range paths {
-		want, err := os.ReadFile(p)
+	for _, st := range states {
+		want, err := os.ReadFile(st.Path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := readWithin(t, rd, p, int64(len(want)), 64)
+		got, err := readWithin(t, rd, st, 64)
 		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s: %q, %v; want %q", p, got, err, want)
+			t.Errorf("%s: %q, %v; want %q", st.Path, got, err, want)
 		}
+	}
+	through := scanned(t, root, "a/2")
+	through.Rel, through.Path = "link/2", filepath.Join(root, "link", "2")
+	if b, err := readWithin(t, rd, through, 64); !errors.Is(err, beneath.ErrSymlink) {
+		t.Errorf("through a symlinked directory: %q, %v; want ErrSymlink", b, err)
 	}
 }
 
@@ -262,10 +337,10 @@ func TestSmallReaderUnreadable(t *testing.T) {
 	}
 	root := t.TempDir()
 	dir := filepath.Join(root, "d")
-	warm, secret := filepath.Join(dir, "warm"), filepath.Join(dir, "secret")
-	writeFile(t, warm, "sibling")
-	writeFile(t, secret, "secret")
-	if err := os.Chmod(secret, 0); err != nil {
+	writeFile(t, filepath.Join(dir, "warm"), "sibling")
+	writeFile(t, filepath.Join(dir, "secret"), "secret")
+	warm, secret := scanned(t, root, "d/warm"), scanned(t, root, "d/secret")
+	if err := os.Chmod(secret.Path, 0); err != nil {
 		t.Fatal(err)
 	}
 	denied := func(t *testing.T, path string, b []byte, err error) {
@@ -276,11 +351,11 @@ func TestSmallReaderUnreadable(t *testing.T) {
 	}
 	rd := newSmallReader()
 	defer rd.close()
-	if b, err := readWithin(t, rd, warm, 7, 64); err != nil || string(b) != "sibling" {
+	if b, err := readWithin(t, rd, warm, 64); err != nil || string(b) != "sibling" {
 		t.Fatalf("sibling: %q, %v", b, err)
 	}
-	b, err := readWithin(t, rd, secret, 6, 64)
-	denied(t, secret, b, err)
+	b, err := readWithin(t, rd, secret, 64)
+	denied(t, secret.Path, b, err)
 
 	// The reader holds dir open; taking its search permission away still
 	// denies what is in it, as it would by absolute path.
@@ -288,10 +363,10 @@ func TestSmallReaderUnreadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.Chmod(dir, 0o755)
-	b, err = readWithin(t, rd, warm, 7, 64)
-	denied(t, warm, b, err)
-	b, err = readWithin(t, newSmallReader(), warm, 7, 64)
-	denied(t, warm, b, err)
+	b, err = readWithin(t, rd, warm, 64)
+	denied(t, warm.Path, b, err)
+	b, err = readWithin(t, newSmallReader(), warm, 64)
+	denied(t, warm.Path, b, err)
 }
 
 // In a bulk batch, an unreadable file is held back alone (its key neither
@@ -355,29 +430,38 @@ func TestUnreadableHeldBackNotRetried(t *testing.T) {
 }
 
 // BenchmarkReadBatch reads one bulk batch's files (5,000 of 1 KiB, in key
-// order, in the two-level layout of the bench trees): each by its absolute
-// path (readSmall), or through smallReader.
+// order, in the two-level layout of the bench trees): each opened alone
+// (openTree: the root, then the file beneath it, as a streamed write
+// does), or through smallReader.
 func BenchmarkReadBatch(b *testing.B) {
 	root := b.TempDir()
 	content := bytes.Repeat([]byte("k"), 1024)
-	var paths []string
+	var states []desired.State
 	for i := range 5000 {
-		p := filepath.Join(root, fmt.Sprintf("d%02d", i/320), fmt.Sprintf("e%02d", i/10%32), fmt.Sprintf("f%06d.txt", i))
+		rel := fmt.Sprintf("d%02d/e%02d/f%06d.txt", i/320, i/10%32, i)
+		p := filepath.Join(root, filepath.FromSlash(rel))
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			b.Fatal(err)
 		}
 		if err := os.WriteFile(p, content, 0o644); err != nil {
 			b.Fatal(err)
 		}
-		paths = append(paths, p)
+		states = append(states, scanned(b, root, rel))
 	}
-	slices.Sort(paths)
-	b.Run("path", func(b *testing.B) {
+	slices.SortFunc(states, func(a, b desired.State) int { return strings.Compare(a.Rel, b.Rel) })
+	b.Run("openTree", func(b *testing.B) {
 		b.ReportAllocs()
+		buf := make([]byte, len(content)+1)
 		for b.Loop() {
-			for _, p := range paths {
-				if d, err := readSmall(p, 1<<20); err != nil || len(d) != len(content) {
-					b.Fatal(len(d), err)
+			for _, st := range states {
+				f, err := openTree(st)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, err := io.ReadFull(f, buf)
+				f.Close()
+				if n != len(content) || err != io.ErrUnexpectedEOF {
+					b.Fatal(n, err)
 				}
 			}
 		}
@@ -386,8 +470,8 @@ func BenchmarkReadBatch(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			rd := newSmallReader()
-			for _, p := range paths {
-				if d, err := rd.read(p, int64(len(content)), 1<<20); err != nil || len(d) != len(content) {
+			for _, st := range states {
+				if d, err := rd.read(st, 1<<20); err != nil || len(d) != len(content) {
 					b.Fatal(len(d), err)
 				}
 			}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
@@ -137,7 +138,8 @@ func TestRunFlushAbandonsRescan(t *testing.T) {
 	var once sync.Once
 	r := start(t, flushOpts(t, root), func(w *Watcher) {
 		seen.hook(w)
-		w.open = func(name string) (*os.File, error) {
+		w.open = func(root *beneath.Root, rel string) (*os.File, error) {
+			name := filepath.Join(root.Path(), filepath.FromSlash(rel))
 			// The first time the rescan reads a.txt, hold it there
 			// until the test has cancelled Run.
 			if filepath.Base(name) == "a.txt" {
@@ -146,7 +148,7 @@ func TestRunFlushAbandonsRescan(t *testing.T) {
 					<-release
 				})
 			}
-			return openFile(name)
+			return openFile(root, rel)
 		}
 	})
 	m := r.sink.mark()

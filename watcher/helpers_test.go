@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
@@ -253,6 +254,12 @@ func checkStates(t *testing.T, got, want []desired.State) {
 	}
 	for i := range got {
 		g, w := got[i], want[i]
+		// Where the bytes are read from must be the path emitted, and the
+		// file pinned; the identity itself is the file system's to pick.
+		if !g.Deleted && g.Err == nil && (filepath.Join(g.Root, filepath.FromSlash(g.Rel)) != g.Path || g.File == (beneath.Identity{})) {
+			t.Fatalf("state %d: Root %q Rel %q File %+v do not name Path %q", i, g.Root, g.Rel, g.File, g.Path)
+		}
+		g.Root, g.Rel, g.File = "", "", beneath.Identity{}
 		gotErr, wantErr := g.Err != nil, w.Err != nil
 		g.Err, w.Err = nil, nil
 		if gotErr != wantErr || !sameState(g, w) {
@@ -275,11 +282,12 @@ type countingOpen struct {
 	names []string
 }
 
-func (c *countingOpen) open(name string) (*os.File, error) {
+func (c *countingOpen) open(root *beneath.Root, rel string) (*os.File, error) {
+	name := filepath.Join(root.Path(), filepath.FromSlash(rel))
 	c.mu.Lock()
 	c.names = append(c.names, name)
 	c.mu.Unlock()
-	return openFile(name)
+	return openFile(root, rel)
 }
 
 func (c *countingOpen) count() int {

@@ -100,8 +100,17 @@ type Options struct {
 	// the next start's full scan, which on a volume that dies with the
 	// process (a Kubernetes emptyDir) never comes.
 	FlushTimeout time.Duration
-	// AllowSymlinksOutside follows symlinks that lead outside Root.
-	// Symlink loops are never followed.
+	// AllowSymlinksOutside publishes what a symlink in the tree leads to
+	// when that is a regular file outside Root; by default such links are
+	// skipped. It is an explicit opt-in that widens what may be read only
+	// by the targets of the tree's own links, each pinned when it is
+	// scanned: the target's real path (every symlink on its way resolved
+	// then) is looked up beneath "/" with no symlink followed, and the
+	// file read must have the identity the scan saw, like any file of the
+	// tree (desired.State.File). A directory of the tree, a sidecar's
+	// path or a target swapped after the scan still cannot lead a read
+	// outside. Symlinks to directories and symlink loops are never
+	// followed.
 	AllowSymlinksOutside bool
 	// MaxFileSize is the largest file published; default kvapi.MaxValueBytes.
 	MaxFileSize int64

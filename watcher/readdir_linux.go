@@ -5,24 +5,27 @@ package watcher
 import (
 	"context"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kvsync/kvsync/internal/beneath"
 )
 
-// readDirStat lists the directory at abs in name order and lstats the
-// entries the walk needs (wantStat) relative to the open directory: an
-// lstat by absolute path walks every component of the path again, which
-// cost more than the stat itself on a tree a few directories deep.
+// readDirStat lists the directory rel beneath root (abs, for messages) in
+// name order and lstats the entries the walk needs (wantStat) relative to
+// the open directory: an lstat by path walks every component of the path
+// again, which cost more than the stat itself on a tree a few directories
+// deep, and could pass through a directory swapped for a symlink since.
 // beforeStat, when set, runs between the listing and the stats (tests
 // change the tree there).
-func readDirStat(ctx context.Context, abs string, beforeStat func()) ([]dirEntry, error) {
-	// O_DIRECTORY: should the path have become a FIFO since its parent was
-	// listed, opening it must fail (ENOTDIR) rather than block.
-	f, err := os.OpenFile(abs, os.O_RDONLY|syscall.O_DIRECTORY, 0)
+func readDirStat(ctx context.Context, root *beneath.Root, rel, abs string, beforeStat func()) ([]dirEntry, error) {
+	// Beneath the root with no symlink followed, and O_DIRECTORY: should
+	// the path have become a FIFO since its parent was listed, opening it
+	// must fail (ENOTDIR) rather than block.
+	f, err := root.OpenDir(rel)
 	if err != nil {
 		return nil, err
 	}

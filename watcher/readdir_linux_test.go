@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/kvsync/kvsync/internal/beneath"
 )
 
 // An entry's stat taken relative to its directory says what os.Lstat says,
@@ -32,7 +34,12 @@ func TestReadDirStatMatchesLstat(t *testing.T) {
 	if l, err := net.Listen("unix", filepath.Join(dir, "sock")); err == nil {
 		defer l.Close()
 	}
-	entries, err := readDirStat(context.Background(), dir, nil)
+	root, err := beneath.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	entries, err := readDirStat(context.Background(), root, "", dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,8 +91,13 @@ func TestReadDirStatNotDirectory(t *testing.T) {
 	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	root, err := beneath.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
 	for _, name := range []string{"f", "fifo", "missing"} {
-		if _, err := readDirStat(context.Background(), filepath.Join(dir, name), nil); !isGone(err) {
+		if _, err := readDirStat(context.Background(), root, name, filepath.Join(dir, name), nil); !isGone(err) {
 			t.Errorf("%s: err %v, want ENOTDIR or ENOENT", name, err)
 		}
 	}

@@ -4,14 +4,16 @@ package watcher
 
 import (
 	"context"
-	"os"
+
+	"github.com/kvsync/kvsync/internal/beneath"
 )
 
-// readDirStat lists the directory at abs in name order and lstats the
-// entries the walk needs (wantStat), by path: the portable way. beforeStat,
-// when set, runs between the listing and the stats.
-func readDirStat(ctx context.Context, abs string, beforeStat func()) ([]dirEntry, error) {
-	f, err := os.Open(abs)
+// readDirStat lists the directory rel beneath root (abs, for messages) in
+// name order and lstats the entries the walk needs (wantStat), each
+// beneath the root: the portable way. beforeStat, when set, runs between
+// the listing and the stats.
+func readDirStat(ctx context.Context, root *beneath.Root, rel, abs string, beforeStat func()) ([]dirEntry, error) {
+	f, err := root.OpenDir(rel)
 	if err != nil {
 		return nil, err
 	}
@@ -34,7 +36,7 @@ func readDirStat(ctx context.Context, abs string, beforeStat func()) ([]dirEntry
 			}
 		}
 		e := &entries[i]
-		e.info, e.err = os.Lstat(abs + string(os.PathSeparator) + e.name)
+		e.info, e.err = root.Lstat(joinRel(rel, e.name))
 	}
 	return entries, nil
 }

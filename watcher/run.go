@@ -11,6 +11,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
@@ -20,7 +21,10 @@ import (
 type work struct {
 	mu    sync.Mutex
 	paths map[string]struct{}
-	scan  desired.Trigger
+	// forced are paths among paths whose state is emitted even when it
+	// equals the last one (Watcher.Recheck).
+	forced map[string]struct{}
+	scan   desired.Trigger
 	// final is set by Run's flush: no more scans, drain the paths, stop.
 	final bool
 	// inflight counts the paths taken but not yet through the sink, for
@@ -30,7 +34,7 @@ type work struct {
 }
 
 func newWork() *work {
-	return &work{paths: make(map[string]struct{}), notify: make(chan struct{}, 1)}
+	return &work{paths: make(map[string]struct{}), forced: make(map[string]struct{}), notify: make(chan struct{}, 1)}
 }
 
 func (q *work) signal() {
@@ -44,6 +48,17 @@ func (q *work) addPaths(rels []string) {
 	q.mu.Lock()
 	for _, r := range rels {
 		q.paths[r] = struct{}{}
+	}
+	q.mu.Unlock()
+	q.signal()
+}
+
+// recheck queues rels to be evaluated and emitted whatever they hold.
+func (q *work) recheck(rels map[string]struct{}) {
+	q.mu.Lock()
+	for r := range rels {
+		q.paths[r] = struct{}{}
+		q.forced[r] = struct{}{}
 	}
 	q.mu.Unlock()
 	q.signal()
@@ -75,7 +90,7 @@ func (q *work) finish(rels []string) {
 // reads every file after they fired. They are returned with it so that, if
 // the scan is abandoned, they can be queued again. Once final, a pending
 // scan is dropped and stop reports that nothing is left.
-func (q *work) take() (trigger desired.Trigger, rels []string, stop bool) {
+func (q *work) take() (trigger desired.Trigger, rels []string, forced map[string]struct{}, stop bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.final {
@@ -88,11 +103,14 @@ func (q *work) take() (trigger desired.Trigger, rels []string, stop bool) {
 		}
 		clear(q.paths)
 	}
+	if len(q.forced) > 0 {
+		forced, q.forced = q.forced, make(map[string]struct{})
+	}
 	q.inflight = len(rels)
 	if q.scan != "" {
 		trigger, q.scan = q.scan, ""
 	}
-	return trigger, rels, q.final && trigger == "" && len(rels) == 0
+	return trigger, rels, forced, q.final && trigger == "" && len(rels) == 0
 }
 
 // delivered records that the paths last taken are through the sink.
@@ -159,6 +177,8 @@ func (w *Watcher) Run(ctx context.Context, sink desired.Sink) error {
 	defer stopEval()
 
 	q := newWork()
+	w.work.Store(q)
+	defer w.work.Store(nil)
 	src := w.startSource()
 	defer w.stopSource()
 	q.requestScan(desired.TriggerStartup)
@@ -225,6 +245,23 @@ func (w *Watcher) Run(ctx context.Context, sink desired.Sink) error {
 	}
 	w.flush(&l, q, g, emitted, stopEval)
 	return nil
+}
+
+// Recheck asks a running Run to evaluate the file of key again and to emit
+// its state even if it equals the last one emitted. A sink calls it when
+// the file it opened to publish is not the one the scan saw
+// (beneath.ErrChanged): it published nothing, and only a new evaluation
+// can say what the key should hold now, since the change that caused the
+// difference may have produced no event the watcher would act on (a
+// directory swapped and swapped back). Without Run (Scan, one-shot) it
+// does nothing: the caller reports the key instead. It never blocks.
+func (w *Watcher) Recheck(key string) {
+	rel, ok := strings.CutPrefix(key, w.opts.Prefix)
+	q := w.work.Load()
+	if !ok || rel == "" || q == nil {
+		return
+	}
+	q.recheck(map[string]struct{}{rel: {}})
 }
 
 // flush hands the paths still in their debounce window to the emitter and
@@ -297,7 +334,7 @@ func (w *Watcher) restart(q *work, t desired.Trigger, why string) eventSource {
 // has drained the work, or when evalCtx or the gate closes.
 func (w *Watcher) emit(scanCtx, evalCtx context.Context, sink desired.Sink, q *work, g *gate) {
 	for {
-		trigger, rels, stop := q.take()
+		trigger, rels, forced, stop := q.take()
 		switch {
 		case stop:
 			return
@@ -307,6 +344,7 @@ func (w *Watcher) emit(scanCtx, evalCtx context.Context, sink desired.Sink, q *w
 				// Abandoned by shutdown; what it would have covered
 				// of the paths goes to the flush.
 				q.addPaths(rels)
+				q.recheck(forced)
 				continue
 			}
 			if !g.open() {
@@ -315,7 +353,7 @@ func (w *Watcher) emit(scanCtx, evalCtx context.Context, sink desired.Sink, q *w
 			sink.Snapshot(snap)
 			q.delivered()
 		case len(rels) > 0:
-			states := w.evalPaths(evalCtx, rels)
+			states := w.evalPaths(evalCtx, rels, forced)
 			if len(states) > 0 {
 				if evalCtx.Err() != nil || !g.open() {
 					return
@@ -370,29 +408,43 @@ func (l *loop) event(ev fsnotify.Event) {
 		w.dropWatches(ev.Name)
 	}
 	if ev.Has(fsnotify.Create) {
-		if fi, err := os.Lstat(ev.Name); err == nil && fi.IsDir() {
-			w.watchTree(ev.Name)
-		}
+		w.watchNew(rel, ev.Name)
 	}
 	l.schedule(sidecarOwner(rel))
+}
+
+// watchNew watches a directory just created at rel (abs), and those below
+// it, looked up beneath the root: a symlink is not a directory of the
+// tree, whatever it points to.
+func (w *Watcher) watchNew(rel, abs string) {
+	root, err := beneath.OpenRoot(w.opts.Root)
+	if err != nil {
+		return
+	}
+	defer root.Close()
+	if fi, err := root.Lstat(rel); err == nil && fi.IsDir() {
+		w.watchTree(root, rel, abs)
+	}
 }
 
 // watchTree watches a new directory and those below it, each before it is
 // read, so nothing created inside escapes both the watch and the scan that
 // follows the debounce.
-func (w *Watcher) watchTree(abs string) {
+func (w *Watcher) watchTree(root *beneath.Root, rel, abs string) {
 	w.addWatch(abs)
-	entries, err := os.ReadDir(abs)
+	d, err := root.OpenDir(rel)
+	if err != nil {
+		return
+	}
+	entries, err := d.ReadDir(-1)
+	d.Close()
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		if !e.IsDir() {
-			continue
-		}
-		child := filepath.Join(abs, e.Name())
-		if rel, ok := w.relOf(child); ok && w.opts.dirSkip(rel) == "" {
-			w.watchTree(child)
+		crel := rel + "/" + e.Name()
+		if e.IsDir() && w.opts.dirSkip(crel) == "" {
+			w.watchTree(root, crel, filepath.Join(abs, e.Name()))
 		}
 	}
 }

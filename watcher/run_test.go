@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/metrics"
 )
@@ -241,12 +242,13 @@ func TestRunRemovedBeforeRead(t *testing.T) {
 	target := filepath.Join(root, "f.txt")
 	var race sync.Once
 	r := start(t, testOpts(t, root), func(w *Watcher) {
-		w.open = func(name string) (*os.File, error) {
+		w.open = func(root *beneath.Root, rel string) (*os.File, error) {
+			name := filepath.Join(root.Path(), filepath.FromSlash(rel))
 			if name == target && w.st.known.states["f.txt"].Hash != "" {
 				// The file goes between the event's stat and the read.
 				race.Do(func() { os.Remove(name) })
 			}
-			return openFile(name)
+			return openFile(root, rel)
 		}
 	})
 	m := r.sink.mark()
@@ -263,13 +265,14 @@ func TestRunUnreadable(t *testing.T) {
 		var mu sync.Mutex
 		deny := true
 		r := start(t, testOpts(t, root), func(w *Watcher) {
-			w.open = func(name string) (*os.File, error) {
+			w.open = func(root *beneath.Root, rel string) (*os.File, error) {
+				name := filepath.Join(root.Path(), filepath.FromSlash(rel))
 				mu.Lock()
 				defer mu.Unlock()
 				if name == target && deny {
 					return nil, &os.PathError{Op: "open", Path: name, Err: syscall.EACCES}
 				}
-				return openFile(name)
+				return openFile(root, rel)
 			}
 		})
 		m := r.sink.mark()

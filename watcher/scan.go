@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
@@ -72,7 +73,12 @@ type scanState struct {
 	// of the target re-evaluates the link.
 	linkTarget map[string]string
 	realRoot   string
-	buf        []byte
+	// root is the tree's root, open while a scan or an evaluation runs
+	// (under Watcher.mu); every path of the tree is opened beneath it.
+	// sysRoot is "/", opened only for targets of symlinks that
+	// AllowSymlinksOutside lets out of the tree.
+	root, sysRoot *beneath.Root
+	buf           []byte
 }
 
 func newScanState() *scanState {
@@ -162,15 +168,20 @@ func childPaths(rel, abs, name string) (crel, cabs string) {
 	return joinRel(rel, name), cabs
 }
 
-// openFile opens for reading without blocking: should a FIFO slip past the
-// mode checks (a race), opening it must not hang the watcher.
-func openFile(name string) (*os.File, error) {
-	return os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-}
+// openFile opens rel beneath root, following no symlink and without
+// blocking: should a FIFO slip past the mode checks (a race), opening it
+// must not hang the watcher.
+func openFile(root *beneath.Root, rel string) (*os.File, error) { return root.Open(rel) }
 
 func isGone(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }
+
+// goneFromTree reports whether a lookup beneath the root failed because
+// the path is no longer in the tree as the rules see it: removed, or
+// behind a directory that is now a symlink, which the tree does not
+// follow (evaluating that directory itself says what became of it).
+func goneFromTree(err error) bool { return isGone(err) || errors.Is(err, beneath.ErrSymlink) }
 
 // noteSkip records that rel is not published and why, logging and counting
 // only when that is news.
@@ -192,53 +203,95 @@ func (w *Watcher) noteSkip(rel, reason string, warn bool, msg string, args ...an
 	}
 }
 
-// resolved is a file ready to be hashed: where its bytes are and its
-// identity as seen by stat.
+// resolved is a file ready to be hashed: where its bytes are (rel beneath
+// root; path for messages) and its identity as seen by lstat.
 type resolved struct {
+	root *beneath.Root
+	rel  string
 	path string
 	info fs.FileInfo
 }
 
 // resolve follows rel to a regular file, applying the symlink and special
-// file rules. ok is false when rel is not to be published; gone reports that
-// it vanished.
+// file rules. ok is false when rel is not to be published.
 func (w *Watcher) resolve(rel, abs string, lst fs.FileInfo) (r resolved, ok bool) {
 	s := w.st
 	delete(s.linkTarget, rel)
+	r = resolved{root: s.root, rel: rel, path: abs, info: lst}
 	if lst.Mode()&fs.ModeSymlink != 0 {
-		target, err := filepath.EvalSymlinks(abs)
-		if err != nil {
-			if isGone(err) {
-				w.noteSkip(rel, reasonSymlink, true, "skipping dangling symlink")
-			} else {
-				w.noteSkip(rel, reasonSymlink, true, "skipping symlink that cannot be resolved (a loop?)", "error", err)
-			}
+		t, err := w.follow(abs)
+		switch {
+		case errors.Is(err, errOutside):
+			w.noteSkip(rel, reasonSymlink, true, "skipping symlink leading outside the root (see AllowSymlinksOutside)", "target", t.path)
 			return r, false
-		}
-		tr, inside := w.relToRoot(target)
-		if !inside && !w.opts.AllowSymlinksOutside {
-			w.noteSkip(rel, reasonSymlink, true, "skipping symlink leading outside the root (see AllowSymlinksOutside)", "target", target)
+		case errors.Is(err, errDangling):
+			w.noteSkip(rel, reasonSymlink, true, "skipping dangling symlink")
 			return r, false
-		}
-		fi, err := os.Stat(target)
-		if err != nil {
+		case err != nil:
 			w.noteSkip(rel, reasonSymlink, true, "skipping symlink whose target cannot be read", "error", err)
 			return r, false
-		}
-		if fi.IsDir() {
-			w.noteSkip(rel, reasonSymlink, true, "skipping symlink to a directory: directories are not followed", "target", target)
+		case t.info.IsDir():
+			w.noteSkip(rel, reasonSymlink, true, "skipping symlink to a directory: directories are not followed", "target", t.path)
 			return r, false
 		}
-		if inside {
-			s.linkTarget[rel] = tr
+		if t.root == s.root {
+			s.linkTarget[rel] = t.rel
 		}
-		abs, lst = target, fi
+		r = t
 	}
-	if !lst.Mode().IsRegular() {
-		w.noteSkip(rel, reasonSpecial, true, "skipping special file (FIFO, socket or device)", "mode", lst.Mode().String())
+	if !r.info.Mode().IsRegular() {
+		w.noteSkip(rel, reasonSpecial, true, "skipping special file (FIFO, socket or device)", "mode", r.info.Mode().String())
 		return r, false
 	}
-	return resolved{path: abs, info: lst}, true
+	return r, true
+}
+
+// Why follow cannot give a symlink's target.
+var (
+	errOutside  = errors.New("symlink leads outside the root")
+	errDangling = errors.New("dangling symlink")
+)
+
+// follow resolves the symlink at abs to its target, which is then looked
+// up again beneath the root with package beneath: its lstat (not a stat)
+// through directories that are not symlinks. EvalSymlinks only says where
+// the link leads; it is a lookup by path, which anything can race, so
+// nothing it finds is read: what is read is what the lookup beneath the
+// root finds, and a target that moved or became a symlink since fails
+// there. A target outside the root is errOutside unless
+// AllowSymlinksOutside: then it is looked up beneath "/" by its real
+// path, under the same rules, and pinned by identity like any other file.
+func (w *Watcher) follow(abs string) (resolved, error) {
+	s := w.st
+	target, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		if isGone(err) {
+			return resolved{}, errDangling
+		}
+		return resolved{}, fmt.Errorf("cannot be resolved (a loop?): %w", err)
+	}
+	t := resolved{path: target}
+	tr, inside := w.relToRoot(target)
+	switch {
+	case inside:
+		t.root, t.rel = s.root, tr
+	case !w.opts.AllowSymlinksOutside:
+		return t, errOutside
+	default:
+		if s.sysRoot == nil {
+			if s.sysRoot, err = beneath.OpenRoot(string(filepath.Separator)); err != nil {
+				return t, err
+			}
+		}
+		t.root, t.rel = s.sysRoot, filepath.ToSlash(strings.TrimPrefix(target, string(filepath.Separator)))
+	}
+	if t.info, err = t.root.Lstat(t.rel); err != nil {
+		return t, err
+	}
+	if t.info.Mode()&fs.ModeSymlink != 0 {
+		return t, fmt.Errorf("%w: %s became a symlink while it was resolved", beneath.ErrSymlink, target)
+	}
+	return t, nil
 }
 
 // relToRoot maps an absolute, symlink-free path to its path relative to the
@@ -284,8 +337,8 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 		return desired.State{}, false
 	}
 	if lst == nil {
-		if lst, err = os.Lstat(abs); err != nil {
-			if !isGone(err) {
+		if lst, err = w.st.root.Lstat(rel); err != nil {
+			if !goneFromTree(err) {
 				w.log.Warn("cannot stat file", "path", abs, "error", err)
 			}
 			return desired.State{}, false
@@ -295,7 +348,7 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 	if !ok {
 		return desired.State{}, false
 	}
-	st := desired.State{Key: key, Path: r.path, Size: r.info.Size(), Expiration: w.opts.expiration(rel)}
+	st := desired.State{Key: key, Path: r.path, Root: r.root.Path(), Rel: r.rel, Size: r.info.Size(), Expiration: w.opts.expiration(rel)}
 
 	var meta json.RawMessage
 	if hint == sidecarAbsent {
@@ -315,16 +368,24 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 		return desired.State{Key: key, Path: r.path, Size: r.info.Size(), Err: err}, true
 	}
 	if w.opts.NeedHash != nil && !w.opts.NeedHash(key) {
-		// Not opened, so neither cached: the sink reads it anyway.
+		// Not opened, so neither cached: the sink reads it anyway, and
+		// publishes it only if it is still the file lstat saw.
 		delete(w.st.hashes, rel)
 		delete(w.st.skipped, rel)
+		st.File, _ = beneath.IdentityOf(r.info)
 		return st, true
 	}
-	hash, size, err := w.hash(rel, r)
+	hash, size, id, err := w.hash(rel, r)
 	switch {
 	case err == nil:
 	case isGone(err):
 		return desired.State{}, false
+	case errors.Is(err, beneath.ErrSymlink):
+		// The file, or a directory on its way, became a symlink since it
+		// was listed: its key is left alone until that change's own
+		// event (or the next scan) evaluates it under the symlink rules.
+		w.noteSkip(rel, reasonSymlink, true, "holding back file that became a symlink while it was scanned", "error", err)
+		return desired.State{Key: key, Path: r.path, Err: err}, true
 	case errors.Is(err, ErrTooLarge):
 		w.noteSkip(rel, reasonTooLarge, true, "holding back file: too large", "error", err)
 		return desired.State{Key: key, Path: r.path, Size: size, Err: err}, true
@@ -336,7 +397,7 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 		return desired.State{Key: key, Path: r.path, Err: err}, true
 	}
 	delete(w.st.skipped, rel)
-	st.Hash, st.Size = hash, size
+	st.Hash, st.Size, st.File = hash, size, id
 	return st, true
 }
 
@@ -347,8 +408,9 @@ var (
 	errNotRegular = errors.New("not a regular file")
 )
 
-// hash returns the content hash of a resolved file, from the cache when its
-// identity proves it unchanged, else by streaming it through SHA-256.
+// hash returns the content hash of a resolved file and the identity of the
+// file it read (see desired.State.File), from the cache when its identity
+// proves it unchanged, else by streaming it through SHA-256.
 //
 // A file written or replaced while it is read is not an error: its hash
 // is returned but never cached. Holding such a file back would keep a file
@@ -356,39 +418,44 @@ var (
 // hash does no harm: the write that raced produces an event that
 // re-evaluates the file, and the uploader records the hash of the bytes it
 // actually sends, not this one.
-func (w *Watcher) hash(rel string, r resolved) (string, int64, error) {
+func (w *Watcher) hash(rel string, r resolved) (string, int64, beneath.Identity, error) {
 	s := w.st
+	var none beneath.Identity
 	id, idOK := fileIDOf(r.info)
 	if e, ok := s.hashes[rel]; ok && idOK && e.id == id {
-		return e.hash, id.size, nil
+		bid, _ := beneath.IdentityOf(r.info)
+		return e.hash, id.size, bid, nil
 	}
 	delete(s.hashes, rel)
-	f, err := w.open(r.path)
+	f, err := w.open(r.root, r.rel)
 	if err != nil {
-		if isGone(err) {
-			return "", 0, err
+		if isGone(err) || errors.Is(err, beneath.ErrSymlink) {
+			return "", 0, none, err
 		}
-		return "", 0, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
+		return "", 0, none, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
 	}
 	defer f.Close()
+	// The descriptor, not the path, is what is hashed: its fstat is the
+	// identity the sink checks before publishing.
 	fi, err := f.Stat()
 	if err != nil {
-		return "", 0, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
+		return "", 0, none, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return "", 0, errNotRegular
+		return "", 0, none, errNotRegular
 	}
 	before, beforeOK := fileIDOf(fi)
+	bid, _ := beneath.IdentityOf(fi)
 	if fi.Size() > w.opts.MaxFileSize {
-		return "", fi.Size(), fmt.Errorf("%w: %s is %d bytes, over the limit of %d", ErrTooLarge, r.path, fi.Size(), w.opts.MaxFileSize)
+		return "", fi.Size(), none, fmt.Errorf("%w: %s is %d bytes, over the limit of %d", ErrTooLarge, r.path, fi.Size(), w.opts.MaxFileSize)
 	}
 	h := sha256.New()
 	n, err := io.CopyBuffer(h, io.LimitReader(f, w.opts.MaxFileSize+1), s.buf)
 	if err != nil {
-		return "", 0, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
+		return "", 0, none, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
 	}
 	if n > w.opts.MaxFileSize {
-		return "", n, fmt.Errorf("%w: %s grew past the limit of %d bytes", ErrTooLarge, r.path, w.opts.MaxFileSize)
+		return "", n, none, fmt.Errorf("%w: %s grew past the limit of %d bytes", ErrTooLarge, r.path, w.opts.MaxFileSize)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	if after, err := f.Stat(); err == nil && beforeOK {
@@ -398,51 +465,65 @@ func (w *Watcher) hash(rel string, r resolved) (string, int64, error) {
 			s.hashes[rel] = hashEntry{id: before, hash: sum}
 		}
 	}
-	return sum, n, nil
+	return sum, n, bid, nil
 }
 
 // sidecar returns the metadata in the sidecar at rel, nil when there is
 // none, or an error naming it when it is invalid. lst, when not nil, is the
 // sidecar's lstat from the directory's listing: unless it is a symlink, it
-// is what stat would say, and is trusted instead of asked again.
+// is what a lookup now would say, and is trusted instead of asked again.
+// The sidecar is read beneath the root like any file of the tree: a
+// symlink follows the rules of follow, and a file read is the one opened
+// beneath the root, whatever the listing said.
 func (w *Watcher) sidecar(rel string, lst fs.FileInfo) (json.RawMessage, error) {
 	s := w.st
 	abs := filepath.Join(w.opts.Root, rel)
 	if lst != nil && lst.Mode()&fs.ModeSymlink != 0 {
 		lst = nil // the symlink rules below look at it again
 	}
-	fi := lst
-	if fi == nil {
-		if lst, err := os.Lstat(abs); err == nil && lst.Mode()&fs.ModeSymlink != 0 && !w.opts.AllowSymlinksOutside {
-			// The symlink rule holds for sidecars too: metadata must not be
-			// read from outside the root.
-			target, err := filepath.EvalSymlinks(abs)
-			if err != nil {
-				return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
-			}
-			if _, inside := w.relToRoot(target); !inside {
-				return nil, fmt.Errorf("%w: %s is a symlink leading outside the root", ErrBadSidecar, abs)
-			}
-		}
-		var err error
-		if fi, err = os.Stat(abs); err != nil {
+	src := resolved{root: s.root, rel: rel, path: abs, info: lst}
+	if lst == nil {
+		fi, err := s.root.Lstat(rel)
+		if err != nil {
 			delete(s.sidecars, rel)
 			if isGone(err) {
 				return nil, nil
 			}
 			return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
 		}
+		src.info = fi
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			// The symlink rule holds for sidecars too: metadata must not be
+			// read from outside the root.
+			t, err := w.follow(abs)
+			switch {
+			case errors.Is(err, errDangling):
+				delete(s.sidecars, rel)
+				return nil, nil
+			case errors.Is(err, errOutside):
+				return nil, fmt.Errorf("%w: %s is a symlink leading outside the root", ErrBadSidecar, abs)
+			case err != nil:
+				return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+			}
+			src = t
+		}
 	}
-	id, idOK := fileIDOf(fi)
+	id, idOK := fileIDOf(src.info)
 	if e, ok := s.sidecars[rel]; ok && idOK && e.id == id {
 		return e.meta, e.err
 	}
 	delete(s.sidecars, rel)
-	meta, gone, err := w.readSidecar(abs, fi)
+	meta, gone, read, err := w.readSidecar(src)
 	if gone && lst != nil {
-		// Removed since the listing: as a stat now would have found.
+		// Removed since the listing: as a lookup now would have found.
 		return nil, nil
 	}
+	// Cached under the identity of what was read, which may be newer
+	// than the listing's.
+	if read == nil {
+		return meta, err
+	}
+	id, idOK = fileIDOf(read)
 	settled := w.opts.Now().Add(-racyWindow).UnixNano()
 	if idOK && id.mtime < settled && id.ctime < settled {
 		s.sidecars[rel] = sidecarEntry{id: id, meta: meta, err: err}
@@ -450,29 +531,38 @@ func (w *Watcher) sidecar(rel string, lst fs.FileInfo) (json.RawMessage, error) 
 	return meta, err
 }
 
-// readSidecar reads and parses the sidecar at abs, whose stat is fi. gone
-// reports that it could not be opened because it no longer exists.
-func (w *Watcher) readSidecar(abs string, fi fs.FileInfo) (meta json.RawMessage, gone bool, err error) {
+// readSidecar reads and parses the sidecar src, whose lstat is src.info.
+// gone reports that it could not be opened because it no longer exists;
+// read is the fstat of what was read, nil when nothing was.
+func (w *Watcher) readSidecar(src resolved) (meta json.RawMessage, gone bool, read fs.FileInfo, err error) {
+	abs, fi := src.path, src.info
 	if !fi.Mode().IsRegular() {
-		return nil, false, fmt.Errorf("%w: %s: not a regular file", ErrBadSidecar, abs)
+		return nil, false, nil, fmt.Errorf("%w: %s: not a regular file", ErrBadSidecar, abs)
 	}
 	if fi.Size() > maxSidecarRead {
-		return nil, false, fmt.Errorf("%w: %s: %d bytes, far over the %d-byte limit", ErrBadSidecar, abs, fi.Size(), 1024)
+		return nil, false, nil, fmt.Errorf("%w: %s: %d bytes, far over the %d-byte limit", ErrBadSidecar, abs, fi.Size(), 1024)
 	}
-	f, err := w.open(abs)
+	f, err := w.open(src.root, src.rel)
 	if err != nil {
-		return nil, isGone(err), fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+		return nil, isGone(err), nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
 	}
 	defer f.Close()
+	if read, err = f.Stat(); err != nil {
+		return nil, false, nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+	}
+	if !read.Mode().IsRegular() {
+		// Replaced by a FIFO or a device since the lookup: never read.
+		return nil, false, nil, fmt.Errorf("%w: %s: not a regular file", ErrBadSidecar, abs)
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxSidecarRead+1))
 	if err != nil {
-		return nil, false, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+		return nil, false, nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
 	}
 	meta, err = ParseSidecar(data)
 	if err != nil {
-		return nil, false, fmt.Errorf("%s: %w", abs, err)
+		return nil, false, read, fmt.Errorf("%s: %w", abs, err)
 	}
-	return meta, false, nil
+	return meta, false, read, nil
 }
 
 // fullScan scans the whole tree. With commit, what it found becomes the
@@ -486,26 +576,25 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 	}
 	snap = desired.Snapshot{Trigger: trigger}
 	root := w.opts.Root
-	fi, err := os.Stat(root)
-	switch {
-	case err != nil:
-		snap.Reason = fmt.Sprintf("root %s: %v", root, err)
-	case !fi.IsDir():
-		snap.Reason = fmt.Sprintf("root %s is not a directory", root)
-	}
-	if snap.Reason != "" {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.openRoot(); err != nil {
+		if errors.Is(err, syscall.ENOTDIR) {
+			snap.Reason = fmt.Sprintf("root %s is not a directory", root)
+		} else {
+			snap.Reason = fmt.Sprintf("root %s: %v", root, err)
+		}
 		w.log.Warn("scan incomplete: nothing will be deleted", "reason", snap.Reason)
 		return snap, ctx.Err() == nil
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	defer w.closeRoot()
 	s := w.st
 	s.gen++
 	if real, err := filepath.EvalSymlinks(root); err == nil {
 		s.realRoot = real
 	}
 	res := &scanResult{}
-	w.walk(ctx, "", root, watch, res)
+	w.walk(ctx, s.root, "", root, watch, res)
 	// Checked once, under mu: the caller must see the same answer that
 	// decided the commit.
 	done = ctx.Err() == nil
@@ -562,11 +651,18 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 
 // evalPaths re-evaluates the given relative paths (files, directories, or
 // paths that vanished) and returns the states that differ from those last
-// emitted, recording them as emitted.
-func (w *Watcher) evalPaths(ctx context.Context, rels []string) []desired.State {
+// emitted, and those of forced paths (Recheck) whatever they are,
+// recording them as emitted.
+func (w *Watcher) evalPaths(ctx context.Context, rels []string, forced map[string]struct{}) []desired.State {
 	sort.Strings(rels)
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// A root that cannot be opened answers every lookup beneath it with
+	// that error, as a lookup by path would.
+	rootErr := w.openRoot()
+	if rootErr == nil {
+		defer w.closeRoot()
+	}
 	var out []desired.State
 	var done []string
 	for _, rel := range rels {
@@ -574,7 +670,7 @@ func (w *Watcher) evalPaths(ctx context.Context, rels []string) []desired.State 
 			continue // its ancestor in this batch covers it
 		}
 		done = append(done, rel)
-		out = w.evalOne(ctx, rel, out)
+		out = w.evalOne(ctx, rel, rootErr, forced, out)
 	}
 	// A symlink's content is its target's: re-evaluate links whose target
 	// was among the paths.
@@ -589,28 +685,55 @@ func (w *Watcher) evalPaths(ctx context.Context, rels []string) []desired.State 
 	}
 	sort.Strings(links)
 	for _, link := range links {
-		out = w.evalOne(ctx, link, out)
+		out = w.evalOne(ctx, link, rootErr, forced, out)
 	}
 	return out
 }
 
+// openRoot opens the tree's root for one scan or evaluation; w.mu is held
+// until closeRoot.
+func (w *Watcher) openRoot() error {
+	r, err := beneath.OpenRoot(w.opts.Root)
+	if err != nil {
+		return err
+	}
+	w.st.root = r
+	return nil
+}
+
+func (w *Watcher) closeRoot() {
+	s := w.st
+	for _, r := range []*beneath.Root{s.root, s.sysRoot} {
+		if r != nil {
+			r.Close()
+		}
+	}
+	s.root, s.sysRoot = nil, nil
+}
+
 // evalOne re-evaluates rel and what lies below it, appending changes to out.
-func (w *Watcher) evalOne(ctx context.Context, rel string, out []desired.State) []desired.State {
+func (w *Watcher) evalOne(ctx context.Context, rel string, rootErr error, forced map[string]struct{}, out []desired.State) []desired.State {
 	s := w.st
 	abs := filepath.Join(w.opts.Root, rel)
 	res := newScanResult()
-	lst, err := os.Lstat(abs)
+	var lst fs.FileInfo
+	err := rootErr
+	if err == nil {
+		lst, err = s.root.Lstat(rel)
+	}
 	switch {
 	case err != nil:
-		if !isGone(err) {
+		if !goneFromTree(err) {
 			w.log.Warn("cannot stat path; its keys are kept as they are", "path", abs, "error", err)
 			res.fail(rel, err)
-		} else if _, serr := os.Lstat(abs + SidecarSuffix); serr == nil && w.opts.pathSkip(rel) == "" {
-			w.noteSkip(rel+SidecarSuffix, reasonOrphan, true, "ignoring metadata sidecar without its file")
+		} else if rootErr == nil && w.opts.pathSkip(rel) == "" {
+			if _, serr := s.root.Lstat(rel + SidecarSuffix); serr == nil {
+				w.noteSkip(rel+SidecarSuffix, reasonOrphan, true, "ignoring metadata sidecar without its file")
+			}
 		}
 	case lst.IsDir():
 		if w.dirPathSkip(rel) == "" {
-			w.walk(ctx, rel, abs, w.watching(), res)
+			w.walk(ctx, s.root, rel, abs, w.watching(), res)
 		}
 	default:
 		if st, ok := w.fileState(rel, abs, lst, sidecarUnknown, nil); ok {
@@ -639,7 +762,9 @@ func (w *Watcher) evalOne(ctx context.Context, rel string, out []desired.State) 
 		st := res.found[krel]
 		// A state without a hash (Options.NeedHash) says nothing of the
 		// content, which the event may have changed: it is always emitted.
-		if old, ok := s.known.states[krel]; ok && !unhashed(st) && sameState(old, st) {
+		// So is one the sink asked for again (Recheck).
+		_, force := forced[krel]
+		if old, ok := s.known.states[krel]; ok && !force && !unhashed(st) && sameState(old, st) {
 			continue
 		}
 		s.known.set(krel, st)
@@ -674,7 +799,8 @@ func sameState(a, b desired.State) bool {
 		}
 		return e.Error()
 	}
-	return a.Key == b.Key && a.Path == b.Path && a.Deleted == b.Deleted && a.Hash == b.Hash &&
+	return a.Key == b.Key && a.Path == b.Path && a.Root == b.Root && a.Rel == b.Rel && a.File == b.File &&
+		a.Deleted == b.Deleted && a.Hash == b.Hash &&
 		a.Size == b.Size && bytes.Equal(a.Metadata, b.Metadata) && a.Expiration.Equal(b.Expiration) &&
 		errText(a.Err) == errText(b.Err)
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/kvsync/kvsync/internal/beneath"
 )
 
 // Defaults for the directory prefetch of a walk.
@@ -104,6 +106,7 @@ type frame struct {
 // watcher's scan state; the listers only list (and watch) directories.
 type walker struct {
 	w     *Watcher
+	root  *beneath.Root
 	ctx   context.Context
 	watch bool
 	res   *scanResult
@@ -118,9 +121,10 @@ type walker struct {
 	frames      []*frame
 }
 
-// list watches (when watching) and lists the directory at abs. Listers
-// call it too: it touches nothing but the watches, which have their lock.
-func (w *Watcher) list(ctx context.Context, abs string, watch bool) ([]dirEntry, error) {
+// list watches (when watching) and lists the directory at rel (abs)
+// beneath root. Listers call it too: it touches nothing but the watches,
+// which have their lock, and root, which is safe for concurrent use.
+func (w *Watcher) list(ctx context.Context, root *beneath.Root, rel, abs string, watch bool) ([]dirEntry, error) {
 	if watch {
 		w.addWatch(abs)
 	}
@@ -128,7 +132,7 @@ func (w *Watcher) list(ctx context.Context, abs string, watch bool) ([]dirEntry,
 	if w.listHook != nil {
 		before = func() { w.listHook(abs, false) }
 	}
-	entries, err := readDirStat(ctx, abs, before)
+	entries, err := readDirStat(ctx, root, rel, abs, before)
 	if w.listHook != nil && err == nil {
 		w.listHook(abs, true)
 	}
@@ -140,8 +144,8 @@ func (w *Watcher) list(ctx context.Context, abs string, watch bool) ([]dirEntry,
 // listed or reported by an event. Directories are listed (and watched)
 // ahead of the depth-first walk by a few goroutines, so listing and stat
 // overlap the work on the entries; all else stays on this goroutine.
-func (w *Watcher) walk(ctx context.Context, rel, abs string, watch bool, res *scanResult) {
-	wk := &walker{w: w, ctx: ctx, watch: watch, res: res, limit: w.prefetch}
+func (w *Watcher) walk(ctx context.Context, root *beneath.Root, rel, abs string, watch bool, res *scanResult) {
+	wk := &walker{w: w, root: root, ctx: ctx, watch: watch, res: res, limit: w.prefetch}
 	if n := min(runtime.GOMAXPROCS(0), maxListers, w.prefetch); n > 0 {
 		wk.jobs = make(chan *subdir, w.prefetch)
 		for range n {
@@ -165,7 +169,7 @@ func (wk *walker) lister() {
 		if err := wk.ctx.Err(); err != nil {
 			d.err = err
 		} else {
-			d.entries, d.err = wk.w.list(wk.ctx, d.abs, wk.watch)
+			d.entries, d.err = wk.w.list(wk.ctx, wk.root, d.rel, d.abs, wk.watch)
 		}
 		close(d.ready)
 	}
@@ -197,13 +201,13 @@ func (wk *walker) fill() {
 // entries returns d's listing, from a lister or listed here.
 func (wk *walker) entries(d *subdir) ([]dirEntry, error) {
 	if d.ready == nil {
-		return wk.w.list(wk.ctx, d.abs, wk.watch)
+		return wk.w.list(wk.ctx, wk.root, d.rel, d.abs, wk.watch)
 	}
 	wk.outstanding--
 	if d.claimed.CompareAndSwap(false, true) {
 		// Still queued: the listers are behind, so this goroutine
 		// would only wait.
-		return wk.w.list(wk.ctx, d.abs, wk.watch)
+		return wk.w.list(wk.ctx, wk.root, d.rel, d.abs, wk.watch)
 	}
 	select {
 	case <-d.ready:
@@ -230,7 +234,9 @@ func (wk *walker) dir(d *subdir) {
 			res.fail(rel, cerr)
 			return
 		}
-		if isGone(err) && rel != "" {
+		if goneFromTree(err) && rel != "" {
+			// Removed, or a symlink now, since its parent was listed:
+			// either way not a directory of the tree any more.
 			return
 		}
 		w.log.Warn("cannot read directory; its keys are kept as they are", "path", abs, "error", err)

@@ -16,6 +16,14 @@
 // complete, empty snapshot: whether emptiness is suspicious is the
 // uploader's call, since only it knows how many keys would go.
 //
+// Every path of the tree is opened beneath its root with package beneath:
+// no symlink is followed on the way, so a file or directory swapped for a
+// symlink cannot make the watcher read (or hash, or take metadata from)
+// anything outside the tree. A symlink in the tree is resolved to its
+// target's path beneath the root, which is then opened under the same
+// rules. What is read is the descriptor opened, whose identity each State
+// carries for the sink to check its own read against.
+//
 // inotify is neither recursive nor lossless, so every directory is watched
 // individually, watched before it is read, and a queue overflow or watcher
 // error is answered by a full rescan; a periodic rescan is the backstop.
@@ -34,6 +42,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
@@ -46,8 +55,9 @@ type Watcher struct {
 	mu sync.Mutex
 	st *scanState
 
-	// open opens a file to hash it; tests inject failures and count calls.
-	open func(name string) (*os.File, error)
+	// open opens a file beneath a root to hash or read it; tests inject
+	// failures and count calls.
+	open func(root *beneath.Root, rel string) (*os.File, error)
 	// newSource starts the event source; tests wrap it to inject overflows
 	// and refused watches.
 	newSource func() (eventSource, error)
@@ -63,6 +73,8 @@ type Watcher struct {
 
 	rescan  chan desired.Trigger
 	running atomic.Bool
+	// work is Run's queue while Run runs, for Recheck.
+	work atomic.Pointer[work]
 
 	// prefetch bounds the directories a walk lists ahead (walk.go); 0
 	// lists each only when the walk reaches it.

@@ -249,8 +249,11 @@ func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
 		BulkMaxBytes:  s.BulkMaxBytes,
 		DryRun:        dryRun,
 		Reconcile:     a.store.Fresh(),
-		Logger:        a.log.With("sync", s.Name),
-		Metrics:       a.m,
+		// A file that is not the one the scan saw is not written; the
+		// watcher, when Run runs it, evaluates the path again.
+		Recheck: w.Recheck,
+		Logger:  a.log.With("sync", s.Name),
+		Metrics: a.m,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sync %q: %w", s.Name, err)

@@ -6,6 +6,8 @@ package desired
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/beneath"
 )
 
 // Expiration is when a key should expire. The zero value means never.
@@ -27,9 +29,24 @@ func (e Expiration) Equal(o Expiration) bool { return e.TTL == o.TTL && e.At.Equ
 type State struct {
 	// Key is the full KV key name, prefix included.
 	Key string
-	// Path is the absolute path of the file whose bytes the key should hold.
-	// It is empty when Deleted is set.
+	// Path is the absolute path of the file whose bytes the key should
+	// hold, for messages: it is never opened as such. It is empty when
+	// Deleted is set.
 	Path string
+	// Root and Rel are where those bytes are read from: Rel is the
+	// /-separated path, free of symlinks when the scan saw it, of a
+	// regular file beneath the directory Root, and it is opened with
+	// package beneath, which follows no symlink. Root is the tree's root;
+	// for a symlink in the tree Rel is its target's path, and for a
+	// target outside the root (AllowSymlinksOutside) Root is "/". Both
+	// are empty when Deleted is set.
+	Root, Rel string
+	// File is the identity the scan saw of that file: device, inode and
+	// size (from its lstat when it was not hashed, else from the fstat of
+	// what was hashed). The uploader publishes only a descriptor whose
+	// fstat matches it; any other file found there is not written, and
+	// the path is scanned again. It is zero when Deleted or Err is set.
+	File beneath.Identity
 	// Deleted means the key's file is gone: the key should not exist.
 	Deleted bool
 	// Hash is the hex SHA-256 of the file's content, computed while streaming it.

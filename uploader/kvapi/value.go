@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
 )
 
 // Bytes returns a Value holding b. b must not change while a request that
@@ -19,42 +18,38 @@ func (v bytesValue) Open() (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(v)), nil
 }
 
-// File returns a Value that reads the regular file at path. Its size is
-// recorded now; every Open reopens the file, so each attempt of a request
-// resends the whole content. A reader fails with ErrValueSizeMismatch when the
-// file turns out shorter or longer than the recorded size, so a file that
-// changed after it was measured is never sent as a truncated or spliced value.
-func File(path string) (Value, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("kv value %s: not a regular file (%s)", path, fi.Mode().Type())
-	}
-	return &fileValue{path: path, size: fi.Size()}, nil
+// Sized returns a Value of size bytes that open provides afresh for each
+// attempt of a request, so each attempt resends the whole content. name
+// is for messages. The reader fails with ErrValueSizeMismatch when what
+// open gives turns out shorter or longer than size, so content that changed
+// after it was measured is never sent as a truncated or spliced value.
+// Where the bytes come from (a file of the synced tree, opened safely) is
+// the caller's business: this package never opens a path.
+func Sized(name string, size int64, open func() (io.ReadCloser, error)) Value {
+	return &sizedValue{name: name, size: size, open: open}
 }
 
-type fileValue struct {
-	path string
+type sizedValue struct {
+	name string
 	size int64
+	open func() (io.ReadCloser, error)
 }
 
-func (f *fileValue) Size() int64 { return f.size }
+func (v *sizedValue) Size() int64 { return v.size }
 
-func (f *fileValue) Open() (io.ReadCloser, error) {
-	fh, err := os.Open(f.path)
+func (v *sizedValue) Open() (io.ReadCloser, error) {
+	r, err := v.open()
 	if err != nil {
 		return nil, err
 	}
-	return &sizedFile{f: fh, path: f.path, size: f.size, remain: f.size}, nil
+	return &sizedFile{f: r, path: v.name, size: v.size, remain: v.size}, nil
 }
 
-func (f *fileValue) String() string { return fmt.Sprintf("file %s (%d bytes)", f.path, f.size) }
+func (v *sizedValue) String() string { return fmt.Sprintf("%s (%d bytes)", v.name, v.size) }
 
-// sizedFile yields exactly size bytes of a file or an error.
+// sizedFile yields exactly size bytes of a reader or an error.
 type sizedFile struct {
-	f      *os.File
+	f      io.ReadCloser
 	path   string
 	size   int64
 	remain int64

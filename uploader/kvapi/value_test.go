@@ -31,17 +31,24 @@ func TestBytesValue(t *testing.T) {
 	}
 }
 
-func TestFileValue(t *testing.T) {
+// fileValue is Sized over the file at path, reopened for each attempt.
+func fileValue(t *testing.T, path string) Value {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Sized(path, fi.Size(), func() (io.ReadCloser, error) { return os.Open(path) })
+}
+
+func TestSizedValue(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "f")
 	content := bytes.Repeat([]byte("0123456789"), 10000)
 	if err := os.WriteFile(path, content, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	v, err := File(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := fileValue(t, path)
 	if v.Size() != int64(len(content)) {
 		t.Fatalf("Size %d", v.Size())
 	}
@@ -76,13 +83,6 @@ func TestFileValue(t *testing.T) {
 	if _, err := read(); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("removed file: %v", err)
 	}
-
-	if _, err := File(dir); err == nil {
-		t.Error("File(directory) succeeded")
-	}
-	if _, err := File(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("File(missing) = %v", err)
-	}
 }
 
 // TestPutFileThatChanged: a file rewritten between measuring and uploading
@@ -92,10 +92,7 @@ func TestPutFileThatChanged(t *testing.T) {
 	if err := os.WriteFile(path, bytes.Repeat([]byte("a"), 100000), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	v, err := File(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := fileValue(t, path)
 	var complete atomic.Int64
 	c, _ := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
 		if _, err := io.Copy(io.Discard, r.Body); err == nil {
