@@ -11,7 +11,6 @@ import (
 	"io"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
@@ -104,45 +103,6 @@ func sameIntent(a, b desired.State) bool {
 	}
 	return a.Key == b.Key && a.Deleted == b.Deleted && a.Hash == b.Hash && a.Path == b.Path &&
 		a.Expiration.Equal(b.Expiration) && metadataEqual(a.Metadata, b.Metadata)
-}
-
-// jsonLen is an upper bound of the length of b once it is a bulk pair's
-// value: a JSON string when b is valid UTF-8 (escapes counted at their worst),
-// base64 otherwise.
-func jsonLen(b []byte) int64 {
-	if !utf8.Valid(b) {
-		return int64((len(b)+2)/3*4) + 2
-	}
-	n := int64(2)
-	for _, c := range b {
-		switch {
-		case c == '"' || c == '\\':
-			n += 2
-		case c < 0x20 || c == '<' || c == '>' || c == '&':
-			n += 6 // \u00XX
-		case c >= 0x80:
-			n += 2 // U+2028 and U+2029 become \u2028: 6 bytes for 3
-		default:
-			n++
-		}
-	}
-	return n
-}
-
-// worstJSONLen bounds jsonLen of any n bytes: no byte takes more than six
-// once escaped (\u00XX), and base64 takes 4/3.
-func worstJSONLen(n int) int64 { return 2 + 6*int64(n) }
-
-// pairEncodedLen bounds the encoded length of a bulk pair to be added to a
-// body whose encoded length is bounded by enc. Only near maxEncodedBulk is
-// the exact bound worth a pass over every byte; below it (always, with the
-// default BulkMaxBytes) the worst case is tight enough.
-func pairEncodedLen(enc int64, key string, value, metadata []byte) int64 {
-	n := worstJSONLen(len(value)) + worstJSONLen(len(key)) + int64(len(metadata)) + pairOverhead
-	if enc+n > maxEncodedBulk {
-		n = jsonLen(value) + jsonLen([]byte(key)) + int64(len(metadata)) + pairOverhead
-	}
-	return n
 }
 
 // errGrew means a file meant for a bulk write is now larger than the bulk

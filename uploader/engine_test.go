@@ -10,7 +10,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -36,7 +35,7 @@ func TestNewValidatesOptions(t *testing.T) {
 		{"unknown policy", func(o *Options) { o.Delete = "purge" }, "Delete"},
 		{"expire without TTL", func(o *Options) { o.Delete = DeleteExpire; o.DeleteTTL = 59 * time.Second }, "DeleteTTL"},
 		{"max deletes below -1", func(o *Options) { o.MaxDeletes = -2 }, "MaxDeletes"},
-		{"bulk body could pass 100 MB", func(o *Options) { o.BulkMaxBytes = 80 << 20 }, "BulkMaxBytes"},
+		{"bulk bytes over the API's body limit", func(o *Options) { o.BulkMaxBytes = kvapi.MaxBulkRequestBytes + 1 }, "BulkMaxBytes"},
 		{"bulk bytes below one pair", func(o *Options) { o.BulkThreshold = 1 << 20; o.BulkMaxBytes = 1 << 20 }, "BulkMaxBytes"},
 		{"too many pairs", func(o *Options) { o.BulkMaxPairs = 10001 }, "BulkMaxPairs"},
 		{"threshold above value limit", func(o *Options) { o.BulkThreshold = kvapi.MaxValueBytes + 1 }, "BulkThreshold"},
@@ -1021,46 +1020,6 @@ func TestWithStateStore(t *testing.T) {
 	}
 	if _, ok := kv2.get(a.Key); ok || kv2.count(kvapi.OpDelete) != 1 {
 		t.Fatal("not deleted")
-	}
-}
-
-func TestJSONLenBoundsEncoding(t *testing.T) {
-	cases := []string{"", "plain", `quote " and \ slash`, "ctrl \x00\x01\n\t", "<html>&amp;</html>", "unicode é ✓ \u2028", "\xff\xfe binary"}
-	for _, c := range cases {
-		t.Run(fmt.Sprintf("%q", c), func(t *testing.T) {
-			b := []byte(c)
-			var enc []byte
-			if utf8.Valid(b) {
-				enc, _ = json.Marshal(c)
-			} else {
-				enc, _ = json.Marshal(b) // base64
-			}
-			if got := jsonLen(b); got < int64(len(enc)) {
-				t.Fatalf("jsonLen %d < encoded %d (%s)", got, len(enc), enc)
-			}
-			if w := worstJSONLen(len(b)); w < jsonLen(b) {
-				t.Fatalf("worstJSONLen %d < jsonLen %d", w, jsonLen(b))
-			}
-		})
-	}
-}
-
-// A pair's encoded length is bounded by its worst case far from the
-// body's limit and by its exact bound near it, so a batch of values that
-// escape badly still stays under the limit and one of plain text fills it.
-func TestPairEncodedLen(t *testing.T) {
-	plain := []byte(strings.Repeat("a", 1000))
-	worst := pairEncodedLen(0, "k", plain, nil)
-	if want := worstJSONLen(1000) + worstJSONLen(1) + pairOverhead; worst != want {
-		t.Fatalf("far from the limit: %d, want the worst case %d", worst, want)
-	}
-	near := pairEncodedLen(maxEncodedBulk-worst+1, "k", plain, nil)
-	if want := jsonLen(plain) + jsonLen([]byte("k")) + pairOverhead; near != want {
-		t.Fatalf("near the limit: %d, want the exact bound %d", near, want)
-	}
-	bad := []byte(strings.Repeat("<", 1000))
-	if got := pairEncodedLen(maxEncodedBulk-worst+1, "k", bad, nil); got < jsonLen(bad) {
-		t.Fatalf("near the limit, escaping value: %d < %d", got, jsonLen(bad))
 	}
 }
 

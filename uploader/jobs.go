@@ -401,7 +401,8 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 	batch := make([]prepared, 0, len(items))
 	pairs := make([]kvapi.BulkPair, 0, len(items))
 	intents := make(map[string]state.Record, len(items))
-	var raw, enc int64
+	var raw int64
+	enc := int64(1) // the body's closing ']'
 	lookup := e.batchLookup(items)
 	if e.beforeRead != nil {
 		sts := make([]desired.State, len(items))
@@ -439,9 +440,15 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			rs = append(rs, e.writeFailure(ctx, it, err, true))
 			continue
 		}
+		pair := kvapi.BulkPair{Key: st.Key, Value: data, Metadata: opts.Metadata, Expiration: opts.Expiration, ExpirationTTL: opts.ExpirationTTL}
 		r := int64(len(data)+len(st.Key)+len(opts.Metadata)) + pairOverhead
-		n := pairEncodedLen(enc, st.Key, data, opts.Metadata)
-		if len(batch) > 0 && (raw+r > e.o.BulkMaxBytes || enc+n > maxEncodedBulk) {
+		// The bound needs no pass over the value; only near the limit (never
+		// with the default BulkMaxBytes) is the exact length worth one.
+		n := kvapi.BulkPairLenBound(len(st.Key), len(data), len(opts.Metadata))
+		if enc+n > kvapi.MaxBulkRequestBytes {
+			n = kvapi.BulkPairLen(pair)
+		}
+		if len(batch) > 0 && (raw+r > e.o.BulkMaxBytes || enc+n > kvapi.MaxBulkRequestBytes) {
 			// Larger than its size said: it goes in a later batch.
 			rs = append(rs, result{it: it, requeue: true})
 			continue
@@ -452,7 +459,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			b.prev = &prev
 		}
 		batch = append(batch, b)
-		pairs = append(pairs, kvapi.BulkPair{Key: st.Key, Value: data, Metadata: opts.Metadata, Expiration: opts.Expiration, ExpirationTTL: opts.ExpirationTTL})
+		pairs = append(pairs, pair)
 		addMark(intents, now, keyRecord{st.Key, prev, had})
 	}
 	rd.close() // not held while the request is out

@@ -67,10 +67,6 @@ const maxAttempts = 3
 // metadata: field names, quotes, expiration numbers, base64 flag, commas.
 const pairOverhead = 128
 
-// maxEncodedBulk keeps a bulk body under the API's 100 MB after JSON
-// escaping and base64, with the margin wrangler uses (98 MB).
-const maxEncodedBulk = 98_000_000
-
 // maxReportFailures caps Report.Failures; Report.Failed stays exact.
 const maxReportFailures = 1000
 
@@ -126,8 +122,9 @@ type Options struct {
 	BulkThreshold int64
 	// BulkMaxBytes bounds a bulk request's raw value bytes plus an overhead
 	// estimate per pair; default 8 MiB. The bulk requests in flight together
-	// hold at most about twice this, whatever Concurrency is. The encoded body is kept under
-	// 98 MB independently of it.
+	// hold at most about twice this, whatever Concurrency is. The encoded
+	// body (escapes, base64) is kept within kvapi.MaxBulkRequestBytes
+	// independently of it, by kvapi's own measure of what it sends.
 	BulkMaxBytes int64
 	// BulkMaxPairs bounds the pairs of a bulk request; default 5000, at
 	// most 10000.
@@ -227,10 +224,10 @@ func (o Options) withDefaults() (Options, error) {
 		return bad("MaxDeletes", "is %d; want -1 (unlimited) or more", o.MaxDeletes)
 	case o.BulkThreshold < -1 || o.BulkThreshold > kvapi.MaxValueBytes:
 		return bad("BulkThreshold", "is %d; want -1..%d", o.BulkThreshold, kvapi.MaxValueBytes)
-	case o.BulkMaxBytes < 0 || o.BulkMaxBytes > maxEncodedBulk*3/4:
-		// base64 grows values by 4/3; beyond this even a body of binary
-		// values could exceed the API's 100 MB.
-		return bad("BulkMaxBytes", "is %d; want at most %d", o.BulkMaxBytes, maxEncodedBulk*3/4)
+	case o.BulkMaxBytes < 0 || o.BulkMaxBytes > kvapi.MaxBulkRequestBytes:
+		// Values that encode longer (escapes, base64) split a batch
+		// earlier: each batch is measured as encoded, see bulkJob.
+		return bad("BulkMaxBytes", "is %d; want at most %d", o.BulkMaxBytes, kvapi.MaxBulkRequestBytes)
 	case o.BulkThreshold+pairOverhead+kvapi.MaxKeyBytes+kvapi.MaxMetadataBytes > o.BulkMaxBytes:
 		return bad("BulkMaxBytes", "is %d, too small for one pair of BulkThreshold=%d bytes", o.BulkMaxBytes, o.BulkThreshold)
 	case o.BulkMaxPairs < 0 || o.BulkMaxPairs > kvapi.MaxBulkPairs:

@@ -297,6 +297,25 @@ func BulkPairLen(p BulkPair) int64 {
 	return bulkPairLen(p, bulkBase64(p.Value), compactedLen(p.Metadata))
 }
 
+// BulkPairLenBound is at least BulkPairLen of any pair with a key, value and
+// metadata of these lengths, without reading them: each byte escaped at its
+// longest (\u00XX) or the value base64-encoded, whichever is longer, and the
+// longest expiration. A batch far from the body limit can be measured with
+// it instead of a pass over every value; near the limit, BulkPairLen.
+func BulkPairLenBound(keyLen, valueLen, metadataLen int) int64 {
+	n := int64(1+len(bulkKeyField)+2+len(bulkValueField)+1+1) + maxEscape*int64(keyLen)
+	n += max(maxEscape*int64(valueLen), int64(base64.StdEncoding.EncodedLen(valueLen)+len(bulkBase64Field)))
+	n += int64(max(len(bulkTTLField), len(bulkExpField)) + len("-9223372036854775808"))
+	if metadataLen > 0 {
+		n += int64(len(bulkMetaField) + metadataLen)
+	}
+	return n
+}
+
+// maxEscape is the most bytes one byte of a JSON string is written as: a
+// control character as \u00XX.
+const maxEscape = 6
+
 // bulkPairLen is BulkPairLen for a value whose encoding is already decided
 // and metadata whose compacted length is known; it mirrors newBulkItem.
 func bulkPairLen(p BulkPair, b64 bool, metaLen int64) int64 {

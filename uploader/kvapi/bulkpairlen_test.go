@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -199,5 +200,32 @@ func FuzzBulkPairLen(f *testing.F) {
 			return // refused by BulkPut: no body to measure
 		}
 		checkBulkPairLen(t, p)
+		if got, bound := BulkPairLen(p), BulkPairLenBound(len(key), len(value), len(metadata)); got > bound {
+			t.Fatalf("BulkPairLen %d over BulkPairLenBound %d", got, bound)
+		}
 	})
+}
+
+// TestBulkPairLenBoundHolds: the bound is reached, or nearly, by the worst
+// values (every byte escaped as \u00XX; bytes that are not UTF-8, base64'd),
+// and never passed.
+func TestBulkPairLenBoundHolds(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		pair  BulkPair
+		slack int64 // how far under the bound the pair may stay
+	}{
+		{"controls", BulkPair{Key: "\x01\x02", Value: bytes.Repeat([]byte{0x1f}, 1000), ExpirationTTL: math.MaxInt64}, 3},
+		{"not UTF-8", BulkPair{Key: "k", Value: bytes.Repeat([]byte{0xff}, 999)}, 6*999 + 40},
+		{"metadata", BulkPair{Key: "k", Value: []byte("v"), Metadata: []byte(`{"a":1}`), Expiration: 1 << 40}, 40},
+		{"empty", BulkPair{Key: "k"}, 60},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := BulkPairLen(tc.pair)
+			bound := BulkPairLenBound(len(tc.pair.Key), len(tc.pair.Value), len(tc.pair.Metadata))
+			if got > bound || bound-got > tc.slack {
+				t.Errorf("BulkPairLen %d, bound %d: want the bound at most %d over", got, bound, tc.slack)
+			}
+		})
+	}
 }
