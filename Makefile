@@ -37,9 +37,9 @@ unit:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzKeyFor$$' $(FUZZFLAGS) ./watcher
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSidecar$$' $(FUZZFLAGS) ./watcher
-	$(GO) test -run '^$$' -fuzz '^FuzzEnvelope$$' $(FUZZFLAGS) ./uploader/kvapi
-	$(GO) test -run '^$$' -fuzz '^FuzzJSONEscaping$$' $(FUZZFLAGS) ./uploader/kvapi
-	$(GO) test -run '^$$' -fuzz '^FuzzBulkPairLen$$' $(FUZZFLAGS) ./uploader/kvapi
+	$(GO) test -run '^$$' -fuzz '^FuzzEnvelope$$' $(FUZZFLAGS) ./kvapi
+	$(GO) test -run '^$$' -fuzz '^FuzzJSONEscaping$$' $(FUZZFLAGS) ./kvapi
+	$(GO) test -run '^$$' -fuzz '^FuzzBulkPairLen$$' $(FUZZFLAGS) ./kvapi
 	$(GO) test -run '^$$' -fuzz '^FuzzEmulatorRequest$$' $(FUZZFLAGS) ./internal/emulator
 	$(GO) test -run '^$$' -fuzz '^FuzzBulkDecode$$' $(FUZZFLAGS) ./internal/emulator
 

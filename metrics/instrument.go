@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // maxCFCode bounds the cf_code label: Cloudflare's codes are small integers

@@ -19,7 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // fakeKV answers every call with err.

@@ -4,8 +4,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // ChainOptions configure Chain.

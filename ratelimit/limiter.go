@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // DefaultMaxPause caps a 429 pause. Cloudflare blocks an account for a

@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
 
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // scriptKV answers the n-th call with script[n] (nil = success); calls past

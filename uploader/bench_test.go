@@ -10,7 +10,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // smallTree writes n files of size bytes and returns their states.

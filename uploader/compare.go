@@ -14,7 +14,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // expirationFields maps a desired expiration to the API's fields: TTL in

@@ -16,8 +16,8 @@ import (
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // seeded returns a store and KV in which kvsync wrote n keys old0..old{n-1}

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/kvsync/kvsync/internal/desired"
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // TestMaxDeletesEdge: a full sync deletes exactly max_deletes keys, and

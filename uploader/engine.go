@@ -1,6 +1,7 @@
-// Package uploader is kvsync's sync engine. It knows intent, not files'
-// meaning or HTTP: it receives desired states from the watcher (it is a
-// desired.Sink), compares them with the state store, decides put, bulk put,
+// Package uploader is kvsync's engine: it decides what each key needs and
+// uploads it. It knows intent, not files' meaning or HTTP: it receives
+// desired states from the watcher (it is a desired.Sink), compares them
+// with the state store, decides put, bulk put,
 // delete or skip, keeps one write in flight per key, applies delete safety,
 // marks the keys of every request pending in the store before sending it
 // (a write-ahead intent, since a reply can be lost after the request took
@@ -28,7 +29,7 @@ import (
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // ErrClosed is returned by SyncOnce after Drain: the engine accepts no work.

@@ -16,8 +16,8 @@ import (
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 func TestNewValidatesOptions(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // fakeKV is an in-memory kvapi.KV with call counters, scriptable errors and

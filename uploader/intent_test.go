@@ -12,7 +12,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // ambiguous scripts a fakeKV so that its first write or deletion takes

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // DeletePolicy says what happens to a key whose file went away.

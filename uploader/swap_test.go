@@ -18,7 +18,7 @@ import (
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/emulator"
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/watcher"
 )
 

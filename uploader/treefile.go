@@ -9,7 +9,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // A key's bytes are read from its state's Rel beneath its Root, with

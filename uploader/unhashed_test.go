@@ -11,7 +11,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
-	"github.com/kvsync/kvsync/uploader/kvapi"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 // unhashed is st as the watcher emits it when the hash is not needed

@@ -14,8 +14,8 @@ import (
 	"github.com/bmatcuk/doublestar/v4"
 
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // Defaults of Options, chosen after syncthing and consul-template: a short

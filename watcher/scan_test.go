@@ -18,8 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 func scanKeys(t *testing.T, opts Options) map[string]desired.State {

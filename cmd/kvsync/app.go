@@ -22,10 +22,10 @@ import (
 	"github.com/kvsync/kvsync/internal/config"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
 	"github.com/kvsync/kvsync/ratelimit"
 	"github.com/kvsync/kvsync/uploader"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 	"github.com/kvsync/kvsync/watcher"
 )
 

@@ -20,8 +20,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/ratelimit"
-	"github.com/kvsync/kvsync/uploader/kvapi"
 )
 
 // Config is the whole configuration of one kvsync process.

@@ -5,7 +5,7 @@
 // deployment meets: the global request budget (429, code 971), per-key write
 // limits, 5xx answers, dropped connections and latency.
 //
-// By design it shares no code with the client in uploader/kvapi: the two are
+// By design it shares no code with the client in kvapi: the two are
 // independent readings of the same API, each checked against the OpenAPI
 // schema, so a misreading in one shows up as a failure in the other's tests.
 //
