@@ -281,46 +281,36 @@ func cmdPairs(args []string) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Create(out)
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriterSize(f, 1<<20)
-	w.WriteString("[")
 	type pair struct {
 		Key      string          `json:"key"`
 		Value    string          `json:"value"`
 		Metadata json.RawMessage `json:"metadata,omitempty"`
 	}
-	for i, e := range ents {
-		v, err := os.ReadFile(e.path)
-		if err != nil {
-			f.Close()
-			return err
-		}
-		p := pair{Key: e.key, Value: string(v)}
-		if e.sidecar != "" {
-			if p.Metadata, err = os.ReadFile(e.sidecar); err != nil {
-				f.Close()
+	return writeFile(out, 1<<20, func(w *bufio.Writer) error {
+		w.WriteString("[")
+		for i, e := range ents {
+			v, err := os.ReadFile(e.path)
+			if err != nil {
 				return err
 			}
+			p := pair{Key: e.key, Value: string(v)}
+			if e.sidecar != "" {
+				if p.Metadata, err = os.ReadFile(e.sidecar); err != nil {
+					return err
+				}
+			}
+			b, err := json.Marshal(p)
+			if err != nil {
+				return fmt.Errorf("%s: %w", e.path, err)
+			}
+			if i > 0 {
+				w.WriteString(",\n")
+			}
+			w.Write(b)
 		}
-		b, err := json.Marshal(p)
-		if err != nil {
-			f.Close()
-			return fmt.Errorf("%s: %w", e.path, err)
-		}
-		if i > 0 {
-			w.WriteString(",\n")
-		}
-		w.Write(b)
-	}
-	w.WriteString("]\n")
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+		w.WriteString("]\n")
+		return nil
+	})
 }
 
 // cmdFileList writes "escaped-key TAB path TAB sidecar-or-dash" lines for
@@ -335,21 +325,32 @@ func cmdFileList(args []string) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Create(out)
+	return writeFile(out, 4096, func(w *bufio.Writer) error {
+		for _, e := range ents {
+			sc := e.sidecar
+			if sc == "" {
+				sc = "-"
+			}
+			if strings.ContainsAny(e.path+sc, "\t\n") {
+				return fmt.Errorf("%s: tab or newline in a path", e.path)
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\n", url.PathEscape(e.key), e.path, sc)
+		}
+		return nil
+	})
+}
+
+// writeFile creates path and has fill write it through a buffer of size
+// bytes; the file is complete only when both fill and the flush succeeded.
+func writeFile(path string, size int, fill func(*bufio.Writer) error) error {
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
-	w := bufio.NewWriter(f)
-	for _, e := range ents {
-		sc := e.sidecar
-		if sc == "" {
-			sc = "-"
-		}
-		if strings.ContainsAny(e.path+sc, "\t\n") {
-			f.Close()
-			return fmt.Errorf("%s: tab or newline in a path", e.path)
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\n", url.PathEscape(e.key), e.path, sc)
+	w := bufio.NewWriterSize(f, size)
+	if err := fill(w); err != nil {
+		f.Close()
+		return err
 	}
 	if err := w.Flush(); err != nil {
 		f.Close()
