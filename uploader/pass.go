@@ -10,64 +10,6 @@ import (
 	"github.com/kvsync/kvsync/kvapi"
 )
 
-type outKind int
-
-const (
-	outWritten outKind = iota
-	outUnchanged
-	outVanished   // the file was gone before it could be sent
-	outFailed     // retryable; tried again later
-	outRejected   // permanent for this desired state
-	outDeleted    // deleted from KV
-	outExpired    // rewritten to expire (the expire policy)
-	outKept       // left in KV (the keep policy)
-	outNotOurs    // no record: kvsync never wrote the key
-	outSuperseded // a planned deletion of a key written since
-	outHeldBack
-	outPlanned // dry run
-)
-
-type outcome struct {
-	kind  outKind
-	bytes int64
-	err   error
-}
-
-func (r *Report) add(st desired.State, o outcome) {
-	switch o.kind {
-	case outWritten:
-		r.Written++
-		r.Bytes += o.bytes
-	case outUnchanged:
-		r.Unchanged++
-	case outFailed, outRejected:
-		r.Failed++
-		r.addFailure(st, o.err)
-	case outDeleted, outExpired:
-		r.Deleted++
-	case outKept:
-		r.Kept++
-	case outHeldBack:
-		r.HeldBack++
-		if len(r.Failures) < maxReportFailures {
-			r.Failures = append(r.Failures, Failure{Key: st.Key, Path: st.Path, Err: o.err, HeldBack: true})
-		}
-	case outPlanned:
-		if st.Deleted {
-			r.WouldDelete = append(r.WouldDelete, st.Key)
-		} else {
-			r.WouldWrite = append(r.WouldWrite, st.Key)
-			r.Bytes += st.Size
-		}
-	}
-}
-
-func (r *Report) addFailure(st desired.State, err error) {
-	if len(r.Failures) < maxReportFailures {
-		r.Failures = append(r.Failures, Failure{Key: st.Key, Path: st.Path, Err: err})
-	}
-}
-
 type phase int
 
 const (
