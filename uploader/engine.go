@@ -12,6 +12,25 @@
 // being written is written after it, so the last write wins) into a pool of
 // at most Concurrency requests. Full syncs and bursts go through bulk
 // requests; single changes are streamed.
+//
+// A key goes through the files in this order:
+//
+//   - engine.go: the Engine, New and the public API (Run, Drain, Changed,
+//     Snapshot, SyncOnce, Plan); options.go: Options and their defaults.
+//   - pass.go: one full sync, from its snapshot to its deletions.
+//   - queue.go: the bounded queue that coalesces by key, and what is
+//     settled before it (unchanged keys, held-back files).
+//   - dispatch.go: the worker loop, which picks the next request.
+//   - put.go, bulk.go: a single streamed PUT, and bulk batches and their
+//     request; treefile.go, smallreader_*.go: how their files are opened
+//     and read; compare.go: what counts as unchanged, and the hash of what
+//     was sent.
+//   - intent.go: the write-ahead marks before a request, the records after.
+//   - deletes.go: delete safety (candidates, max_deletes, ownership) and
+//     the deletion requests of each policy.
+//   - failures.go: how a failed request is classified: retried, requeued,
+//     held back or rejected.
+//   - results.go: completing a job, outcomes, Report and the counters.
 package uploader
 
 import (
