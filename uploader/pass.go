@@ -109,9 +109,9 @@ func (e *Engine) hasRecords() (bool, error) {
 // report keys that exist in KV but not in the tree: they are not known to be
 // kvsync's, so they are left alone. Every key of the tree is rewritten
 // anyway, since without records nothing can be compared, so the writes need
-// not wait for the listing (a page per 1,000 keys, one after the other):
-// it runs beside the pass, and the returned channel, nil when there is
-// nothing to list, is closed once it is logged.
+// not wait for the listing (a page per kvapi.MaxListLimit keys, one after
+// the other): it runs beside the pass, and the returned channel, nil when
+// there is nothing to list, is closed once it is logged.
 func (e *Engine) reconcile(ctx context.Context, s desired.Snapshot) <-chan struct{} {
 	e.mu.Lock()
 	run := e.o.Reconcile && !e.reconciled
