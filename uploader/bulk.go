@@ -99,7 +99,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			rs = append(rs, settledNow)
 			continue
 		}
-		data, err := rd.read(st, e.o.BulkThreshold)
+		data, err := e.readBatch(rd, st)
 		if errors.Is(err, errGrew) {
 			it.split = 1 // streamed alone from now on
 			rs = append(rs, result{it: it, requeue: true})

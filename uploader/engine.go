@@ -113,6 +113,11 @@ type Engine struct {
 	// whose files it is about to open, before it opens any. Tests change
 	// the tree there, between the scan and the read.
 	beforeRead func(states []desired.State)
+	// openFault, when set, is asked by a write job before it opens the
+	// file of st (openWrite, readBatch); an error it returns stands for
+	// the open's. Tests make a file unreadable with it where chmod cannot:
+	// root reads files whatever their mode.
+	openFault func(st desired.State) error
 }
 
 // New validates o and returns an idle engine.

@@ -32,7 +32,7 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 	// desired.State.Hash) or is not the one scanned fails here, unsent
 	// and unmarked. The first attempt sends this descriptor; a retry
 	// opens and checks the file again.
-	f, err := openTree(st)
+	f, err := e.openWrite(st)
 	if err != nil {
 		return e.writeFailure(ctx, it, err, true)
 	}
