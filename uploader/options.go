@@ -35,19 +35,21 @@ const (
 	// DefaultBulkThreshold: files up to 1 MiB ride in bulk requests; larger
 	// ones are streamed, so no large value is ever held in memory.
 	DefaultBulkThreshold = 1 << 20
-	// DefaultBulkMaxBytes keeps a bulk request well under the API's 100 MB
-	// even when every value is base64-encoded (4/3) and bounds the memory of
-	// the (at most two) batches held at once. 8 MiB rather than more: a
-	// larger batch saves nothing measurable in time (10,000 files of 1 KiB
-	// still fit two requests, whose reading and sending then overlap), while
-	// four concurrent 32 MiB batches put a 1,000 x 100 KiB sync at 114 MiB
-	// of RSS (78 MiB with 8 MiB).
+	// DefaultBulkMaxBytes keeps a bulk request well under
+	// kvapi.MaxBulkRequestBytes even when every value is base64-encoded
+	// (4/3), and bounds memory: the bulk writes in flight hold at most about
+	// twice it, each batch whole until its reply. Small rather than large,
+	// because a larger batch saves no measurable time (a tree of small files
+	// still goes out in a few requests, and reading one batch overlaps
+	// sending another) while the peak RSS of a sync grows with it. The
+	// measurements that chose it: bench/README.md, "Earlier runs".
 	DefaultBulkMaxBytes = 8 << 20
-	// DefaultBulkMaxPairs is half the API's 10,000: 10,000 small files
-	// still take two requests, now of equal size, so reading one overlaps
-	// sending the other evenly, and a batch of tiny files holds 5,000
-	// files' bookkeeping, not 7,000 (100,000 x 1 KiB: 20 requests, far
-	// inside the budget of 1,200 per 5 minutes).
+	// DefaultBulkMaxPairs is half of kvapi.MaxBulkPairs: a tree of small
+	// files that would fill one request of the API's size goes out as two
+	// of equal size, so reading one overlaps sending the other evenly, and
+	// a batch of tiny files holds half the bookkeeping until its reply. A
+	// large tree still takes few requests, far inside kvapi.AccountBudget.
+	// The measurements: bench/README.md, "Earlier runs".
 	DefaultBulkMaxPairs = 5000
 	// DefaultBulkMinPending: below it, single changes go through a streamed
 	// PUT each, which is as cheap and has less latency.
@@ -109,7 +111,8 @@ type Options struct {
 	QueueSize int
 	// Delete is the policy for keys whose file went away; default "delete".
 	Delete DeletePolicy
-	// DeleteTTL is the expiration_ttl of the "expire" policy; at least 60 s.
+	// DeleteTTL is the expiration_ttl of the "expire" policy; at least
+	// kvapi.MinTTLSeconds.
 	DeleteTTL time.Duration
 	// MaxDeletes caps the deletions of one full sync; above it, nothing of
 	// that pass is deleted. The deletions the watcher reports between two
@@ -127,7 +130,7 @@ type Options struct {
 	// independently of it, by kvapi's own measure of what it sends.
 	BulkMaxBytes int64
 	// BulkMaxPairs bounds the pairs of a bulk request; default 5000, at
-	// most 10000.
+	// most kvapi.MaxBulkPairs.
 	BulkMaxPairs int
 	// BulkMinPending is how many bulk-eligible keys must be waiting before
 	// writes outside a full sync are batched; default 8.
@@ -226,7 +229,7 @@ func (o Options) withDefaults() (Options, error) {
 		return bad("BulkThreshold", "is %d; want -1..%d", o.BulkThreshold, kvapi.MaxValueBytes)
 	case o.BulkMaxBytes < 0 || o.BulkMaxBytes > kvapi.MaxBulkRequestBytes:
 		// Values that encode longer (escapes, base64) split a batch
-		// earlier: each batch is measured as encoded, see bulkJob.
+		// earlier: each batch is measured as encoded, see putBulk.
 		return bad("BulkMaxBytes", "is %d; want at most %d", o.BulkMaxBytes, kvapi.MaxBulkRequestBytes)
 	case o.BulkThreshold+pairOverhead+kvapi.MaxKeyBytes+kvapi.MaxMetadataBytes > o.BulkMaxBytes:
 		return bad("BulkMaxBytes", "is %d, too small for one pair of BulkThreshold=%d bytes", o.BulkMaxBytes, o.BulkThreshold)

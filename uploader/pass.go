@@ -10,64 +10,6 @@ import (
 	"github.com/kvsync/kvsync/kvapi"
 )
 
-type outKind int
-
-const (
-	outWritten outKind = iota
-	outUnchanged
-	outVanished   // the file was gone before it could be sent
-	outFailed     // retryable; tried again later
-	outRejected   // permanent for this desired state
-	outDeleted    // deleted from KV
-	outExpired    // rewritten to expire (the expire policy)
-	outKept       // left in KV (the keep policy)
-	outNotOurs    // no record: kvsync never wrote the key
-	outSuperseded // a planned deletion of a key written since
-	outHeldBack
-	outPlanned // dry run
-)
-
-type outcome struct {
-	kind  outKind
-	bytes int64
-	err   error
-}
-
-func (r *Report) add(st desired.State, o outcome) {
-	switch o.kind {
-	case outWritten:
-		r.Written++
-		r.Bytes += o.bytes
-	case outUnchanged:
-		r.Unchanged++
-	case outFailed, outRejected:
-		r.Failed++
-		r.addFailure(st, o.err)
-	case outDeleted, outExpired:
-		r.Deleted++
-	case outKept:
-		r.Kept++
-	case outHeldBack:
-		r.HeldBack++
-		if len(r.Failures) < maxReportFailures {
-			r.Failures = append(r.Failures, Failure{Key: st.Key, Path: st.Path, Err: o.err, HeldBack: true})
-		}
-	case outPlanned:
-		if st.Deleted {
-			r.WouldDelete = append(r.WouldDelete, st.Key)
-		} else {
-			r.WouldWrite = append(r.WouldWrite, st.Key)
-			r.Bytes += st.Size
-		}
-	}
-}
-
-func (r *Report) addFailure(st desired.State, err error) {
-	if len(r.Failures) < maxReportFailures {
-		r.Failures = append(r.Failures, Failure{Key: st.Key, Path: st.Path, Err: err})
-	}
-}
-
 type phase int
 
 const (
@@ -167,9 +109,9 @@ func (e *Engine) hasRecords() (bool, error) {
 // report keys that exist in KV but not in the tree: they are not known to be
 // kvsync's, so they are left alone. Every key of the tree is rewritten
 // anyway, since without records nothing can be compared, so the writes need
-// not wait for the listing (a page per 1,000 keys, one after the other):
-// it runs beside the pass, and the returned channel, nil when there is
-// nothing to list, is closed once it is logged.
+// not wait for the listing (a page per kvapi.MaxListLimit keys, one after
+// the other): it runs beside the pass, and the returned channel, nil when
+// there is nothing to list, is closed once it is logged.
 func (e *Engine) reconcile(ctx context.Context, s desired.Snapshot) <-chan struct{} {
 	e.mu.Lock()
 	run := e.o.Reconcile && !e.reconciled

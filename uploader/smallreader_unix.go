@@ -17,8 +17,9 @@ import (
 // root, and opens each file beneath that directory, which spares the
 // kernel the walk of every component of the path. It goes straight to
 // the system calls: an *os.File costs an epoll registration attempt, a
-// finalizer and a FileInfo, about half of the time of reading a 1 KiB
-// file. It is used by one job at a time; close releases the descriptors.
+// finalizer and a FileInfo, a large share of the time of reading a small
+// file (bench/README.md, "Earlier runs"). It is used by one job at a time;
+// close releases the descriptors.
 //
 // A directory kept open may have been moved (out of the tree, too) since
 // it was opened: that is harmless, because what is read is decided by the

@@ -43,6 +43,28 @@ func openTree(st desired.State) (*os.File, error) {
 	return f, nil
 }
 
+// openWrite opens the file of a streamed write (openTree), or fails as
+// the test's openFault says.
+func (e *Engine) openWrite(st desired.State) (*os.File, error) {
+	if e.openFault != nil {
+		if err := e.openFault(st); err != nil {
+			return nil, err
+		}
+	}
+	return openTree(st)
+}
+
+// readBatch reads the file of a bulk write with rd, refusing more than
+// BulkThreshold bytes, or fails as the test's openFault says.
+func (e *Engine) readBatch(rd *smallReader, st desired.State) ([]byte, error) {
+	if e.openFault != nil && st.File.Size <= e.o.BulkThreshold {
+		if err := e.openFault(st); err != nil {
+			return nil, err
+		}
+	}
+	return rd.read(st, e.o.BulkThreshold)
+}
+
 // changedSinceScan reports whether err says the file of a state is not
 // what the scan saw: another file (ErrChanged), a symlink on its way now
 // (ErrSymlink), or a path that is no longer beneath the root (ErrEscape).
