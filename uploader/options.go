@@ -3,6 +3,7 @@ package uploader
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/state"
@@ -25,6 +26,9 @@ const (
 	// value and a rewrite of it with expiration_ttl.
 	DeleteExpire DeletePolicy = "expire"
 )
+
+// DeletePolicies lists every policy, for config to offer and check.
+var DeletePolicies = []DeletePolicy{DeleteRemove, DeleteKeep, DeleteExpire}
 
 // Defaults for the zero values of Options.
 const (
@@ -219,7 +223,7 @@ func (o Options) withDefaults() (Options, error) {
 		return bad("Concurrency", "is negative (%d)", o.Concurrency)
 	case o.QueueSize < 0:
 		return bad("QueueSize", "is negative (%d)", o.QueueSize)
-	case o.Delete != DeleteRemove && o.Delete != DeleteKeep && o.Delete != DeleteExpire:
+	case !slices.Contains(DeletePolicies, o.Delete):
 		return bad("Delete", "is %q; want delete, keep or expire", o.Delete)
 	case o.Delete == DeleteExpire && o.DeleteTTL < kvapi.MinTTLSeconds*time.Second:
 		return bad("DeleteTTL", "is %s; the expire policy needs at least 60s", o.DeleteTTL)

@@ -242,7 +242,7 @@ func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
 		Namespace:     s.NamespaceID,
 		Prefix:        s.Prefix,
 		Concurrency:   a.cfg.API.Concurrency,
-		Delete:        uploader.DeletePolicy(s.Delete),
+		Delete:        s.Delete,
 		DeleteTTL:     s.DeleteTTL,
 		MaxDeletes:    s.MaxDeletes,
 		BulkThreshold: bulkThreshold(s.BulkThreshold),

@@ -22,6 +22,7 @@ import (
 
 	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/ratelimit"
+	"github.com/kvsync/kvsync/uploader"
 )
 
 // Config is the whole configuration of one kvsync process.
@@ -119,7 +120,7 @@ type Sync struct {
 	// DefaultExpiration applies to files no rule matched; zero means never.
 	DefaultExpiration ExpirationRule `yaml:"default_expiration"`
 	// Delete is what happens to a key whose file is gone.
-	Delete DeletePolicy `yaml:"delete"`
+	Delete uploader.DeletePolicy `yaml:"delete"`
 	// DeleteTTL is the expiration given to orphaned keys under DeleteExpire.
 	DeleteTTL time.Duration `yaml:"delete_ttl"`
 	// MaxDeletes caps the deletions of one sync pass, so that a directory
@@ -153,20 +154,6 @@ type ExpirationRule struct {
 	// At is an RFC 3339 instant, whole seconds.
 	At time.Time `yaml:"at"`
 }
-
-// DeletePolicy is what happens to a key whose file disappeared.
-type DeletePolicy string
-
-// The delete policies.
-const (
-	// DeletePolicyDelete deletes the key.
-	DeletePolicyDelete DeletePolicy = "delete"
-	// DeletePolicyKeep leaves the key in KV.
-	DeletePolicyKeep DeletePolicy = "keep"
-	// DeletePolicyExpire rewrites the key with Sync.DeleteTTL, so that
-	// readers still served the old version keep working for a while.
-	DeletePolicyExpire DeletePolicy = "expire"
-)
 
 // Defaults. The rate budget is explained at API.Rate.
 const (
@@ -228,7 +215,7 @@ func baseDefaults() Config {
 func DefaultSync() Sync {
 	return Sync{
 		DefaultExcludes: true,
-		Delete:          DeletePolicyDelete,
+		Delete:          uploader.DeleteRemove,
 		DeleteTTL:       defaultDeleteTTL,
 		MaxDeletes:      defaultMaxDeletes,
 		Quiet:           defaultQuiet,

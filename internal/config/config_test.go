@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/uploader"
 )
 
 // y joins lines so that a test's line numbers are the slice positions + 1.
@@ -52,7 +54,7 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("default rate budget %v exceeds 1200", got)
 	}
 	s := DefaultSync()
-	want := Sync{DefaultExcludes: true, Delete: DeletePolicyDelete, DeleteTTL: time.Hour, MaxDeletes: 1000, Quiet: time.Second,
+	want := Sync{DefaultExcludes: true, Delete: uploader.DeleteRemove, DeleteTTL: time.Hour, MaxDeletes: 1000, Quiet: time.Second,
 		MaxDelay: 10 * time.Second, RescanInterval: time.Hour, BulkThreshold: 1 << 20, BulkMaxBytes: 8 << 20}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("DefaultSync = %+v, want %+v", s, want)
@@ -198,7 +200,7 @@ func TestParseValues(t *testing.T) {
 		{"ttl days", s.Expiration[0].TTL, 36 * time.Hour},
 		{"at in UTC", s.Expiration[1].At, time.Date(2030, 1, 2, 2, 4, 5, 0, time.UTC)},
 		{"default ttl", s.DefaultExpiration, ExpirationRule{TTL: 30 * 24 * time.Hour}},
-		{"delete", s.Delete, DeletePolicyExpire},
+		{"delete", s.Delete, uploader.DeleteExpire},
 		{"delete_ttl", s.DeleteTTL, 2 * time.Minute},
 		{"max_deletes", s.MaxDeletes, -1},
 		{"rescan", s.RescanInterval, time.Duration(0)},

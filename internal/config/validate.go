@@ -13,6 +13,7 @@ import (
 	"github.com/bmatcuk/doublestar/v4"
 
 	"github.com/kvsync/kvsync/kvapi"
+	"github.com/kvsync/kvsync/uploader"
 )
 
 // Limits Validate enforces.
@@ -219,7 +220,11 @@ func (v *validator) sync(p string, s *Sync) {
 	}
 	v.expiration(dp, &s.DefaultExpiration, false)
 
-	v.oneOf(p+".delete", string(s.Delete), string(DeletePolicyDelete), string(DeletePolicyKeep), string(DeletePolicyExpire))
+	policies := make([]string, len(uploader.DeletePolicies))
+	for i, d := range uploader.DeletePolicies {
+		policies[i] = string(d)
+	}
+	v.oneOf(p+".delete", string(s.Delete), policies...)
 	v.ttl(p+".delete_ttl", s.DeleteTTL)
 	if s.MaxDeletes < -1 {
 		v.fail(p+".max_deletes", ErrInvalid, "%d: use -1 for no cap, 0 to allow no deletions, or a positive cap", s.MaxDeletes)
