@@ -11,15 +11,7 @@ import (
 	"github.com/kvsync/kvsync/kvapi"
 )
 
-// Label values for bounded label sets; every combination starts at zero.
-var (
-	UploadResults  = []string{"success", "failed", "rejected", "skipped_unchanged"}
-	DeleteResults  = []string{"success", "failed", "kept", "expired"}
-	RetryReasons   = []string{"rate_limited", "server_error", "network"}
-	SkipReasons    = []string{"too_large", "key_invalid", "bad_metadata", "excluded", "unreadable", "special_file", "symlink", "debris"}
-	SyncTriggers   = []string{"startup", "periodic", "overflow", "watcher_error", "sighup", "manual"}
-	durationBucket = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
-)
+var durationBucket = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
 // Metrics holds every collector kvsync exports. Build it with New and pass it
 // to the parts that count; nothing registers globally.
@@ -103,26 +95,26 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		m.WatcherOverflow, m.FilesSkipped, m.FullSyncs, m.LastSuccess, m.BuildInfo)
 	m.BuildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	for _, r := range UploadResults {
-		m.Uploads.WithLabelValues(r)
-		m.UploadBytes.WithLabelValues(r)
+		m.Uploads.WithLabelValues(string(r))
+		m.UploadBytes.WithLabelValues(string(r))
 	}
 	for _, r := range DeleteResults {
-		m.Deletes.WithLabelValues(r)
+		m.Deletes.WithLabelValues(string(r))
 	}
 	for _, op := range kvapi.Ops {
 		m.RequestDuration.WithLabelValues(string(op))
 		for _, r := range RetryReasons {
-			m.Retries.WithLabelValues(string(op), r)
+			m.Retries.WithLabelValues(string(op), string(r))
 		}
 	}
 	for _, op := range []kvapi.Op{kvapi.OpPut, kvapi.OpBulkPut, kvapi.OpDelete, kvapi.OpBulkDelete, kvapi.OpList} {
 		m.APIRequests.WithLabelValues(string(op), strconv.Itoa(200))
 	}
 	for _, r := range SkipReasons {
-		m.FilesSkipped.WithLabelValues(r)
+		m.FilesSkipped.WithLabelValues(string(r))
 	}
-	for _, t := range SyncTriggers {
-		m.FullSyncs.WithLabelValues(t)
+	for _, t := range syncTriggers {
+		m.FullSyncs.WithLabelValues(string(t))
 	}
 	return m
 }

@@ -217,9 +217,9 @@ func TestRetry(t *testing.T) {
 					t.Errorf("attempts = %d, want %d", fake.Calls(), tc.wantCalls)
 				}
 				for _, reason := range metrics.RetryReasons {
-					got := testutil.ToFloat64(m.Retries.WithLabelValues(string(op), reason))
-					if got != tc.retries[reason] {
-						t.Errorf("Retries{%s,%s} = %v, want %v", op, reason, got, tc.retries[reason])
+					got := testutil.ToFloat64(m.Retries.WithLabelValues(string(op), string(reason)))
+					if got != tc.retries[string(reason)] {
+						t.Errorf("Retries{%s,%s} = %v, want %v", op, reason, got, tc.retries[string(reason)])
 					}
 				}
 				if fmt.Sprint(sl.d) != fmt.Sprint(tc.sleeps) {

@@ -27,13 +27,6 @@ const (
 	DefaultRetryAfter = 60 * time.Second
 )
 
-// Retry reasons, the values of the Retries metric's reason label.
-const (
-	reasonRateLimited = "rate_limited"
-	reasonServerError = "server_error"
-	reasonNetwork     = "network"
-)
-
 // RetryPolicy says how often and how patiently a request is sent again. Zero
 // fields take the defaults above.
 type RetryPolicy struct {
@@ -160,7 +153,7 @@ func (r *retrying) waitBeforeRetry(ctx context.Context, op kvapi.Op, key string,
 		if ra <= 0 {
 			ra = r.p.DefaultRetryAfter
 		}
-		r.count(op, reasonRateLimited)
+		r.count(op, metrics.RetryRateLimited)
 		r.log.Warn("KV API rate limit hit; pausing every request of the account",
 			"op", op, "key", key, "attempt", attempt, "pause", ra, "err", err)
 		if r.l == nil {
@@ -170,10 +163,10 @@ func (r *retrying) waitBeforeRetry(ctx context.Context, op kvapi.Op, key string,
 		return r.l.waitPause(ctx)
 	}
 
-	reason := reasonServerError
+	reason := metrics.RetryServerError
 	var ne *kvapi.NetworkError
 	if errors.As(err, &ne) {
-		reason = reasonNetwork
+		reason = metrics.RetryNetwork
 	}
 	d := r.p.backoff(attempt)
 	var ae *kvapi.APIError
@@ -187,9 +180,9 @@ func (r *retrying) waitBeforeRetry(ctx context.Context, op kvapi.Op, key string,
 	return r.p.Sleep(ctx, d)
 }
 
-func (r *retrying) count(op kvapi.Op, reason string) {
+func (r *retrying) count(op kvapi.Op, reason metrics.RetryReason) {
 	if r.m != nil {
-		r.m.Retries.WithLabelValues(string(op), reason).Inc()
+		r.m.Retries.WithLabelValues(string(op), string(reason)).Inc()
 	}
 }
 

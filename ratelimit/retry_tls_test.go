@@ -146,7 +146,7 @@ func TestRetryNeverRetriesUntrustedCertificate(t *testing.T) {
 			if len(sl.d) != 0 {
 				t.Errorf("backed off %v before giving up", sl.d)
 			}
-			if got := testutil.ToFloat64(m.Retries.WithLabelValues(string(kvapi.OpPut), reasonNetwork)); got != 0 {
+			if got := testutil.ToFloat64(m.Retries.WithLabelValues(string(kvapi.OpPut), string(metrics.RetryNetwork))); got != 0 {
 				t.Errorf("Retries{put,network} = %v, want 0", got)
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 // capRefusal applies MaxDeletes to n deletions of one full sync.
@@ -43,9 +44,7 @@ func (e *Engine) allowWatchedDelete(st desired.State) bool {
 	} else {
 		e.log.Debug("deletion kept: over max_deletes since the last full sync", "key", st.Key, "path", st.Path)
 	}
-	if m := e.o.Metrics; m != nil {
-		m.Deletes.WithLabelValues("kept").Inc()
-	}
+	e.countDelete(metrics.DeleteKept, 1)
 	return false
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/kvapi"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 // refused reports whether err proves that a write was not applied: the API
@@ -68,7 +69,7 @@ func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bo
 		// RetryBackoff, which would only repeat the same refusal.
 		e.log.Warn("holding back unreadable file; retried on its next change or full sync", "key", st.Key, "path", st.Path, "err", err)
 		if m := e.o.Metrics; m != nil {
-			m.FilesSkipped.WithLabelValues("unreadable").Inc()
+			m.Skip(metrics.SkipUnreadable)
 		}
 		return result{it: it, out: outcome{kind: outHeldBack, err: err}}
 	case errors.Is(err, kvapi.ErrValueSizeMismatch) && it.attempts+1 < maxAttempts:

@@ -8,6 +8,7 @@ import (
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 type phase int
@@ -193,9 +194,7 @@ func (e *Engine) queueDeletes(p *pass) {
 	if r := e.capRefusal(len(live)); r != "" {
 		p.rep.DeletesRefused = r
 		e.log.Error(r, "trigger", p.trigger, "prefix", e.o.Prefix)
-		if m := e.o.Metrics; m != nil {
-			m.Deletes.WithLabelValues("kept").Add(float64(len(live)))
-		}
+		e.countDelete(metrics.DeleteKept, len(live))
 		return
 	}
 	for _, c := range live {

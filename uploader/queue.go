@@ -8,6 +8,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 // category sorts queued keys by how they can be sent.
@@ -79,7 +80,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 			e.log.Debug("file gone but kvsync never wrote its key; left alone", "key", key)
 			return nil
 		} else if !st.Deleted && ok && unchanged(st, rec, e.o.Now()) {
-			e.count("upload", "skipped_unchanged", 0)
+			e.countUpload(metrics.UploadUnchanged, 0)
 			if p != nil {
 				p.rep.Unchanged++
 			}

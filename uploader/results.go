@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 // Report is the outcome of one full sync (or, from Plan, what it would do).
@@ -210,41 +211,38 @@ func (e *Engine) resolve(it *item, o outcome, count bool) {
 func (e *Engine) countOutcome(st desired.State, o outcome) {
 	switch o.kind {
 	case outWritten:
-		e.count("upload", "success", o.bytes)
+		e.countUpload(metrics.UploadSuccess, o.bytes)
 	case outUnchanged:
-		e.count("upload", "skipped_unchanged", 0)
+		e.countUpload(metrics.UploadUnchanged, 0)
 	case outRejected:
 		if st.Deleted {
-			e.count("delete", "failed", 0)
+			e.countDelete(metrics.DeleteFailed, 1)
 		} else {
-			e.count("upload", "rejected", 0)
+			e.countUpload(metrics.UploadRejected, 0)
 		}
 	case outFailed:
 		if st.Deleted {
-			e.count("delete", "failed", 0)
+			e.countDelete(metrics.DeleteFailed, 1)
 		} else {
-			e.count("upload", "failed", 0)
+			e.countUpload(metrics.UploadFailed, 0)
 		}
 	case outDeleted:
-		e.count("delete", "success", 0)
+		e.countDelete(metrics.DeleteSuccess, 1)
 	case outExpired:
-		e.count("delete", "expired", 0)
+		e.countDelete(metrics.DeleteExpired, 1)
 	case outKept:
-		e.count("delete", "kept", 0)
+		e.countDelete(metrics.DeleteKept, 1)
 	}
 }
 
-func (e *Engine) count(kind, result string, bytes int64) {
-	m := e.o.Metrics
-	if m == nil {
-		return
+func (e *Engine) countUpload(r metrics.UploadResult, bytes int64) {
+	if e.o.Metrics != nil {
+		e.o.Metrics.Upload(r, bytes)
 	}
-	if kind == "upload" {
-		m.Uploads.WithLabelValues(result).Inc()
-		if bytes > 0 {
-			m.UploadBytes.WithLabelValues(result).Add(float64(bytes))
-		}
-		return
+}
+
+func (e *Engine) countDelete(r metrics.DeleteResult, n int) {
+	if e.o.Metrics != nil {
+		e.o.Metrics.Delete(r, n)
 	}
-	m.Deletes.WithLabelValues(result).Inc()
 }

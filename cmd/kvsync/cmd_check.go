@@ -20,7 +20,7 @@ import (
 // become a key (its name is over kvapi.MaxKeyBytes or not UTF-8). Files held back for
 // their content (too large, unreadable, bad sidecar) come as states with an
 // error instead; excluded files and editor debris are intentional.
-const unpublishableSkip = "key_invalid"
+const unpublishableSkip = metrics.SkipKeyInvalid
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
@@ -75,7 +75,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 		line := fmt.Sprintf("sync %q: %s -> namespace %s prefix %q: %d keys, %s", s.Name, s.Dir, s.NamespaceID, s.Prefix, keys, config.HumanSize(bytes))
-		if n := counterValue(m.FilesSkipped.WithLabelValues(unpublishableSkip)); n > 0 {
+		if n := m.Skipped(unpublishableSkip); n > 0 {
 			line += fmt.Sprintf(", %.0f skipped (%s)", n, unpublishableSkip)
 			problems += int(n)
 		}

@@ -74,7 +74,7 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	// A file whose name cannot be a key is skipped, not held back, but it
 	// still did not reach KV: the run must not look clean.
-	unpublishable := int(counterValue(a.m.FilesSkipped.WithLabelValues(unpublishableSkip)))
+	unpublishable := int(a.m.Skipped(unpublishableSkip))
 	if total.Failed > 0 || total.HeldBack > 0 || unpublishable > 0 {
 		return fmt.Errorf("%w: %d failed, %d held back, %d with no valid key name", errSyncFailed, total.Failed, total.HeldBack, unpublishable)
 	}

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/term"
 
 	"github.com/kvsync/kvsync/internal/config"
@@ -36,10 +34,10 @@ func startProgress(w io.Writer, m *metrics.Metrics) *progress {
 		defer t.Stop()
 		start := time.Now()
 		draw := func() {
-			ok := counterValue(m.Uploads.WithLabelValues("success"))
-			failed := counterValue(m.Uploads.WithLabelValues("failed"))
-			same := counterValue(m.Uploads.WithLabelValues("skipped_unchanged"))
-			bytes := counterValue(m.UploadBytes.WithLabelValues("success"))
+			ok := m.Uploaded(metrics.UploadSuccess)
+			failed := m.Uploaded(metrics.UploadFailed)
+			same := m.Uploaded(metrics.UploadUnchanged)
+			bytes := m.UploadedBytes(metrics.UploadSuccess)
 			fmt.Fprintf(f, "\r\033[K%6.0f written  %6.0f unchanged  %4.0f failed  %9s  %5.1fs",
 				ok, same, failed, config.HumanSize(int64(bytes)), time.Since(start).Seconds())
 		}
@@ -60,12 +58,4 @@ func startProgress(w io.Writer, m *metrics.Metrics) *progress {
 func (p *progress) stop() {
 	p.stopOnce.Do(func() { close(p.done) })
 	<-p.finished
-}
-
-func counterValue(c prometheus.Counter) float64 {
-	var d dto.Metric
-	if err := c.Write(&d); err != nil || d.Counter == nil {
-		return 0
-	}
-	return d.Counter.GetValue()
 }

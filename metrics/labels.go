@@ -1,0 +1,121 @@
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/kvsync/kvsync/internal/desired"
+)
+
+// The label values of kvsync's bounded label sets. Each set is a type, so a
+// counter can only be given one of its own values, and New starts every
+// combination at zero from these lists. The triggers of full syncs are the
+// watcher's desired.Trigger values; the operations are kvapi.Ops.
+
+// UploadResult labels kvsync_uploads_total and kvsync_upload_bytes_total.
+type UploadResult string
+
+// The results of a key's write.
+const (
+	UploadSuccess   UploadResult = "success"
+	UploadFailed    UploadResult = "failed"
+	UploadRejected  UploadResult = "rejected"
+	UploadUnchanged UploadResult = "skipped_unchanged"
+)
+
+// UploadResults lists every UploadResult.
+var UploadResults = []UploadResult{UploadSuccess, UploadFailed, UploadRejected, UploadUnchanged}
+
+// DeleteResult labels kvsync_deletes_total.
+type DeleteResult string
+
+// The results of a key whose file went away.
+const (
+	DeleteSuccess DeleteResult = "success"
+	DeleteFailed  DeleteResult = "failed"
+	DeleteKept    DeleteResult = "kept"
+	DeleteExpired DeleteResult = "expired"
+)
+
+// DeleteResults lists every DeleteResult.
+var DeleteResults = []DeleteResult{DeleteSuccess, DeleteFailed, DeleteKept, DeleteExpired}
+
+// RetryReason labels kvsync_api_retries_total.
+type RetryReason string
+
+// Why a request was tried again.
+const (
+	RetryRateLimited RetryReason = "rate_limited"
+	RetryServerError RetryReason = "server_error"
+	RetryNetwork     RetryReason = "network"
+)
+
+// RetryReasons lists every RetryReason.
+var RetryReasons = []RetryReason{RetryRateLimited, RetryServerError, RetryNetwork}
+
+// SkipReason labels kvsync_files_skipped_total: why a file is not published.
+type SkipReason string
+
+// Why a file is not published.
+const (
+	SkipTooLarge   SkipReason = "too_large"
+	SkipKeyInvalid SkipReason = "key_invalid"
+	SkipMetadata   SkipReason = "bad_metadata"
+	SkipExcluded   SkipReason = "excluded"
+	SkipUnreadable SkipReason = "unreadable"
+	SkipSpecial    SkipReason = "special_file"
+	SkipSymlink    SkipReason = "symlink"
+	SkipDebris     SkipReason = "debris"
+)
+
+// SkipReasons lists every SkipReason.
+var SkipReasons = []SkipReason{SkipTooLarge, SkipKeyInvalid, SkipMetadata, SkipExcluded, SkipUnreadable, SkipSpecial, SkipSymlink, SkipDebris}
+
+// syncTriggers are the trigger label's values.
+var syncTriggers = []desired.Trigger{
+	desired.TriggerStartup, desired.TriggerPeriodic, desired.TriggerOverflow,
+	desired.TriggerError, desired.TriggerReload, desired.TriggerManual,
+}
+
+// Upload counts one key's write and, when bytes > 0, the bytes sent.
+func (m *Metrics) Upload(r UploadResult, bytes int64) {
+	m.Uploads.WithLabelValues(string(r)).Inc()
+	if bytes > 0 {
+		m.UploadBytes.WithLabelValues(string(r)).Add(float64(bytes))
+	}
+}
+
+// Delete counts n keys whose file went away.
+func (m *Metrics) Delete(r DeleteResult, n int) {
+	m.Deletes.WithLabelValues(string(r)).Add(float64(n))
+}
+
+// Skip counts a file that is not published.
+func (m *Metrics) Skip(r SkipReason) {
+	m.FilesSkipped.WithLabelValues(string(r)).Inc()
+}
+
+// Skipped is how many files were not published for r.
+func (m *Metrics) Skipped(r SkipReason) float64 {
+	return counterValue(m.FilesSkipped.WithLabelValues(string(r)))
+}
+
+// Uploaded is how many keys' writes ended as r.
+func (m *Metrics) Uploaded(r UploadResult) float64 {
+	return counterValue(m.Uploads.WithLabelValues(string(r)))
+}
+
+// UploadedBytes is how many bytes the writes that ended as r sent.
+func (m *Metrics) UploadedBytes(r UploadResult) float64 {
+	return counterValue(m.UploadBytes.WithLabelValues(string(r)))
+}
+
+// counterValue reads a counter back: the progress line and the exit status
+// are told by the same numbers /metrics exports.
+func counterValue(c prometheus.Counter) float64 {
+	var d dto.Metric
+	if err := c.Write(&d); err != nil || d.Counter == nil {
+		return 0
+	}
+	return d.Counter.GetValue()
+}
