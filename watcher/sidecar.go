@@ -1,0 +1,135 @@
+package watcher
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"strings"
+)
+
+// maxSidecarRead bounds how much of a sidecar is read: its compacted form is
+// at most 1 KiB, so a file this large is surely not a valid one.
+const maxSidecarRead = 64 << 10
+
+type sidecarEntry struct {
+	id   fileID
+	meta json.RawMessage
+	err  error
+}
+
+// Whether a file has a sidecar, when a directory listing already says.
+type sidecarHint int
+
+const (
+	sidecarUnknown sidecarHint = iota
+	sidecarAbsent
+	sidecarPresent
+)
+
+// sidecarOwner maps a sidecar's relative path to its file's.
+func sidecarOwner(rel string) string {
+	if isSidecar(rel) {
+		return strings.TrimSuffix(rel, SidecarSuffix)
+	}
+	return rel
+}
+
+// sidecar returns the metadata in the sidecar at rel, nil when there is
+// none, or an error naming it when it is invalid. lst, when not nil, is the
+// sidecar's lstat from the directory's listing: unless it is a symlink, it
+// is what a lookup now would say, and is trusted instead of asked again.
+// The sidecar is read beneath the root like any file of the tree: a
+// symlink follows the rules of follow, and a file read is the one opened
+// beneath the root, whatever the listing said.
+func (w *Watcher) sidecar(rel string, lst fs.FileInfo) (json.RawMessage, error) {
+	s := w.st
+	abs := filepath.Join(w.opts.Root, rel)
+	if lst != nil && lst.Mode()&fs.ModeSymlink != 0 {
+		lst = nil // the symlink rules below look at it again
+	}
+	src := resolved{root: s.root, rel: rel, path: abs, info: lst}
+	if lst == nil {
+		fi, err := s.root.Lstat(rel)
+		if err != nil {
+			delete(s.sidecars, rel)
+			if isGone(err) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+		}
+		src.info = fi
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			// The symlink rule holds for sidecars too: metadata must not be
+			// read from outside the root.
+			t, err := w.follow(abs)
+			switch {
+			case errors.Is(err, errDangling):
+				delete(s.sidecars, rel)
+				return nil, nil
+			case errors.Is(err, errOutside):
+				return nil, fmt.Errorf("%w: %s is a symlink leading outside the root", ErrBadSidecar, abs)
+			case err != nil:
+				return nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+			}
+			src = t
+		}
+	}
+	id, idOK := fileIDOf(src.info)
+	if e, ok := s.sidecars[rel]; ok && idOK && e.id == id {
+		return e.meta, e.err
+	}
+	delete(s.sidecars, rel)
+	meta, gone, read, err := w.readSidecar(src)
+	if gone && lst != nil {
+		// Removed since the listing: as a lookup now would have found.
+		return nil, nil
+	}
+	// Cached under the identity of what was read, which may be newer
+	// than the listing's.
+	if read == nil {
+		return meta, err
+	}
+	id, idOK = fileIDOf(read)
+	settled := w.opts.Now().Add(-racyWindow).UnixNano()
+	if idOK && id.mtime < settled && id.ctime < settled {
+		s.sidecars[rel] = sidecarEntry{id: id, meta: meta, err: err}
+	}
+	return meta, err
+}
+
+// readSidecar reads and parses the sidecar src, whose lstat is src.info.
+// gone reports that it could not be opened because it no longer exists;
+// read is the fstat of what was read, nil when nothing was.
+func (w *Watcher) readSidecar(src resolved) (meta json.RawMessage, gone bool, read fs.FileInfo, err error) {
+	abs, fi := src.path, src.info
+	if !fi.Mode().IsRegular() {
+		return nil, false, nil, fmt.Errorf("%w: %s: not a regular file", ErrBadSidecar, abs)
+	}
+	if fi.Size() > maxSidecarRead {
+		return nil, false, nil, fmt.Errorf("%w: %s: %d bytes, far over the %d-byte limit", ErrBadSidecar, abs, fi.Size(), 1024)
+	}
+	f, err := w.open(src.root, src.rel)
+	if err != nil {
+		return nil, isGone(err), nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+	}
+	defer f.Close()
+	if read, err = f.Stat(); err != nil {
+		return nil, false, nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+	}
+	if !read.Mode().IsRegular() {
+		// Replaced by a FIFO or a device since the lookup: never read.
+		return nil, false, nil, fmt.Errorf("%w: %s: not a regular file", ErrBadSidecar, abs)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxSidecarRead+1))
+	if err != nil {
+		return nil, false, nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
+	}
+	meta, err = ParseSidecar(data)
+	if err != nil {
+		return nil, false, read, fmt.Errorf("%s: %w", abs, err)
+	}
+	return meta, false, read, nil
+}
