@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +9,13 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/kvsync/kvsync/kvapi"
 )
+
+// ErrBadSidecar is wrapped by the errors of sidecars, for errors.Is.
+var ErrBadSidecar = errors.New("invalid metadata sidecar")
 
 // maxSidecarRead bounds how much of a sidecar is read: its compacted form is
 // at most 1 KiB, so a file this large is surely not a valid one.
@@ -132,4 +139,33 @@ func (w *Watcher) readSidecar(src resolved) (meta json.RawMessage, gone bool, re
 		return nil, false, read, fmt.Errorf("%s: %w", abs, err)
 	}
 	return meta, false, read, nil
+}
+
+// ParseSidecar validates the content of a metadata sidecar and returns it
+// compacted: a JSON object of at most kvapi.MaxMetadataBytes bytes. A
+// leading UTF-8 byte order mark, which some editors write, is dropped.
+// Errors wrap ErrBadSidecar and say what is wrong, not which file; callers
+// add the name.
+func ParseSidecar(data []byte) (json.RawMessage, error) {
+	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	if !utf8.Valid(data) {
+		return nil, fmt.Errorf("%w: not valid UTF-8", ErrBadSidecar)
+	}
+	if !json.Valid(data) {
+		var v any
+		err := json.Unmarshal(data, &v)
+		return nil, fmt.Errorf("%w: not valid JSON: %v", ErrBadSidecar, err)
+	}
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, fmt.Errorf("%w: not a JSON object", ErrBadSidecar)
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, data); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadSidecar, err)
+	}
+	if buf.Len() > kvapi.MaxMetadataBytes {
+		return nil, fmt.Errorf("%w: %d bytes compacted, over the KV limit of %d", ErrBadSidecar, buf.Len(), kvapi.MaxMetadataBytes)
+	}
+	return json.RawMessage(buf.Bytes()), nil
 }
