@@ -17,8 +17,9 @@ import (
 // ErrBadSidecar is wrapped by the errors of sidecars, for errors.Is.
 var ErrBadSidecar = errors.New("invalid metadata sidecar")
 
-// maxSidecarRead bounds how much of a sidecar is read: its compacted form is
-// at most 1 KiB, so a file this large is surely not a valid one.
+// maxSidecarRead bounds how much of a sidecar is read, so a huge file named
+// like one costs no memory: its compacted form may be at most
+// kvapi.MaxMetadataBytes, so a file this large is surely not a valid one.
 const maxSidecarRead = 64 << 10
 
 type sidecarEntry struct {
@@ -116,7 +117,7 @@ func (w *Watcher) readSidecar(src resolved) (meta json.RawMessage, gone bool, re
 		return nil, false, nil, fmt.Errorf("%w: %s: not a regular file", ErrBadSidecar, abs)
 	}
 	if fi.Size() > maxSidecarRead {
-		return nil, false, nil, fmt.Errorf("%w: %s: %d bytes, far over the %d-byte limit", ErrBadSidecar, abs, fi.Size(), 1024)
+		return nil, false, nil, fmt.Errorf("%w: %s: %d bytes, far over the %d-byte limit", ErrBadSidecar, abs, fi.Size(), kvapi.MaxMetadataBytes)
 	}
 	f, err := w.open(src.root, src.rel)
 	if err != nil {
