@@ -369,6 +369,29 @@ func TestParseSidecar(t *testing.T) {
 	}
 }
 
+// TestParseSidecarKVCause: a sidecar that kvapi refuses as metadata keeps
+// the sidecar's wording (a user test pins "over the KV limit of 1024"),
+// matches kvapi's cause, and is not taken for a request kvapi refused.
+func TestParseSidecarKVCause(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		in    string
+		cause error
+		text  string
+	}{
+		{`[1]`, kvapi.ErrMetadataNotObject, "invalid metadata sidecar: not a JSON object"},
+		{` { "a" : "` + strings.Repeat("x", 1017) + `" } `, kvapi.ErrMetadataTooLarge,
+			fmt.Sprintf("invalid metadata sidecar: 1025 bytes compacted, over the KV limit of %d", kvapi.MaxMetadataBytes)},
+	}
+	for _, tc := range cases {
+		_, err := ParseSidecar([]byte(tc.in))
+		var ve *kvapi.ValidationError
+		if !errors.Is(err, ErrBadSidecar) || !errors.Is(err, tc.cause) || errors.As(err, &ve) || err.Error() != tc.text {
+			t.Errorf("ParseSidecar(%.30q) error %v, want %q wrapping ErrBadSidecar and %v, no ValidationError", tc.in, err, tc.text, tc.cause)
+		}
+	}
+}
+
 // FuzzKeyFor: KeyFor accepts exactly the pairs whose key KV accepts
 // (kvapi.ValidateKey) and whose rel is a clean relative path of a file, and
 // then the key is prefix+rel, byte for byte.

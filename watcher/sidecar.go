@@ -143,10 +143,16 @@ func (w *Watcher) readSidecar(src resolved) (meta json.RawMessage, gone bool, re
 }
 
 // ParseSidecar validates the content of a metadata sidecar and returns it
-// compacted: a JSON object of at most kvapi.MaxMetadataBytes bytes. A
-// leading UTF-8 byte order mark, which some editors write, is dropped.
-// Errors wrap ErrBadSidecar and say what is wrong, not which file; callers
-// add the name.
+// compacted, as it is to be sent. It checks only what is about the file: a
+// leading UTF-8 byte order mark, which some editors write, is dropped, and
+// text that is not UTF-8 or not JSON is refused with the parser's message,
+// which names the offending character. What KV accepts as metadata (a JSON
+// object of at most kvapi.MaxMetadataBytes once compacted) is
+// kvapi.ValidateMetadata's rule, and the compacted form is its, so the bytes
+// measured here are the bytes the uploader sends.
+// Errors wrap ErrBadSidecar and, when kvapi refused the content, its cause
+// (kvapi.ErrMetadataNotObject, kvapi.ErrMetadataTooLarge); they say what is
+// wrong, not which file: callers add the name.
 func ParseSidecar(data []byte) (json.RawMessage, error) {
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
 	if !utf8.Valid(data) {
@@ -157,16 +163,38 @@ func ParseSidecar(data []byte) (json.RawMessage, error) {
 		err := json.Unmarshal(data, &v)
 		return nil, fmt.Errorf("%w: not valid JSON: %v", ErrBadSidecar, err)
 	}
-	trimmed := bytes.TrimLeft(data, " \t\r\n")
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return nil, fmt.Errorf("%w: not a JSON object", ErrBadSidecar)
+	meta, err := kvapi.ValidateMetadata(data)
+	if err == nil {
+		return meta, nil
 	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, data); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadSidecar, err)
+	cause := err
+	var ve *kvapi.ValidationError
+	if errors.As(err, &ve) {
+		cause = ve.Err
 	}
-	if buf.Len() > kvapi.MaxMetadataBytes {
-		return nil, fmt.Errorf("%w: %d bytes compacted, over the KV limit of %d", ErrBadSidecar, buf.Len(), kvapi.MaxMetadataBytes)
+	e := &sidecarError{msg: cause.Error(), cause: cause}
+	switch {
+	case errors.Is(cause, kvapi.ErrMetadataTooLarge):
+		// The length is measured again only here, to say by how much.
+		var buf bytes.Buffer
+		_ = json.Compact(&buf, data) // valid: json.Valid said so
+		e.msg = fmt.Sprintf("%d bytes compacted, over the KV limit of %d", buf.Len(), kvapi.MaxMetadataBytes)
+	case errors.Is(cause, kvapi.ErrMetadataNotObject):
+		e.msg = "not a JSON object"
 	}
-	return json.RawMessage(buf.Bytes()), nil
+	return nil, e
 }
+
+// sidecarError is a sidecar whose content kvapi refused as metadata. Its
+// text says what to fix in the file, in the words of the sidecar's other
+// errors, and it matches both ErrBadSidecar and kvapi's cause. It does not
+// wrap kvapi's *ValidationError, which means a request kvapi refused to
+// send (the uploader and the metrics classify errors by it): no request is
+// involved here, only a file to fix.
+type sidecarError struct {
+	msg   string
+	cause error
+}
+
+func (e *sidecarError) Error() string   { return ErrBadSidecar.Error() + ": " + e.msg }
+func (e *sidecarError) Unwrap() []error { return []error{ErrBadSidecar, e.cause} }
