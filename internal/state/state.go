@@ -8,6 +8,10 @@
 // A file that cannot be read as a store (garbage, truncated, empty, zeroed) is
 // moved aside and replaced by an empty store whose Fresh reports true, so the
 // caller falls back to a full reconcile instead of crash-looping on it.
+//
+// The files: state.go holds the Store's operations; open.go opens the file
+// and recovers from a corrupt one (lock_*.go: the lock held while moving it
+// aside); record.go is a Record's stored form.
 package state
 
 import (
