@@ -18,6 +18,9 @@ import (
 // files are hashed again next time instead of trusted.
 const racyWindow = 2 * time.Second
 
+// fileID is what a cached hash or sidecar is trusted under: while a file's
+// fileID is unchanged its content is taken to be, so it is not read again
+// (fileIDOf says why these fields suffice).
 type fileID struct {
 	dev, ino     uint64
 	size         int64

@@ -15,6 +15,8 @@ import (
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
+// skipEntry is why a path is not published, and gen the full scan that
+// last saw it, so a complete scan can forget the skips of paths gone.
 type skipEntry struct {
 	reason string
 	gen    uint64
@@ -32,17 +34,22 @@ type scanState struct {
 	// skipped remembers why a path is not published, so each is logged and
 	// counted once, not on every rescan.
 	skipped map[string]skipEntry
-	gen     uint64
+	// gen counts full scans, to tell the skips the latest one saw.
+	gen uint64
 	// linkTarget maps a symlink's relative path to its target's, so a change
 	// of the target re-evaluates the link.
 	linkTarget map[string]string
-	realRoot   string
+	// realRoot is the root with its symlinks resolved: the targets
+	// EvalSymlinks gives are real paths, so they are compared with it.
+	realRoot string
 	// root is the tree's root, open while a scan or an evaluation runs
 	// (under Watcher.mu); every path of the tree is opened beneath it.
 	// sysRoot is "/", opened only for targets of symlinks that
 	// AllowSymlinksOutside lets out of the tree.
 	root, sysRoot *beneath.Root
-	buf           []byte
+	// buf is the hashing buffer, shared so a scan does not allocate one
+	// per file.
+	buf []byte
 }
 
 func newScanState() *scanState {

@@ -22,6 +22,8 @@ var ErrBadSidecar = errors.New("invalid metadata sidecar")
 // kvapi.MaxMetadataBytes, so a file this large is surely not a valid one.
 const maxSidecarRead = 64 << 10
 
+// sidecarEntry is a parsed sidecar cached under its fileID. Its error is
+// cached too, so an invalid sidecar is not read again until it changes.
 type sidecarEntry struct {
 	id   fileID
 	meta json.RawMessage
