@@ -1,8 +1,6 @@
 package watcher
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,11 +9,8 @@ import (
 	"github.com/kvsync/kvsync/kvapi"
 )
 
-// Errors of the key mapping and of sidecars, for errors.Is.
-var (
-	ErrKeyInvalid = errors.New("invalid key")
-	ErrBadSidecar = errors.New("invalid metadata sidecar")
-)
+// ErrKeyInvalid is wrapped by KeyFor's errors, for errors.Is.
+var ErrKeyInvalid = errors.New("invalid key")
 
 // KeyFor maps a /-separated path relative to the root to its KV key:
 // prefix + rel, verbatim. It refuses what KV would refuse (an empty key,
@@ -48,33 +43,4 @@ func KeyFor(prefix, rel string) (string, error) {
 		return "", fmt.Errorf("%w: key %q is not allowed by KV", ErrKeyInvalid, key)
 	}
 	return key, nil
-}
-
-// ParseSidecar validates the content of a metadata sidecar and returns it
-// compacted: a JSON object of at most kvapi.MaxMetadataBytes bytes. A
-// leading UTF-8 byte order mark, which some editors write, is dropped.
-// Errors wrap ErrBadSidecar and say what is wrong, not which file; callers
-// add the name.
-func ParseSidecar(data []byte) (json.RawMessage, error) {
-	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
-	if !utf8.Valid(data) {
-		return nil, fmt.Errorf("%w: not valid UTF-8", ErrBadSidecar)
-	}
-	if !json.Valid(data) {
-		var v any
-		err := json.Unmarshal(data, &v)
-		return nil, fmt.Errorf("%w: not valid JSON: %v", ErrBadSidecar, err)
-	}
-	trimmed := bytes.TrimLeft(data, " \t\r\n")
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return nil, fmt.Errorf("%w: not a JSON object", ErrBadSidecar)
-	}
-	var buf bytes.Buffer
-	if err := json.Compact(&buf, data); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadSidecar, err)
-	}
-	if buf.Len() > kvapi.MaxMetadataBytes {
-		return nil, fmt.Errorf("%w: %d bytes compacted, over the KV limit of %d", ErrBadSidecar, buf.Len(), kvapi.MaxMetadataBytes)
-	}
-	return json.RawMessage(buf.Bytes()), nil
 }

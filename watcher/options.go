@@ -48,7 +48,8 @@ var ErrInvalidOptions = errors.New("watcher: invalid options")
 type ExpirationRule struct {
 	// Match is a doublestar glob on the /-separated path relative to the root.
 	Match string
-	// TTL is relative to each write; at least 60 s. Exclusive with At.
+	// TTL is relative to each write; at least kvapi.MinTTLSeconds, since KV
+	// refuses a shorter one. Exclusive with At.
 	TTL time.Duration
 	// At is an absolute expiration. Exclusive with TTL.
 	At time.Time

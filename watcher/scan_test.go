@@ -1,24 +1,19 @@
 package watcher
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kvsync/kvsync/internal/desired"
-	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
 )
 
@@ -304,148 +299,5 @@ func TestNewValidates(t *testing.T) {
 	if !filepath.IsAbs(w.opts.Root) || w.opts.Quiet != MinQuiet || w.opts.MaxDelay != DefaultMaxDelay ||
 		w.opts.MaxFileSize != 25<<20 || w.opts.RescanInterval != DefaultRescanInterval {
 		t.Fatalf("defaults not applied: %+v", w.opts)
-	}
-}
-
-func TestKeyFor(t *testing.T) {
-	t.Parallel()
-	cases := []struct {
-		prefix, rel, want string
-		ok                bool
-	}{
-		{"", "a/b.txt", "a/b.txt", true},
-		{"site/", "index.html", "site/index.html", true},
-		{"", ".well-known/x", ".well-known/x", true},
-		{"", "", "", false},
-		{"", ".", "", false},
-		{"", "..", "", false},
-		{"", "a/../b", "", false},
-		{"", "/abs", "", false},
-		{"", "a//b", "", false},
-		{"", "dir/", "", false},
-		{"", "b\xffd", "", false},
-		{"", strings.Repeat("x", 512), strings.Repeat("x", 512), true},
-		{"", strings.Repeat("x", 513), "", false},
-		{"", strings.Repeat("é", 257), "", false}, // 257 runes, 514 bytes
-		{"p", strings.Repeat("x", 512), "", false},
-	}
-	for _, tc := range cases {
-		got, err := KeyFor(tc.prefix, tc.rel)
-		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("KeyFor(%q, %.20q) = %.20q, %v; want %.20q ok=%v", tc.prefix, tc.rel, got, err, tc.want, tc.ok)
-		}
-		if err != nil && !errors.Is(err, ErrKeyInvalid) {
-			t.Errorf("error %v does not wrap ErrKeyInvalid", err)
-		}
-	}
-}
-
-func TestParseSidecar(t *testing.T) {
-	t.Parallel()
-	cases := []struct{ in, want, err string }{
-		{`{"a": 1, "b": [1, 2]}`, `{"a":1,"b":[1,2]}`, ""},
-		{"\ufeff{ }", `{}`, ""},
-		{" \n{\"k\":\"v\"}\n", `{"k":"v"}`, ""},
-		{`[]`, "", "not a JSON object"},
-		{`"s"`, "", "not a JSON object"},
-		{`null`, "", "not a JSON object"},
-		{`{"a":`, "", "not valid JSON"},
-		{``, "", "not valid JSON"},
-		{"{\"a\":\"\xff\"}", "", "UTF-8"},
-		{`{"a":"` + strings.Repeat("x", 1016) + `"}`, `{"a":"` + strings.Repeat("x", 1016) + `"}`, ""},
-		{`{"a":"` + strings.Repeat("x", 1017) + `"}`, "", "1025 bytes"},
-	}
-	for _, tc := range cases {
-		got, err := ParseSidecar([]byte(tc.in))
-		if tc.err != "" {
-			if !errors.Is(err, ErrBadSidecar) || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("ParseSidecar(%.30q) error %v, want one containing %q", tc.in, err, tc.err)
-			}
-			continue
-		}
-		if err != nil || string(got) != tc.want {
-			t.Errorf("ParseSidecar(%.30q) = %s, %v; want %s", tc.in, got, err, tc.want)
-		}
-	}
-}
-
-// FuzzKeyFor: KeyFor accepts exactly the pairs whose key KV accepts
-// (kvapi.ValidateKey) and whose rel is a clean relative path of a file, and
-// then the key is prefix+rel, byte for byte.
-func FuzzKeyFor(f *testing.F) {
-	for _, s := range [][2]string{{"", "a/b"}, {"p/", "x"}, {"", "."}, {"", ".."}, {"", "a/../b"}, {"", "\xff"},
-		{"", strings.Repeat("é", 300)}, {"pre", ""}, {".", ""}, {"", "/x"}, {"\xe6", "\x97\xa5"}, {".", "."}} {
-		f.Add(s[0], s[1])
-	}
-	f.Fuzz(func(t *testing.T, prefix, rel string) {
-		key, err := KeyFor(prefix, rel)
-		// A scan yields rel as path.Clean leaves it, never absolute, "." or
-		// climbing out; each half must be UTF-8 on its own, since two broken
-		// halves can join into a valid key that names neither.
-		cleanRel := rel != "" && path.Clean(rel) == rel && !path.IsAbs(rel) && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
-		wantOK := cleanRel && utf8.ValidString(prefix) && utf8.ValidString(rel) && kvapi.ValidateKey(prefix+rel) == nil
-		if (err == nil) != wantOK {
-			t.Fatalf("KeyFor(%q, %q) error %v, want accepted = %v", prefix, rel, err, wantOK)
-		}
-		if err != nil {
-			if !errors.Is(err, ErrKeyInvalid) {
-				t.Fatalf("error %v does not wrap ErrKeyInvalid", err)
-			}
-			return
-		}
-		if key != prefix+rel {
-			t.Fatalf("key %q != prefix+rel", key)
-		}
-	})
-}
-
-// FuzzParseSidecar: a sidecar is accepted exactly when KV would accept its
-// content as metadata (kvapi.ValidateMetadata; an empty file is a broken
-// sidecar, not "no metadata"), and the result is json.Compact's.
-func FuzzParseSidecar(f *testing.F) {
-	for _, s := range []string{`{}`, `{"a":1}`, ` { "a" : [ 1 , { } ] } `, `[]`, `{"a":`, "\ufeff{}", `{"a":"\u00e9"}`, `null`, ``,
-		"\ufeff", ` `, `{"a":"<>&\u2028"}`, "{\"a\":\"" + strings.Repeat("x", 1016) + "\"}", "{\"a\":\"" + strings.Repeat("x", 1017) + "\"}"} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		out, err := ParseSidecar(data)
-		body := bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
-		want, werr := kvapi.ValidateMetadata(body)
-		wantOK := werr == nil && len(body) > 0
-		if (err == nil) != wantOK {
-			t.Fatalf("ParseSidecar(%q) error %v, want accepted = %v (validator: %v)", data, err, wantOK, werr)
-		}
-		if err != nil {
-			if !errors.Is(err, ErrBadSidecar) {
-				t.Fatalf("error %v does not wrap ErrBadSidecar", err)
-			}
-			return
-		}
-		var compact bytes.Buffer
-		if err := json.Compact(&compact, body); err != nil {
-			t.Fatalf("accepted %q, which json.Compact refuses: %v", data, err)
-		}
-		if !bytes.Equal(out, compact.Bytes()) || !bytes.Equal(out, want) {
-			t.Fatalf("ParseSidecar(%q) = %q, want json.Compact's %q", data, out, compact.Bytes())
-		}
-	})
-}
-
-func TestScanSidecarSymlinkOutside(t *testing.T) {
-	t.Parallel()
-	root, outside := t.TempDir(), t.TempDir()
-	write(t, outside, "m.json", `{"secret":1}`)
-	write(t, root, "f.txt", "f")
-	if err := os.Symlink(filepath.Join(outside, "m.json"), filepath.Join(root, "f.txt.meta.json")); err != nil {
-		t.Fatal(err)
-	}
-	got := scanKeys(t, testOpts(t, root))["f.txt"]
-	if !errors.Is(got.Err, ErrBadSidecar) || got.Metadata != nil {
-		t.Fatalf("state %+v, want held back for a sidecar leading outside the root", got)
-	}
-	opts := testOpts(t, root)
-	opts.AllowSymlinksOutside = true
-	if got := scanKeys(t, opts)["f.txt"]; got.Err != nil || string(got.Metadata) != `{"secret":1}` {
-		t.Fatalf("with AllowSymlinksOutside: %+v", got)
 	}
 }

@@ -28,6 +28,23 @@
 // individually, watched before it is read, and a queue overflow or watcher
 // error is answered by a full rescan; a periodic rescan is the backstop.
 // Symlinks to directories are not followed.
+//
+// The files, one concern each:
+//
+//   - watcher.go: New, Scan, and the watches on directories.
+//   - options.go, publishes.go: Options, and the rules of what a tree
+//     publishes and when its keys expire.
+//   - run.go: Run: the event loop, debouncing, and the hand-off to the sink.
+//   - scan.go: what the watcher remembers between scans, one file's desired
+//     state (fileState), and the full scan.
+//   - walk.go, readdir_*.go: listing the tree's directories, ahead of the walk.
+//   - eval.go: re-evaluating the paths events name, emitting what changed.
+//   - known.go: the last state emitted per path, indexed by directory.
+//   - keys.go: a file's key.
+//   - sidecar.go: metadata sidecars: found, read, parsed and cached.
+//   - symlink.go: a symlink's target, looked up again beneath the root.
+//   - hashcache.go, fileid_*.go: content hashes, cached by file identity.
+//   - paths.go: the tree's relative paths, and what a failed lookup means.
 package watcher
 
 import (

@@ -13,9 +13,12 @@ import (
 // Expiration is when a key should expire. The zero value means never.
 // When both are set, TTL wins, as it does in the KV API.
 type Expiration struct {
-	// TTL is relative to the moment of each write; at least 60 s when set.
+	// TTL is relative to the moment of each write; when set, at least
+	// kvapi.MinTTLSeconds, since KV refuses a shorter one.
 	TTL time.Duration
-	// At is an absolute instant; it must be at least 60 s ahead at upload time.
+	// At is an absolute instant. KV refuses one less than
+	// kvapi.MinExpirationAheadSeconds ahead, which only the upload can tell,
+	// so it is checked then.
 	At time.Time
 }
 

@@ -1,0 +1,139 @@
+package state
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// record is Record's stored form: short names keep a large store small.
+type record struct {
+	Hash          string          `json:"h"`
+	Size          int64           `json:"s,omitempty"`
+	Metadata      json.RawMessage `json:"m,omitempty"`
+	ExpirationTTL int64           `json:"t,omitempty"`
+	ExpirationAt  int64           `json:"e,omitempty"`
+	Written       int64           `json:"w,omitempty"` // Unix nanoseconds
+	// Pending is omitted when false, so clean records keep the encoding
+	// they had before the field existed and old records decode as clean.
+	Pending bool `json:"p,omitempty"`
+}
+
+func encode(r Record) ([]byte, error) {
+	rec := record{
+		Hash:          r.Hash,
+		Size:          r.Size,
+		ExpirationTTL: r.ExpirationTTL,
+		ExpirationAt:  r.ExpirationAt,
+		Pending:       r.Pending,
+	}
+	if !r.Written.IsZero() {
+		rec.Written = r.Written.UnixNano()
+	}
+	if len(r.Metadata) > 0 {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, r.Metadata); err != nil {
+			return nil, fmt.Errorf("metadata: %w", err)
+		}
+		rec.Metadata = buf.Bytes()
+	}
+	// json.Marshal would rewrite <, > and & in the metadata as \u escapes,
+	// and the stored bytes must equal the compacted metadata that was sent.
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(rec); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(out.Bytes(), []byte("\n")), nil
+}
+
+// maxEncodedFixed bounds the bytes appendEncoded adds to a record's hash
+// and metadata: field names, quotes and braces (42) and four int64 (20
+// each). It only sizes a buffer, which grows if a record needs more.
+const maxEncodedFixed = 42 + 4*20
+
+// appendEncoded appends r's stored form to buf: the same bytes as encode,
+// written directly for the usual record (a hex hash), since encoding/json's
+// reflection was a large part of recording a batch. Any other record goes
+// through encode. After an error buf's content is unspecified.
+func appendEncoded(buf []byte, r Record) ([]byte, error) {
+	if !plainJSONString(r.Hash) {
+		v, err := encode(r)
+		return append(buf, v...), err
+	}
+	buf = append(buf, `{"h":"`...)
+	buf = append(buf, r.Hash...)
+	buf = append(buf, '"')
+	if r.Size != 0 {
+		buf = append(buf, `,"s":`...)
+		buf = strconv.AppendInt(buf, r.Size, 10)
+	}
+	if len(r.Metadata) > 0 {
+		buf = append(buf, `,"m":`...)
+		var err error
+		if buf, err = appendCompact(buf, r.Metadata); err != nil {
+			return buf, fmt.Errorf("metadata: %w", err)
+		}
+	}
+	if r.ExpirationTTL != 0 {
+		buf = append(buf, `,"t":`...)
+		buf = strconv.AppendInt(buf, r.ExpirationTTL, 10)
+	}
+	if r.ExpirationAt != 0 {
+		buf = append(buf, `,"e":`...)
+		buf = strconv.AppendInt(buf, r.ExpirationAt, 10)
+	}
+	if !r.Written.IsZero() {
+		if w := r.Written.UnixNano(); w != 0 {
+			buf = append(buf, `,"w":`...)
+			buf = strconv.AppendInt(buf, w, 10)
+		}
+	}
+	if r.Pending {
+		buf = append(buf, `,"p":true`...)
+	}
+	return append(buf, '}'), nil
+}
+
+// plainJSONString reports whether s needs no escaping inside a JSON string.
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// appendCompact appends the compacted form of the JSON text m.
+func appendCompact(buf []byte, m []byte) ([]byte, error) {
+	b := bytes.NewBuffer(buf)
+	if err := json.Compact(b, m); err != nil {
+		return buf, err
+	}
+	return b.Bytes(), nil
+}
+
+func decode(v []byte) (Record, error) {
+	var rec record
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return Record{}, err
+	}
+	r := Record{
+		Hash:          rec.Hash,
+		Size:          rec.Size,
+		ExpirationTTL: rec.ExpirationTTL,
+		ExpirationAt:  rec.ExpirationAt,
+		Pending:       rec.Pending,
+	}
+	if len(rec.Metadata) > 0 {
+		r.Metadata = append(json.RawMessage(nil), rec.Metadata...)
+	}
+	if rec.Written != 0 {
+		r.Written = time.Unix(0, rec.Written)
+	}
+	return r, nil
+}
