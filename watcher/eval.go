@@ -8,6 +8,7 @@ import (
 	"sort"
 
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 // evalPaths re-evaluates the given relative paths (files, directories, or
@@ -117,7 +118,7 @@ func (w *Watcher) evalOne(ctx context.Context, rel string, rootErr error, forced
 func unhashed(st desired.State) bool { return !st.Deleted && st.Err == nil && st.Hash == "" }
 
 // dirPathSkip applies the directory rules to rel and all its ancestors.
-func (w *Watcher) dirPathSkip(rel string) string {
+func (w *Watcher) dirPathSkip(rel string) metrics.SkipReason {
 	if rel == "" {
 		return ""
 	}

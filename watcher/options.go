@@ -307,22 +307,22 @@ func matchAny(globs []string, rel string) bool {
 	return false
 }
 
-// Skip reasons; they are metrics.SkipReasons label values.
+// Skip reasons: the watcher's names for metrics' label values.
 const (
-	reasonExcluded   = "excluded"
-	reasonDebris     = "debris"
-	reasonKeyInvalid = "key_invalid"
-	reasonTooLarge   = "too_large"
-	reasonMetadata   = "bad_metadata"
-	reasonUnreadable = "unreadable"
-	reasonSpecial    = "special_file"
-	reasonSymlink    = "symlink"
+	reasonExcluded   = metrics.SkipExcluded
+	reasonDebris     = metrics.SkipDebris
+	reasonKeyInvalid = metrics.SkipKeyInvalid
+	reasonTooLarge   = metrics.SkipTooLarge
+	reasonMetadata   = metrics.SkipMetadata
+	reasonUnreadable = metrics.SkipUnreadable
+	reasonSpecial    = metrics.SkipSpecial
+	reasonSymlink    = metrics.SkipSymlink
 	// reasonOrphan is logged but not counted: it is not a file kept from KV.
-	reasonOrphan = "orphan_sidecar"
+	reasonOrphan metrics.SkipReason = "orphan_sidecar"
 )
 
 // dirSkip says why a directory is not descended, or "" when it is.
-func (o *Options) dirSkip(rel string) string {
+func (o *Options) dirSkip(rel string) metrics.SkipReason {
 	if matchAny(o.Exclude, rel) {
 		return reasonExcluded
 	}
@@ -334,7 +334,7 @@ func (o *Options) dirSkip(rel string) string {
 
 // fileSkip says why a file (not a sidecar) is not published, or "" when it
 // is. Its directories were already admitted by dirSkip.
-func (o *Options) fileSkip(rel string) string {
+func (o *Options) fileSkip(rel string) metrics.SkipReason {
 	base := path.Base(rel)
 	if matchAny(o.Exclude, rel) {
 		return reasonExcluded
@@ -353,7 +353,7 @@ func (o *Options) fileSkip(rel string) string {
 
 // pathSkip checks every ancestor of rel with dirSkip and rel itself with
 // fileSkip; events carry a bare path and may come from anywhere.
-func (o *Options) pathSkip(rel string) string {
+func (o *Options) pathSkip(rel string) metrics.SkipReason {
 	for i := 0; i < len(rel); i++ {
 		if rel[i] == '/' {
 			if r := o.dirSkip(rel[:i]); r != "" {

@@ -13,12 +13,13 @@ import (
 
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 // skipEntry is why a path is not published, and gen the full scan that
 // last saw it, so a complete scan can forget the skips of paths gone.
 type skipEntry struct {
-	reason string
+	reason metrics.SkipReason
 	gen    uint64
 }
 
@@ -108,7 +109,7 @@ func (r *scanResult) covered(rel string) bool {
 
 // noteSkip records that rel is not published and why, logging and counting
 // only when that is news.
-func (w *Watcher) noteSkip(rel, reason string, warn bool, msg string, args ...any) {
+func (w *Watcher) noteSkip(rel string, reason metrics.SkipReason, warn bool, msg string, args ...any) {
 	s := w.st
 	if e, ok := s.skipped[rel]; ok && e.reason == reason {
 		s.skipped[rel] = skipEntry{reason, s.gen}
@@ -116,7 +117,7 @@ func (w *Watcher) noteSkip(rel, reason string, warn bool, msg string, args ...an
 	}
 	s.skipped[rel] = skipEntry{reason, s.gen}
 	if w.opts.Metrics != nil && reason != reasonOrphan {
-		w.opts.Metrics.FilesSkipped.WithLabelValues(reason).Inc()
+		w.opts.Metrics.Skip(reason)
 	}
 	args = append([]any{"path", filepath.Join(w.opts.Root, rel), "reason", reason}, args...)
 	if warn {

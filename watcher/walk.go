@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/kvsync/kvsync/internal/beneath"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 // Defaults for the directory prefetch of a walk.
@@ -83,7 +84,7 @@ func readNames(ctx context.Context, f *os.File) ([]dirEntry, error) {
 // and its listing when a lister prefetches it.
 type subdir struct {
 	rel, abs string
-	skip     string // why it is not descended; "" when it is
+	skip     metrics.SkipReason // why it is not descended; "" when it is
 	// ready is closed once entries and err are set; nil while the
 	// directory is not submitted to the listers.
 	ready chan struct{}

@@ -78,7 +78,7 @@ func mixedTree(t *testing.T, root, outside string) {
 type scanOutcome struct {
 	snap    desired.Snapshot
 	log     string
-	skipped map[string]string
+	skipped map[string]metrics.SkipReason
 	metrics string
 }
 
@@ -100,14 +100,14 @@ func scanWith(t *testing.T, opts Options, prefetch int) scanOutcome {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := scanOutcome{snap: snap, log: logs.String(), skipped: map[string]string{}}
+	out := scanOutcome{snap: snap, log: logs.String(), skipped: map[string]metrics.SkipReason{}}
 	for rel, e := range w.st.skipped {
 		out.skipped[rel] = e.reason
 	}
 	var m []string
-	for _, reason := range []string{reasonExcluded, reasonDebris, reasonKeyInvalid, reasonTooLarge, reasonMetadata,
+	for _, reason := range []metrics.SkipReason{reasonExcluded, reasonDebris, reasonKeyInvalid, reasonTooLarge, reasonMetadata,
 		reasonUnreadable, reasonSpecial, reasonSymlink, reasonOrphan} {
-		m = append(m, fmt.Sprintf("%s=%v", reason, testutil.ToFloat64(opts.Metrics.FilesSkipped.WithLabelValues(reason))))
+		m = append(m, fmt.Sprintf("%s=%v", reason, testutil.ToFloat64(opts.Metrics.FilesSkipped.WithLabelValues(string(reason)))))
 	}
 	out.metrics = strings.Join(m, " ")
 	return out
@@ -131,7 +131,7 @@ func TestWalkPrefetchSameOutcome(t *testing.T) {
 			t.Parallel()
 			opts := Options{Root: root, AllowSymlinksOutside: allow, Now: func() time.Time { return time.Now().Add(time.Hour) }}
 			ref := scanWith(t, opts, 0)
-			want := map[string]string{
+			want := map[string]metrics.SkipReason{
 				"bad.txt":                     reasonMetadata,
 				"orphan.txt.meta.json":        reasonOrphan,
 				"dirside.txt":                 reasonMetadata,
