@@ -138,6 +138,18 @@ func Fstatat(dirfd int, name string, st *unix.Stat_t) error {
 	return err
 }
 
+// LstatAt lstats name in the directory dirfd, as an fs.FileInfo built the
+// way os.Lstat builds its own (Sys included): a directory's listing stats
+// its entries relative to the descriptor it was read from, so none of them
+// is looked up again by a path that may have changed since.
+func LstatAt(dirfd int, name string) (fs.FileInfo, error) {
+	var st unix.Stat_t
+	if err := Fstatat(dirfd, name, &st); err != nil {
+		return nil, err
+	}
+	return newInfo(name, &st), nil
+}
+
 func fstat(fd int, st *unix.Stat_t) error {
 	_, err := retry(func() (int, error) { return 0, unix.Fstat(fd, st) })
 	return err
@@ -275,9 +287,14 @@ func devIno(fi fs.FileInfo) (dev, ino uint64, ok bool) {
 type info struct {
 	name string
 	st   unix.Stat_t
+	sys  any
 }
 
-func newInfo(name string, st *unix.Stat_t) *info { return &info{name: name, st: *st} }
+func newInfo(name string, st *unix.Stat_t) *info {
+	fi := &info{name: name, st: *st}
+	fi.sys = sysStat(&fi.st)
+	return fi
+}
 
 func (fi *info) Name() string       { return fi.name }
 func (fi *info) Size() int64        { return fi.st.Size }
@@ -286,7 +303,7 @@ func (fi *info) IsDir() bool        { return fi.Mode().IsDir() }
 
 // Sys returns the stat as os.Lstat's FileInfo does where it can (see
 // sysStat), so code reading the device, inode or times of either works.
-func (fi *info) Sys() any { return sysStat(&fi.st) }
+func (fi *info) Sys() any { return fi.sys }
 
 func (fi *info) Mode() fs.FileMode {
 	m := fs.FileMode(fi.st.Mode & 0o777)
