@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // Hostile input: every case ends with a clear error naming the file, key or
@@ -217,7 +218,7 @@ func TestHostileRetryAfterDoesNotWedge(t *testing.T) {
 	os.WriteFile(env.config, []byte(cfg), 0o600)
 
 	cmd := execKvsync(env, "sync", "--config", env.config, "--drain-timeout", "2s")
-	out := &syncBuffer{}
+	out := &testkit.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/config"
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // secretToken is distinctive enough that any occurrence in an output is a
@@ -156,7 +157,7 @@ func startDaemonEnv(t *testing.T, env *kvEnv, extra []string) *kvsyncProc {
 	t.Helper()
 	cmd := exec.Command(kvsyncBin, "run", "--config", env.config)
 	cmd.Env = append(append(os.Environ(), "CLOUDFLARE_API_TOKEN="+testToken), extra...)
-	d := &kvsyncProc{t: t, cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	d := &kvsyncProc{t: t, cmd: cmd, logs: &testkit.Buffer{}, exited: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = d.logs, d.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
