@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,58 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/kvapi"
 )
-
-// fakeKV answers every call with err.
-type fakeKV struct{ err error }
-
-var _ kvapi.KV = fakeKV{}
-
-func (f fakeKV) PutValue(context.Context, string, string, kvapi.Value, kvapi.PutOptions) error {
-	return f.err
-}
-func (f fakeKV) BulkPut(context.Context, string, []kvapi.BulkPair) (kvapi.BulkResult, error) {
-	return kvapi.BulkResult{SuccessfulKeyCount: 1}, f.err
-}
-func (f fakeKV) DeleteValue(context.Context, string, string) error { return f.err }
-func (f fakeKV) BulkDelete(context.Context, string, []string) (kvapi.BulkResult, error) {
-	return kvapi.BulkResult{}, f.err
-}
-func (f fakeKV) ListKeys(context.Context, string, kvapi.ListOptions) (kvapi.KeyPage, error) {
-	return kvapi.KeyPage{Keys: []kvapi.KeyInfo{{Name: "k"}}}, f.err
-}
-func (f fakeKV) GetValue(context.Context, string, string) (kvapi.ValueInfo, error) {
-	return kvapi.ValueInfo{Value: []byte("v")}, f.err
-}
-func (f fakeKV) GetMetadata(context.Context, string, string) (json.RawMessage, error) {
-	return json.RawMessage(`{}`), f.err
-}
-
-// call invokes op on kv and returns its error.
-func call(kv kvapi.KV, op kvapi.Op) error {
-	ctx := context.Background()
-	var err error
-	switch op {
-	case kvapi.OpPut:
-		err = kv.PutValue(ctx, "ns", "k", nil, kvapi.PutOptions{})
-	case kvapi.OpBulkPut:
-		_, err = kv.BulkPut(ctx, "ns", nil)
-	case kvapi.OpDelete:
-		err = kv.DeleteValue(ctx, "ns", "k")
-	case kvapi.OpBulkDelete:
-		_, err = kv.BulkDelete(ctx, "ns", nil)
-	case kvapi.OpList:
-		_, err = kv.ListKeys(ctx, "ns", kvapi.ListOptions{})
-	case kvapi.OpGet:
-		_, err = kv.GetValue(ctx, "ns", "k")
-	case kvapi.OpGetMetadata:
-		_, err = kv.GetMetadata(ctx, "ns", "k")
-	default:
-		panic(op)
-	}
-	return err
-}
 
 // stepClock advances by step on every reading, so each request lasts step.
 func stepClock(step time.Duration) func() time.Time {
@@ -103,9 +53,13 @@ func TestInstrument(t *testing.T) {
 			t.Run(tc.name+"/"+string(op), func(t *testing.T) {
 				reg := prometheus.NewRegistry()
 				m := New(reg, "test")
-				kv := Instrument(fakeKV{err: tc.err}, m, stepClock(250*time.Millisecond))
-				if err := call(kv, op); err != tc.err {
+				fake := &testkit.KV{Err: tc.err}
+				kv := Instrument(fake, m, stepClock(250*time.Millisecond))
+				if err := testkit.Call(context.Background(), kv, op); err != tc.err {
 					t.Fatalf("error changed: %v, want %v", err, tc.err)
+				}
+				if fake.Calls() != 1 {
+					t.Fatalf("%d calls reached the KV underneath, want 1", fake.Calls())
 				}
 				o := string(op)
 				total := 0.0
@@ -165,7 +119,7 @@ func TestInstrument(t *testing.T) {
 }
 
 func TestInstrumentNilMetrics(t *testing.T) {
-	inner := fakeKV{}
+	inner := &testkit.KV{}
 	if kv := Instrument(inner, nil, nil); kv != kvapi.KV(inner) {
 		t.Error("Instrument with nil metrics should return next unchanged")
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
 
+	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
 )
@@ -23,7 +24,7 @@ func TestChainOrder(t *testing.T) {
 	m := metrics.New(prometheus.NewRegistry(), "test")
 	// Two tokens, then none for an hour.
 	lim := NewLimiter(LimiterOptions{Rate: rate.Every(time.Hour), Burst: 2, Metrics: m})
-	fake := &scriptKV{script: []error{err500}}
+	fake := &testkit.KV{Script: []error{err500}}
 	kv := Chain(fake, ChainOptions{Limiter: lim, Policy: RetryPolicy{Sleep: (&sleeps{}).Sleep}, Metrics: m})
 
 	if err := kv.DeleteValue(context.Background(), "ns", "k"); err != nil {
@@ -55,7 +56,7 @@ func TestChainOrder(t *testing.T) {
 // TestChainOwnLimiter: without a Limiter, the chain still limits and pauses
 // (with the default budget), and nil Metrics and Log are allowed.
 func TestChainOwnLimiter(t *testing.T) {
-	fake := &scriptKV{script: []error{err429(time.Millisecond)}}
+	fake := &testkit.KV{Script: []error{err429(time.Millisecond)}}
 	kv := Chain(fake, ChainOptions{})
 	if err := kv.DeleteValue(context.Background(), "ns", "k"); err != nil {
 		t.Fatal(err)

@@ -1,12 +1,9 @@
 package ratelimit
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,111 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
 
+	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
 )
-
-// scriptKV answers the n-th call with script[n] (nil = success); calls past
-// the script succeed. PutValue reads the whole value on every call, as the
-// client does, and records what it read.
-type scriptKV struct {
-	mu     sync.Mutex
-	script []error
-	calls  int
-	at     []time.Time
-	bodies []string
-}
-
-var _ kvapi.KV = (*scriptKV)(nil)
-
-func (f *scriptKV) next() error {
-	f.mu.Lock()
-	n := f.calls
-	f.calls++
-	f.at = append(f.at, time.Now())
-	defer f.mu.Unlock()
-	if n < len(f.script) {
-		return f.script[n]
-	}
-	return nil
-}
-
-func (f *scriptKV) Calls() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.calls
-}
-
-func (f *scriptKV) PutValue(_ context.Context, _, _ string, v kvapi.Value, _ kvapi.PutOptions) error {
-	if v != nil {
-		rc, err := v.Open()
-		if err != nil {
-			return err
-		}
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			return err
-		}
-		f.mu.Lock()
-		f.bodies = append(f.bodies, string(b))
-		f.mu.Unlock()
-	}
-	return f.next()
-}
-func (f *scriptKV) BulkPut(context.Context, string, []kvapi.BulkPair) (kvapi.BulkResult, error) {
-	return kvapi.BulkResult{SuccessfulKeyCount: 2}, f.next()
-}
-func (f *scriptKV) DeleteValue(context.Context, string, string) error { return f.next() }
-func (f *scriptKV) BulkDelete(context.Context, string, []string) (kvapi.BulkResult, error) {
-	return kvapi.BulkResult{SuccessfulKeyCount: 3}, f.next()
-}
-func (f *scriptKV) ListKeys(_ context.Context, _ string, o kvapi.ListOptions) (kvapi.KeyPage, error) {
-	err := f.next()
-	// Three pages: "" -> "c1" -> "c2" -> end.
-	switch o.Cursor {
-	case "":
-		return kvapi.KeyPage{Keys: []kvapi.KeyInfo{{Name: "a"}}, Cursor: "c1"}, err
-	case "c1":
-		return kvapi.KeyPage{Cursor: "c2"}, err
-	default:
-		return kvapi.KeyPage{Keys: []kvapi.KeyInfo{{Name: "b"}}}, err
-	}
-}
-func (f *scriptKV) GetValue(context.Context, string, string) (kvapi.ValueInfo, error) {
-	return kvapi.ValueInfo{Value: []byte("v")}, f.next()
-}
-func (f *scriptKV) GetMetadata(context.Context, string, string) (json.RawMessage, error) {
-	return json.RawMessage(`{"m":1}`), f.next()
-}
-
-type bytesValue []byte
-
-func (b bytesValue) Size() int64                  { return int64(len(b)) }
-func (b bytesValue) Open() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
-
-func call(ctx context.Context, kv kvapi.KV, op kvapi.Op) error {
-	var err error
-	switch op {
-	case kvapi.OpPut:
-		err = kv.PutValue(ctx, "ns", "k", bytesValue("payload"), kvapi.PutOptions{})
-	case kvapi.OpBulkPut:
-		_, err = kv.BulkPut(ctx, "ns", []kvapi.BulkPair{{Key: "a"}})
-	case kvapi.OpDelete:
-		err = kv.DeleteValue(ctx, "ns", "k")
-	case kvapi.OpBulkDelete:
-		_, err = kv.BulkDelete(ctx, "ns", []string{"a"})
-	case kvapi.OpList:
-		_, err = kv.ListKeys(ctx, "ns", kvapi.ListOptions{})
-	case kvapi.OpGet:
-		_, err = kv.GetValue(ctx, "ns", "k")
-	case kvapi.OpGetMetadata:
-		_, err = kv.GetMetadata(ctx, "ns", "k")
-	default:
-		panic(op)
-	}
-	return err
-}
 
 var (
 	err500  = &kvapi.APIError{Op: kvapi.OpPut, StatusCode: 500, Errors: []kvapi.ErrorItem{{Code: 10001, Message: "service unavailable"}}}
@@ -189,12 +85,12 @@ func TestRetry(t *testing.T) {
 				reg := prometheus.NewRegistry()
 				m := metrics.New(reg, "test")
 				lim := fastLim(m)
-				fake := &scriptKV{script: tc.script}
+				fake := &testkit.KV{Script: tc.script}
 				sl := &sleeps{}
 				kv := Retry(Limit(fake, lim), RetryPolicy{
 					Rand: func() float64 { return 0.5 }, Sleep: sl.Sleep, DefaultRetryAfter: 20 * time.Millisecond,
 				}, lim, m, nil)
-				err := call(context.Background(), kv, op)
+				err := testkit.Call(context.Background(), kv, op)
 				if tc.wantErr == nil && err != nil {
 					t.Fatalf("err = %v, want success", err)
 				}
@@ -229,7 +125,7 @@ func TestRetry(t *testing.T) {
 					t.Errorf("RateLimitPauses = %v, want %v", got, tc.pauses)
 				}
 				if op == kvapi.OpPut {
-					for i, b := range fake.bodies {
+					for i, b := range fake.Bodies() {
 						if b != "payload" {
 							t.Errorf("attempt %d sent body %q, want the whole value", i+1, b)
 						}
@@ -267,25 +163,25 @@ func TestBackoffCapAndJitter(t *testing.T) {
 
 func TestRetryRateLimitedPausesForRetryAfter(t *testing.T) {
 	lim := NewLimiter(LimiterOptions{Rate: rate.Inf})
-	fake := &scriptKV{script: []error{err429(80 * time.Millisecond)}}
+	fake := &testkit.KV{Script: []error{err429(80 * time.Millisecond)}}
 	kv := Retry(Limit(fake, lim), RetryPolicy{Sleep: (&sleeps{}).Sleep}, lim, nil, nil)
-	if err := call(context.Background(), kv, kvapi.OpDelete); err != nil {
+	if err := testkit.Call(context.Background(), kv, kvapi.OpDelete); err != nil {
 		t.Fatal(err)
 	}
-	if len(fake.at) != 2 {
-		t.Fatalf("calls = %d", len(fake.at))
+	if len(fake.Times()) != 2 {
+		t.Fatalf("calls = %d", len(fake.Times()))
 	}
 	// A lower bound only: the retry may not come before the pause ends.
-	if gap := fake.at[1].Sub(fake.at[0]); gap < 80*time.Millisecond {
+	if gap := fake.Times()[1].Sub(fake.Times()[0]); gap < 80*time.Millisecond {
 		t.Errorf("retried %v after the 429, before its Retry-After of 80ms", gap)
 	}
 }
 
 func TestRetryWithoutLimiterSleepsThrough429(t *testing.T) {
-	fake := &scriptKV{script: []error{err429(7 * time.Second)}}
+	fake := &testkit.KV{Script: []error{err429(7 * time.Second)}}
 	sl := &sleeps{}
 	kv := Retry(fake, RetryPolicy{Sleep: sl.Sleep}, nil, nil, nil)
-	if err := call(context.Background(), kv, kvapi.OpGet); err != nil {
+	if err := testkit.Call(context.Background(), kv, kvapi.OpGet); err != nil {
 		t.Fatal(err)
 	}
 	if fmt.Sprint(sl.d) != "[7s]" {
@@ -302,8 +198,8 @@ func TestRateLimitPausesOtherGoroutines(t *testing.T) {
 	lim := NewLimiter(LimiterOptions{Rate: rate.Inf, Metrics: m})
 	policy := RetryPolicy{Sleep: (&sleeps{}).Sleep}
 
-	first := &scriptKV{script: []error{err429(pause)}}
-	other := &scriptKV{}
+	first := &testkit.KV{Script: []error{err429(pause)}}
+	other := &testkit.KV{}
 	kvA := Retry(Limit(first, lim), policy, lim, m, nil)
 	kvB := Retry(Limit(other, lim), policy, lim, m, nil)
 
@@ -311,7 +207,7 @@ func TestRateLimitPausesOtherGoroutines(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := call(context.Background(), kvA, kvapi.OpPut); err != nil {
+		if err := testkit.Call(context.Background(), kvA, kvapi.OpPut); err != nil {
 			t.Errorf("A: %v", err)
 		}
 	}()
@@ -324,15 +220,15 @@ func TestRateLimitPausesOtherGoroutines(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if err := call(context.Background(), kvB, kvapi.OpGet); err != nil {
+	if err := testkit.Call(context.Background(), kvB, kvapi.OpGet); err != nil {
 		t.Fatal(err)
 	}
 	wg.Wait()
-	if len(other.at) != 1 {
-		t.Fatalf("B calls = %d", len(other.at))
+	if len(other.Times()) != 1 {
+		t.Fatalf("B calls = %d", len(other.Times()))
 	}
-	if other.at[0].Before(until) {
-		t.Errorf("B's request went out at %v, before the pause ended at %v", other.at[0], until)
+	if other.Times()[0].Before(until) {
+		t.Errorf("B's request went out at %v, before the pause ended at %v", other.Times()[0], until)
 	}
 	if first.Calls() != 2 {
 		t.Errorf("A attempts = %d, want 2", first.Calls())
@@ -348,7 +244,7 @@ func TestRateLimitPausesOtherGoroutines(t *testing.T) {
 
 func TestContextCancelDuringBackoff(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	fake := &scriptKV{script: []error{err500, err500, err500}}
+	fake := &testkit.KV{Script: []error{err500, err500, err500}}
 	var slept atomic.Int32
 	kv := Retry(fake, RetryPolicy{Sleep: func(ctx context.Context, d time.Duration) error {
 		slept.Add(1)
@@ -356,7 +252,7 @@ func TestContextCancelDuringBackoff(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	}}, nil, nil, nil)
-	err := call(ctx, kv, kvapi.OpBulkPut)
+	err := testkit.Call(ctx, kv, kvapi.OpBulkPut)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
@@ -374,10 +270,10 @@ func TestContextCancelDuringBackoff(t *testing.T) {
 func TestContextCancelDuringPause(t *testing.T) {
 	lim := NewLimiter(LimiterOptions{Rate: rate.Inf})
 	ctx, cancel := context.WithCancel(context.Background())
-	fake := &scriptKV{script: []error{err429(time.Hour)}}
+	fake := &testkit.KV{Script: []error{err429(time.Hour)}}
 	kv := Retry(Limit(fake, lim), RetryPolicy{}, lim, nil, nil)
 	done := make(chan error, 1)
-	go func() { done <- call(ctx, kv, kvapi.OpPut) }()
+	go func() { done <- testkit.Call(ctx, kv, kvapi.OpPut) }()
 	for lim.PausedUntil().IsZero() {
 		time.Sleep(time.Millisecond)
 	}
@@ -397,11 +293,11 @@ func TestContextCancelDuringPause(t *testing.T) {
 
 func TestContextAlreadyDone(t *testing.T) {
 	lim := NewLimiter(LimiterOptions{})
-	fake := &scriptKV{}
+	fake := &testkit.KV{}
 	kv := Retry(Limit(fake, lim), RetryPolicy{}, lim, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := call(ctx, kv, kvapi.OpList); !errors.Is(err, context.Canceled) {
+	if err := testkit.Call(ctx, kv, kvapi.OpList); !errors.Is(err, context.Canceled) {
 		t.Errorf("err = %v", err)
 	}
 	if fake.Calls() != 0 {
@@ -520,16 +416,16 @@ func TestLimitOneTokenPerRequest(t *testing.T) {
 		t.Run(string(op), func(t *testing.T) {
 			// Three tokens, then none for an hour.
 			l := NewLimiter(LimiterOptions{Rate: rate.Every(time.Hour), Burst: 3})
-			fake := &scriptKV{}
+			fake := &testkit.KV{}
 			kv := Limit(fake, l)
 			for i := range 3 {
-				if err := call(context.Background(), kv, op); err != nil {
+				if err := testkit.Call(context.Background(), kv, op); err != nil {
 					t.Fatalf("call %d: %v", i, err)
 				}
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 			defer cancel()
-			if err := call(ctx, kv, op); !errors.Is(err, context.DeadlineExceeded) {
+			if err := testkit.Call(ctx, kv, op); !errors.Is(err, context.DeadlineExceeded) {
 				t.Errorf("fourth call = %v, want to wait for a token until the deadline", err)
 			}
 			if fake.Calls() != 3 {
@@ -541,7 +437,8 @@ func TestLimitOneTokenPerRequest(t *testing.T) {
 
 func TestLimitEachListPageTakesAToken(t *testing.T) {
 	l := NewLimiter(LimiterOptions{Rate: rate.Every(time.Hour), Burst: 3})
-	fake := &scriptKV{}
+	// Three pages, the middle one empty: it still costs a request.
+	fake := &testkit.KV{Pages: []kvapi.KeyPage{{Keys: []kvapi.KeyInfo{{Name: "a"}}}, {}, {Keys: []kvapi.KeyInfo{{Name: "b"}}}}}
 	var keys []string
 	err := kvapi.ListAll(context.Background(), Limit(fake, l), "ns", "", func(k kvapi.KeyInfo) error {
 		keys = append(keys, k.Name)

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
 )
@@ -129,7 +130,7 @@ func TestRetryNeverRetriesUntrustedCertificate(t *testing.T) {
 			sl := &sleeps{}
 			kv := Retry(Limit(client, lim), RetryPolicy{MaxAttempts: 6, Sleep: sl.Sleep}, lim, m, nil)
 
-			err = kv.PutValue(context.Background(), "ns", "k", bytesValue("payload"), kvapi.PutOptions{})
+			err = kv.PutValue(context.Background(), "ns", "k", testkit.Bytes("payload"), kvapi.PutOptions{})
 			if got := conns.Load(); got != 1 {
 				t.Errorf("%d connection attempts, want exactly 1 (err: %v)", got, err)
 			}

@@ -83,7 +83,9 @@ func TestChaosAmbiguousWrite(t *testing.T) {
 		}
 		t.Logf("first sync (bulk applied, connection dropped, retry refused by the per-key limit):\n%s", res)
 		os.Remove(filepath.Join(env.root, "x.txt"))
-		time.Sleep(time.Second) // past the per-key limit
+		// Waits out the emulator's one write per second per key on purpose,
+		// so the next sync's write is not refused; not an assertion.
+		time.Sleep(time.Second)
 		// The file is gone, so a sync against a sane API must leave only keep.txt.
 		res = runCLI(t, cliOpts{}, "sync", "--config", env.config)
 		if res.code != exitOK {
@@ -99,7 +101,9 @@ func TestChaosAmbiguousWrite(t *testing.T) {
 		env, hostile := setup(t, "/values/x.txt", func(*kvEnv) {}, http.StatusServiceUnavailable)
 		mustWrite(t, x(env), "version A")
 		syncOK(t, env, cliOpts{}) // A is written and recorded
-		time.Sleep(time.Second)   // past the per-key limit, so B's write takes effect
+		// Waits out the per-key limit on purpose, so B's write takes
+		// effect; not an assertion.
+		time.Sleep(time.Second)
 		mustWrite(t, x(env), "version B")
 		res := runCLI(t, cliOpts{}, "sync", "--config", hostile)
 		if res.code != exitSyncFailed {
@@ -109,7 +113,7 @@ func TestChaosAmbiguousWrite(t *testing.T) {
 			t.Fatalf("test bug: the lost write did not take effect (KV holds %q)", got)
 		}
 		mustWrite(t, x(env), "version A")
-		time.Sleep(time.Second) // past the per-key limit
+		time.Sleep(time.Second) // waits out the per-key limit on purpose; not an assertion
 		res = runCLI(t, cliOpts{}, "sync", "--config", env.config)
 		if res.code != exitOK {
 			t.Fatalf("sync after reverting to A: want exit 0\n%s", res)

@@ -25,33 +25,42 @@ func TestRestartOnUnchangedTreeWritesNothing(t *testing.T) {
 	env.waitConverged(t, expectTree(t, env.root, nil), converge)
 	d.stop()
 
-	before := env.writes()
+	before := env.writeCounts()
 	d = env.startDaemon()
+	// Ready means the initial full sync is over, every request it made
+	// answered (the engine was idle, deletions included); the clean stop
+	// then drains whatever came after. The counters are final: no sleep.
 	d.waitReady(converge)
-	time.Sleep(time.Second)
-	if n := env.writes() - before; n != 0 {
-		t.Fatalf("restart on an unchanged tree made %d write requests, want 0", n)
-	}
 	d.stop()
+	if extra := env.writesSince(before, 0); extra != "" {
+		t.Fatalf("restart on an unchanged tree made write requests (%s), want none", extra)
+	}
 }
 
 // TestKill9DuringUploadsConverges: a kill -9 in the middle of uploading
 // leaves a state store that opens, and the next run converges.
 func TestKill9DuringUploadsConverges(t *testing.T) {
-	env := newKVEnv(t, emulator.Faults{Latency: 20 * time.Millisecond})
-	for i := 0; i < 300; i++ {
+	const files, letThrough = 300, 20
+	env := newKVEnv(t, emulator.Faults{})
+	for i := 0; i < files; i++ {
 		mustWrite(t, filepath.Join(env.root, fmt.Sprintf("d%d/f%d.txt", i%7, i)), fmt.Sprintf("content %d", i))
 	}
 	// Single PUTs (no bulk) so the kill lands between many small writes.
 	env.writeConfig("concurrency: 4\nrate: 100\nburst: 100\nbudget: 30100", "bulk_threshold: 0")
+	// The emulator answers 20 writes and holds the rest unanswered: the
+	// kill then always lands with writes in flight (marked pending in the
+	// state store, never confirmed) and most keys not written.
+	held, release := env.holdWritesAfter(t, letThrough)
 	d := env.startDaemon()
-	deadline := time.Now().Add(converge)
-	for env.writes() < 20 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	select {
+	case <-held:
+	case <-time.After(converge):
+		t.Fatalf("no write beyond the first %d within %s", letThrough, converge)
 	}
 	d.kill9()
-	if n := len(env.em.Snapshot(testAccount, testNamespace)); n >= 300 {
-		t.Logf("every key was written before the kill (%d); the restart still has to open the state", n)
+	release() // the held requests reach the emulator; their client is gone
+	if n := len(env.em.Snapshot(testAccount, testNamespace)); n >= files {
+		t.Fatalf("every key (%d) was written before the kill; the test did not kill mid-sync", n)
 	}
 	// Change the tree while kvsync is down, too.
 	mustWrite(t, filepath.Join(env.root, "d0/f0.txt"), "changed while down")

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // The end-to-end tests run the real binary, built once per test run, against
@@ -63,6 +64,13 @@ type kvEnv struct {
 	root     string
 	stateDir string
 	config   string
+
+	// tap, when set, sees every request before the emulator does and may
+	// block it (see holdWritesAfter).
+	tapMu sync.Mutex
+	tap   func(r *http.Request)
+	// barriers numbers the marker files of barrier.
+	barriers int
 }
 
 func newKVEnv(t testing.TB, faults emulator.Faults) *kvEnv {
@@ -77,10 +85,19 @@ func newKVEnv(t testing.TB, faults emulator.Faults) *kvEnv {
 // newKVEnvFrom serves em on loopback for one test.
 func newKVEnvFrom(t testing.TB, em *emulator.Emulator) *kvEnv {
 	t.Helper()
-	srv := httptest.NewServer(em)
-	t.Cleanup(func() { srv.Close(); em.Close() })
 	base := t.TempDir()
-	env := &kvEnv{t: t, em: em, srv: srv, root: filepath.Join(base, "root"), stateDir: filepath.Join(base, "state")}
+	env := &kvEnv{t: t, em: em, root: filepath.Join(base, "root"), stateDir: filepath.Join(base, "state")}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		env.tapMu.Lock()
+		tap := env.tap
+		env.tapMu.Unlock()
+		if tap != nil {
+			tap(r)
+		}
+		em.ServeHTTP(w, r)
+	}))
+	env.srv = srv
+	t.Cleanup(func() { srv.Close(); em.Close() })
 	if err := os.MkdirAll(env.root, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -127,27 +144,15 @@ func indent(s, pre string) string {
 type kvsyncProc struct {
 	t       testing.TB
 	cmd     *exec.Cmd
-	logs    *syncBuffer
+	logs    *testkit.Buffer
 	metrics string // base URL of /metrics, /readyz
 	exited  chan error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the kit's goroutine-safe buffer under its old name, for
+// test files of this package that others are changing at the same time
+// (hostile_files_test.go, and new ones); this harness uses testkit.Buffer.
+type syncBuffer = testkit.Buffer
 
 var metricsAddrRE = regexp.MustCompile(`msg="metrics serving" addr=(\S+)`)
 
@@ -155,7 +160,7 @@ func (e *kvEnv) startDaemon(args ...string) *kvsyncProc {
 	e.t.Helper()
 	cmd := exec.Command(kvsyncBin, append([]string{"run", "--config", e.config}, args...)...)
 	cmd.Env = append(os.Environ(), "CLOUDFLARE_API_TOKEN="+testToken)
-	d := &kvsyncProc{t: e.t, cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	d := &kvsyncProc{t: e.t, cmd: cmd, logs: &testkit.Buffer{}, exited: make(chan error, 1)}
 	pr, pw := io.Pipe()
 	cmd.Stderr = io.MultiWriter(d.logs, pw)
 	cmd.Stdout = d.logs
@@ -203,17 +208,24 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// waitReady polls /readyz: the initial sync is done.
+// ready asks /readyz once: the initial sync is done.
+func (d *kvsyncProc) ready() bool {
+	resp, err := http.Get(d.metrics + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// waitReady polls /readyz until the initial sync is done: every request of
+// it answered and the engine idle (supervisor.waitInitial).
 func (d *kvsyncProc) waitReady(timeout time.Duration) {
 	d.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(d.metrics + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+		if d.ready() {
+			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -395,4 +407,159 @@ func mustWrite(t testing.TB, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// writeOps are the emulator's operations that change data.
+var writeOps = []string{emulator.OpPut, emulator.OpBulkPut, emulator.OpDelete, emulator.OpBulkDelete, emulator.OpBulkDeleteDeprecated}
+
+// writeCounts returns the emulator's request count of every write
+// operation, whatever the status.
+func (e *kvEnv) writeCounts() map[string]int {
+	c := map[string]int{}
+	for _, op := range writeOps {
+		c[op] = e.em.Count(op, 0)
+	}
+	return c
+}
+
+// writesSince describes the write requests made since before, less the
+// markers single PUTs of the barriers in between; "" when there were none.
+func (e *kvEnv) writesSince(before map[string]int, markers int) string {
+	var extra []string
+	for op, n := range e.writeCounts() {
+		d := n - before[op]
+		if op == emulator.OpPut {
+			d -= markers
+		}
+		if d != 0 {
+			extra = append(extra, fmt.Sprintf("%s %+d", op, d))
+		}
+	}
+	sort.Strings(extra)
+	return strings.Join(extra, ", ")
+}
+
+// barrier returns once everything the daemon d was going to send because
+// of a change made to the tree before the call has been answered by the
+// emulator, so a test can then assert that a change caused no write by
+// reading the counters, instead of sleeping and hoping a late write would
+// have come by then. It returns the markers it added to the tree (they stay,
+// as ordinary files) with their entries, and their count: each went out as
+// exactly one PUT.
+//
+// Why it is sound: the watcher reads inotify events in order and a path
+// fires no later than min(last event + quiet, first event + max_delay), so
+// a change made before marker 1 fires in the same batch as marker 1 or an
+// earlier one; batches reach the engine (desired.Sink) one call at a time,
+// never overlapping. Marker 2 is created once marker 1 is in KV, so its
+// batch is handed over only after marker 1's batch, and with it every
+// earlier change, was queued in the engine. Once marker 2 is in KV, a
+// queue depth of 0 followed (in a later scrape) by 0 requests in flight
+// means that every request for those changes has been answered: a key is
+// counted in the queue gauge from the moment it is queued until its request
+// starts, and in the in-flight gauge until the reply has been handled. The
+// emulator counts a request before its reply leaves (the reply is buffered
+// until the handler returns), so the counters then hold it.
+//
+// Each marker is renamed into the tree, one event, so it is one state and
+// one PUT: below the engine's bulk minimum, a lone small change is
+// streamed. A change that wrongly rode in one bulk request with a marker
+// would show as a bulk_put in writesSince.
+func (e *kvEnv) barrier(t testing.TB, d *kvsyncProc) (markers map[string]kvEntry, n int) {
+	t.Helper()
+	markers = map[string]kvEntry{}
+	staging := filepath.Join(filepath.Dir(e.root), "barrier-staging")
+	if err := os.MkdirAll(staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		e.barriers++
+		key := fmt.Sprintf("zz-barrier-%03d.txt", e.barriers)
+		val := fmt.Sprintf("barrier %d", e.barriers)
+		mustWrite(t, filepath.Join(staging, key), val)
+		if err := os.Rename(filepath.Join(staging, key), filepath.Join(e.root, key)); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(converge)
+		for string(e.em.Snapshot(testAccount, testNamespace)[key].Value) != val {
+			if time.Now().After(deadline) {
+				t.Fatalf("barrier: marker %s did not reach KV within %s", key, converge)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		markers[key] = kvEntry{Value: val}
+	}
+	deadline := time.Now().Add(converge)
+	for _, g := range []string{"kvsync_queue_depth", "kvsync_inflight_uploads"} {
+		for d.gauge(g) != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("barrier: %s still not 0 after %s", g, converge)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return markers, len(markers)
+}
+
+// gauge reads one unlabelled gauge from a scrape of d's /metrics.
+func (d *kvsyncProc) gauge(name string) float64 {
+	d.t.Helper()
+	for _, line := range strings.Split(d.scrape(), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				d.t.Fatalf("metric %s: %q: %v", name, line, err)
+			}
+			return f
+		}
+	}
+	d.t.Fatalf("metric %s not in the scrape", name)
+	return 0
+}
+
+// with returns want plus extra.
+func with(want, extra map[string]kvEntry) map[string]kvEntry {
+	out := make(map[string]kvEntry, len(want)+len(extra))
+	for k, v := range want {
+		out[k] = v
+	}
+	for k, v := range extra {
+		out[k] = v
+	}
+	return out
+}
+
+// holdWritesAfter lets the emulator answer the first n write requests (PUT
+// or DELETE of a value, or a bulk request) and holds every later one before
+// the emulator sees it, until release is called (at the latest when the
+// test ends, so the server can close). held is closed when the first
+// request is held: from then on, no write beyond the n-th can take effect.
+func (e *kvEnv) holdWritesAfter(t testing.TB, n int) (held <-chan struct{}, release func()) {
+	var (
+		mu     sync.Mutex
+		seen   int
+		gate   = make(chan struct{})
+		heldCh = make(chan struct{})
+		once   sync.Once
+	)
+	release = sync.OnceFunc(func() { close(gate) })
+	e.tapMu.Lock()
+	e.tap = func(r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/storage/kv/namespaces/") || r.Method == http.MethodGet {
+			return
+		}
+		mu.Lock()
+		seen++
+		hold := seen > n
+		mu.Unlock()
+		if hold {
+			once.Do(func() { close(heldCh) })
+			<-gate
+		}
+	}
+	e.tapMu.Unlock()
+	// Registered after the server's cleanup, so it runs first: Close waits
+	// for the held handlers.
+	t.Cleanup(release)
+	return heldCh, release
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // Hostile input: every case ends with a clear error naming the file, key or
@@ -217,7 +218,7 @@ func TestHostileRetryAfterDoesNotWedge(t *testing.T) {
 	os.WriteFile(env.config, []byte(cfg), 0o600)
 
 	cmd := execKvsync(env, "sync", "--config", env.config, "--drain-timeout", "2s")
-	out := &syncBuffer{}
+	out := &testkit.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -232,11 +233,19 @@ func TestHostileRetryAfterDoesNotWedge(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatal("sync sent no PUT within 30s")
 	}
-	time.Sleep(time.Second)
-	select {
-	case err := <-done:
-		t.Fatalf("sync ended (%v) although the 429 asked it to wait:\n%s", err, out)
-	default:
+	// Not a sleep: sync says it pauses for the 429 before it waits, so once
+	// that line is out it is in the pause, and the SIGTERM below lands in it.
+	deadline := time.Now().Add(converge)
+	for !strings.Contains(out.String(), "KV API rate limit hit; pausing every request") {
+		select {
+		case err := <-done:
+			t.Fatalf("sync ended (%v) although the 429 asked it to wait:\n%s", err, out)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("sync did not report the 429 pause within %s:\n%s", converge, tail(out.String(), 20))
+		}
 	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -247,6 +256,10 @@ func TestHostileRetryAfterDoesNotWedge(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		cmd.Process.Kill()
 		t.Fatalf("sync did not end within 20s of SIGTERM while paused by a huge Retry-After:\n%s", tail(out.String(), 20))
+	}
+	// The pause ended because of the SIGTERM, not on its own.
+	if s := out.String(); !strings.Contains(s, "context canceled") {
+		t.Errorf("sync did not end because of the SIGTERM:\n%s", tail(s, 20))
 	}
 	if s := out.String(); !strings.Contains(s, "page.html") || !strings.Contains(s, "429") {
 		t.Errorf("the output does not name the key and the 429:\n%s", tail(s, 20))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/http"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,7 +17,7 @@ import (
 // goroutine (GOTRACEBACK=system adds the runtime's own frames and argument
 // words); the token must not be in it.
 func TestSecurityTokenNotInCrashDump(t *testing.T) {
-	em, err := emulator.New(emulator.Options{Token: secretToken, Faults: emulator.Faults{Latency: 50 * time.Millisecond}})
+	em, err := emulator.New(emulator.Options{Token: secretToken})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,10 +26,27 @@ func TestSecurityTokenNotInCrashDump(t *testing.T) {
 		mustWrite(t, filepath.Join(env.root, "d", strings.Repeat("f", 1+i%5)+string(rune('a'+i%26))+".txt"), "x")
 	}
 	env.writeConfig("", "")
+	// The write of late.txt is held unanswered until the test ends, so the
+	// dump is taken with a request in flight, the token in its headers,
+	// every time (not when a sleep happens to land there).
+	inFlight, release := make(chan struct{}), make(chan struct{})
+	env.tapMu.Lock()
+	env.tap = func(r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/values/late.txt") {
+			close(inFlight)
+			<-release
+		}
+	}
+	env.tapMu.Unlock()
+	t.Cleanup(func() { close(release) })
 	d := startDaemonEnv(t, env, []string{"CLOUDFLARE_API_TOKEN=" + secretToken, "GOTRACEBACK=system"})
 	d.waitReady(converge)
 	mustWrite(t, filepath.Join(env.root, "late.txt"), "in flight while it dumps")
-	time.Sleep(150 * time.Millisecond)
+	select {
+	case <-inFlight:
+	case <-time.After(converge):
+		t.Fatal("the write of late.txt did not reach the emulator")
+	}
 	d.cmd.Process.Signal(syscall.SIGQUIT)
 	select {
 	case <-d.exited:

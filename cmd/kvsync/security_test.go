@@ -14,11 +14,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/config"
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // secretToken is distinctive enough that any occurrence in an output is a
@@ -77,7 +79,11 @@ func TestSecurityTokenNeverPrinted(t *testing.T) {
 			{
 				t.Run(name+"/"+format+"/"+source, func(t *testing.T) {
 					env := newKVEnvFrom(t, em)
-					srv := httptest.NewServer(h)
+					var requests atomic.Int64
+					srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+						requests.Add(1)
+						h.ServeHTTP(w, r)
+					}))
 					t.Cleanup(srv.Close)
 					mustWrite(t, filepath.Join(env.root, "a.txt"), "a")
 					mustWrite(t, filepath.Join(env.root, "b.txt.meta.json"), `{"x":1}`)
@@ -108,9 +114,22 @@ func TestSecurityTokenNeverPrinted(t *testing.T) {
 						res := runCLI(t, o, args...)
 						all.WriteString(res.stdout + res.stderr)
 					}
-					// The daemon: run until its first sync has been tried, scrape.
+					// The daemon: run until it has sent the API a request
+					// with the token (or, against the working API, where the
+					// syncs above left nothing to write, finished its initial
+					// sync), scrape, stop. The clean stop finishes the work in
+					// flight first, so every log line about those requests is
+					// in its output: no sleep decides how much output is
+					// searched.
+					before := requests.Load()
 					d := startDaemonEnv(t, env, o.env)
-					time.Sleep(1500 * time.Millisecond)
+					deadline := time.Now().Add(converge)
+					for requests.Load() == before && !d.ready() {
+						if time.Now().After(deadline) {
+							t.Fatalf("the daemon neither sent a request nor became ready within %s", converge)
+						}
+						time.Sleep(10 * time.Millisecond)
+					}
 					all.WriteString(d.scrape())
 					d.stop()
 					all.WriteString(d.logs.String())
@@ -138,7 +157,7 @@ func startDaemonEnv(t *testing.T, env *kvEnv, extra []string) *kvsyncProc {
 	t.Helper()
 	cmd := exec.Command(kvsyncBin, "run", "--config", env.config)
 	cmd.Env = append(append(os.Environ(), "CLOUDFLARE_API_TOKEN="+testToken), extra...)
-	d := &kvsyncProc{t: t, cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
+	d := &kvsyncProc{t: t, cmd: cmd, logs: &testkit.Buffer{}, exited: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = d.logs, d.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -333,7 +352,10 @@ func TestSecurityNothingOutsideTheRoot(t *testing.T) {
 	mustWrite(t, filepath.Join(outside, "secret.txt"), "SECRET changed")
 	mustWrite(t, filepath.Join(env.root, "marker.txt"), "after the links")
 	env.waitConverged(t, map[string]kvEntry{"index.html": {Value: "index"}, "marker.txt": {Value: "after the links"}}, converge)
-	time.Sleep(1500 * time.Millisecond) // past max_delay: anything queued has gone out
+	// No sleep: marker.txt was written after the links, so their events were
+	// read before its own (inotify keeps order) and reached the engine in
+	// its batch or an earlier one; the clean stop then drains what is
+	// queued or in flight. After it, the emulator holds all that was sent.
 	d.stop()
 	for k, e := range env.em.Snapshot(testAccount, testNamespace) {
 		if bytes.Contains(e.Value, []byte("SECRET")) {
