@@ -1,7 +1,6 @@
 package uploader
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/kvapi"
 )
 
@@ -460,9 +460,9 @@ func complete(states ...desired.State) desired.Snapshot {
 
 // newTestEngine builds an engine with test defaults: short backoff,
 // unlimited deletes, a log captured in logs.
-func newTestEngine(t testing.TB, kv kvapi.KV, st Store, mod func(*Options)) (*Engine, *syncBuffer) {
+func newTestEngine(t testing.TB, kv kvapi.KV, st Store, mod func(*Options)) (*Engine, *testkit.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testkit.Buffer{}
 	o := Options{
 		KV: kv, Store: st, Scope: testScope, Namespace: testNS, Prefix: testPrefix,
 		MaxDeletes: -1, RetryBackoff: 5 * time.Millisecond,
@@ -500,23 +500,6 @@ func waitIdle(t testing.TB, e *Engine) {
 	if err := e.WaitIdle(ctx); err != nil {
 		t.Fatalf("engine never became idle: %v", err)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func mustContent(t testing.TB, kv *fakeKV, key, want string) {

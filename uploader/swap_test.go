@@ -18,6 +18,7 @@ import (
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/watcher"
 )
@@ -366,7 +367,7 @@ func TestChangedWithoutEventRechecked(t *testing.T) {
 type daemon struct {
 	w       *watcher.Watcher
 	e       *Engine
-	logs    *syncBuffer
+	logs    *testkit.Buffer
 	root    string
 	first   chan struct{}
 	markers int

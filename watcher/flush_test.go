@@ -1,7 +1,6 @@
 package watcher
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // The flush tests debounce for a minute, so anything the sink gets before
@@ -169,24 +169,6 @@ func TestRunFlushAbandonsRescan(t *testing.T) {
 	checkStates(t, r.sink.since(m), []desired.State{present(root, "a.txt", "new")})
 }
 
-// lockedBuffer is a log destination that tests read while Run writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // blockSnapshots makes a recSink's Snapshot calls wait for release.
 type blockSnapshots struct {
 	*recSink
@@ -209,7 +191,7 @@ func TestRunFlushTimeout(t *testing.T) {
 		t.Run(blockIn, func(t *testing.T) {
 			t.Parallel()
 			root := t.TempDir()
-			var logs lockedBuffer
+			var logs testkit.Buffer
 			opts := flushOpts(t, root)
 			opts.FlushTimeout = 200 * time.Millisecond
 			opts.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(&logs, testWriter{t}), nil))

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/metrics"
 )
 
@@ -346,7 +347,7 @@ func TestWalkEntriesVanish(t *testing.T) {
 				write(t, root, "d01/s01/nometa.txt.meta.json", `{"m":1}`)
 				write(t, root, "d01/s01/kept.txt", "kept")
 				write(t, root, "d01/s01/kept.txt.meta.json", `{"k":1}`)
-				var logs lockedBuffer
+				var logs testkit.Buffer
 				opts := testOpts(t, root)
 				opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 				w, err := New(opts)

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // floodFDLimit is the RLIMIT_NOFILE the daemon runs under in
@@ -50,8 +52,8 @@ func TestIdleConnectionFloodUnderLowFDLimit(t *testing.T) {
 	limit := fmt.Sprintf("--nofile=%d:%d", floodFDLimit, floodFDLimit)
 	cmd := exec.Command(prlimit, limit, "--", kvsyncBin, "run", "--local", "--local-listen", "127.0.0.1:0",
 		"--dir", root, "--state-dir", filepath.Join(base, "state"), "--metrics-listen", "127.0.0.1:0", "--log-level", "debug")
-	logs := &syncBuffer{}
-	stdout := &syncBuffer{}
+	logs := &testkit.Buffer{}
+	stdout := &testkit.Buffer{}
 	cmd.Stdout, cmd.Stderr = stdout, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -149,11 +149,6 @@ type kvsyncProc struct {
 	exited  chan error
 }
 
-// syncBuffer is the kit's goroutine-safe buffer under its old name, for
-// test files of this package that others are changing at the same time
-// (hostile_files_test.go, and new ones); this harness uses testkit.Buffer.
-type syncBuffer = testkit.Buffer
-
 var metricsAddrRE = regexp.MustCompile(`msg="metrics serving" addr=(\S+)`)
 
 func (e *kvEnv) startDaemon(args ...string) *kvsyncProc {

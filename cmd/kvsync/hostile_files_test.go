@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // syncOK runs one sync that must succeed and converge on the tree.
@@ -423,7 +424,7 @@ func TestHostileChangesDuringUpload(t *testing.T) {
 			os.WriteFile(env.config, []byte(strings.Replace(string(b), env.srv.URL, front.URL, 1)), 0o600)
 
 			cmd := execKvsync(env, "sync", "--config", env.config)
-			out := &syncBuffer{}
+			out := &testkit.Buffer{}
 			cmd.Stdout, cmd.Stderr = out, out
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/kvsync/kvsync/internal/config"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/uploader"
 )
 
@@ -28,11 +29,11 @@ type swapEnv struct {
 	*kvEnv
 	outside string
 	unit    *unit
-	logs    *syncBuffer
+	logs    *testkit.Buffer
 }
 
 func newSwapEnv(t *testing.T) *swapEnv {
-	env := &swapEnv{kvEnv: newKVEnv(t, emulator.Faults{}), logs: &syncBuffer{}}
+	env := &swapEnv{kvEnv: newKVEnv(t, emulator.Faults{}), logs: &testkit.Buffer{}}
 	env.outside = filepath.Join(filepath.Dir(env.root), "outside")
 	for rel, content := range map[string]string{
 		"index.html": "public index page",
