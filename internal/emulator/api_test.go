@@ -113,6 +113,7 @@ func TestWriteLimits(t *testing.T) {
 		{"key of 257 two-byte runes (514 bytes)", strings.Repeat("é", 257), "", []byte("v"), "", 400, 10030},
 		{"key .", ".", "", []byte("v"), "", 400, 10042},
 		{"key ..", "..", "", []byte("v"), "", 400, 10042},
+		{"key not valid UTF-8", "k\xff", "", []byte("v"), "", 400, 10042},
 		{"metadata of 1024 bytes", "m1", "", mustForm(t, "value", "v", "metadata", meta(1024)), formCT, 200, 0},
 		{"metadata of 1025 bytes", "m2", "", mustForm(t, "value", "v", "metadata", meta(1025)), formCT, 400, 10047},
 		{"metadata 1024 bytes once compacted", "m3", "", mustForm(t, "value", "v", "metadata", " "+meta(1024)+"\n"), formCT, 200, 0},
