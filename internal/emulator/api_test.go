@@ -118,6 +118,8 @@ func TestWriteLimits(t *testing.T) {
 		{"metadata of 1025 bytes", "m2", "", mustForm(t, "value", "v", "metadata", meta(1025)), formCT, 400, 10047},
 		{"metadata 1024 bytes once compacted", "m3", "", mustForm(t, "value", "v", "metadata", " "+meta(1024)+"\n"), formCT, 200, 0},
 		{"metadata not JSON", "m4", "", mustForm(t, "value", "v", "metadata", "{a:1}"), formCT, 400, 10047},
+		{"metadata behind a form feed", "m8", "", mustForm(t, "value", "v", "metadata", "\f{}"), formCT, 400, 10047},
+		{"metadata before an NBSP", "m9", "", mustForm(t, "value", "v", "metadata", "{}\u00a0"), formCT, 400, 10047},
 		{"multipart without value", "m5", "", mustForm(t, "metadata", `{"a":1}`), formCT, 400, 10012},
 		{"multipart truncated", "m6", "", []byte("--kvsyncboundary\r\nContent-Disposition: form-data; name=\"value\"\r\n\r\nabc"), formCT, 400, 10029},
 		{"multipart without boundary", "m7", "", []byte("x"), "multipart/form-data", 400, 10029},

@@ -100,7 +100,10 @@ func queryExpiry(r *http.Request, now time.Time) (int64, *apiError) {
 // for JSON null). The 1024-byte limit applies to the serialized form.
 func normalizeMetadata(raw []byte) ([]byte, *apiError) {
 	var buf bytes.Buffer
-	if err := json.Compact(&buf, bytes.TrimSpace(raw)); err != nil || buf.Len() == 0 {
+	// Compact drops the whitespace around the value itself; trimming
+	// beforehand would also pass what JSON does not count as whitespace
+	// (a form feed, an NBSP), and such metadata is not JSON.
+	if err := json.Compact(&buf, raw); err != nil || buf.Len() == 0 {
 		return nil, badRequest(10047, "invalid metadata: not valid JSON")
 	}
 	if buf.String() == "null" {
