@@ -41,7 +41,6 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzJSONEscaping$$' $(FUZZFLAGS) ./kvapi
 	$(GO) test -run '^$$' -fuzz '^FuzzBulkPairLen$$' $(FUZZFLAGS) ./kvapi
 	$(GO) test -run '^$$' -fuzz '^FuzzEmulatorRequest$$' $(FUZZFLAGS) ./internal/emulator
-	$(GO) test -run '^$$' -fuzz '^FuzzBulkDecode$$' $(FUZZFLAGS) ./internal/emulator
 
 deploy-check:
 	bash deploy/ci.sh

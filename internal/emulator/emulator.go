@@ -22,8 +22,9 @@
 //   - A longer account id answers 400 code 7003 ("Could not route to ...");
 //     a longer namespace id answers 400 code 10011 ("malformed namespace ID").
 //   - A key longer than 512 bytes answers 400 code 10030 (also for path keys,
-//     where 414 would be an equally good guess). An empty key, "." or ".."
-//     answers 400 code 10042 (illegal key name).
+//     where 414 would be an equally good guess). An empty key, "." or "..",
+//     or one that is not valid UTF-8 (a path key can spell any bytes, but a
+//     list result could not name it) answers 400 code 10042 (illegal key name).
 //   - Key names are taken from the escaped path and percent-decoded exactly
 //     once; an unescaped "/" in the path is part of the key name.
 //   - GET .../metadata/{key} of a key without metadata answers 200 with

@@ -2,7 +2,6 @@ package emulator
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -101,7 +100,10 @@ func queryExpiry(r *http.Request, now time.Time) (int64, *apiError) {
 // for JSON null). The 1024-byte limit applies to the serialized form.
 func normalizeMetadata(raw []byte) ([]byte, *apiError) {
 	var buf bytes.Buffer
-	if err := json.Compact(&buf, bytes.TrimSpace(raw)); err != nil || buf.Len() == 0 {
+	// Compact drops the whitespace around the value itself; trimming
+	// beforehand would also pass what JSON does not count as whitespace
+	// (a form feed, an NBSP), and such metadata is not JSON.
+	if err := json.Compact(&buf, raw); err != nil || buf.Len() == 0 {
 		return nil, badRequest(10047, "invalid metadata: not valid JSON")
 	}
 	if buf.String() == "null" {
@@ -317,80 +319,6 @@ func handleBulkPut(e *Emulator, w http.ResponseWriter, r *http.Request, rt route
 	e.applyBulk(w, rt, muts)
 }
 
-// decodeBulkPut decodes and validates a bulk write body, stopping at the
-// first item that fails.
-func decodeBulkPut(body []byte, now time.Time) ([]mutation, *apiError) {
-	var muts []mutation
-	var it bulkItem
-	aerr := decodeBulkArray(body, "bulk write", func(i int, p *bulkParser) *apiError {
-		if err := p.pair(&it); err != nil {
-			return badRequest(10029, fmt.Sprintf("invalid request: item %d: %v", i, err))
-		}
-		m, aerr := it.mutation(i, now)
-		if aerr != nil {
-			return aerr
-		}
-		muts = append(muts, m)
-		return nil
-	})
-	if aerr != nil {
-		return nil, aerr
-	}
-	return muts, nil
-}
-
-// mutation validates the i-th item of a bulk write.
-func (it *bulkItem) mutation(i int, now time.Time) (mutation, *apiError) {
-	if !it.hasKey {
-		return mutation{}, badRequest(10029, fmt.Sprintf("invalid request: item %d has no key", i))
-	}
-	if aerr := checkKey(it.key); aerr != nil {
-		return mutation{}, aerr
-	}
-	if !it.hasValue {
-		return mutation{}, badRequest(10012, fmt.Sprintf("malformed value: item %d (%q) has no value", i, it.key))
-	}
-	value := it.value
-	if it.base64 {
-		dv := make([]byte, base64.StdEncoding.DecodedLen(len(value)))
-		n, err := base64.StdEncoding.Decode(dv, value)
-		if err != nil {
-			return mutation{}, badRequest(10012, fmt.Sprintf("malformed value: item %d (%q) is not valid base64", i, it.key))
-		}
-		value = dv[:n]
-	}
-	if len(value) > MaxValueBytes {
-		return mutation{}, tooLarge(fmt.Sprintf("value too large: %q holds %d bytes, the limit is %d", it.key, len(value), MaxValueBytes))
-	}
-	var meta []byte
-	if len(it.meta) > 0 {
-		m, aerr := normalizeMetadata(it.meta)
-		if aerr != nil {
-			return mutation{}, aerr
-		}
-		meta = m
-	}
-	var ttl, exp *float64
-	if it.hasTTL {
-		ttl = &it.ttl
-	}
-	if it.hasExp {
-		exp = &it.exp
-	}
-	expAt, aerr := expiry(ttl, exp, jsonNum(ttl), jsonNum(exp), now)
-	if aerr != nil {
-		return mutation{}, aerr
-	}
-	return mutation{kind: recPut, key: it.key, value: value, meta: meta, exp: expAt}, nil
-}
-
-func jsonNum(f *float64) string {
-	if f == nil {
-		return ""
-	}
-	return strconv.FormatFloat(*f, 'f', -1, 64)
-}
-
 func handleBulkDelete(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
 	body, release, aerr := e.bulkBody(r, "bulk delete")
 	if aerr != nil {
@@ -404,27 +332,6 @@ func handleBulkDelete(e *Emulator, w http.ResponseWriter, r *http.Request, rt ro
 		return
 	}
 	e.applyBulk(w, rt, muts)
-}
-
-// decodeBulkDelete decodes and validates a bulk delete body: an array of
-// key names.
-func decodeBulkDelete(body []byte) ([]mutation, *apiError) {
-	var muts []mutation
-	aerr := decodeBulkArray(body, "bulk delete", func(i int, p *bulkParser) *apiError {
-		k, err := p.key()
-		if err != nil {
-			return badRequest(10029, fmt.Sprintf("invalid request: item %d is not a key name string", i))
-		}
-		if aerr := checkKey(k); aerr != nil {
-			return aerr
-		}
-		muts = append(muts, mutation{kind: recDelete, key: k})
-		return nil
-	})
-	if aerr != nil {
-		return nil, aerr
-	}
-	return muts, nil
 }
 
 // applyBulk applies a validated bulk request; keys refused by the per-key

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // route is a parsed request path.
@@ -149,6 +150,10 @@ func checkKey(key string) *apiError {
 		return badRequest(10042, "illegal key name: "+strconv.Quote(key)+" is not allowed")
 	case len(key) > MaxKeyBytes:
 		return badRequest(10030, "key too long: key names may be at most 512 bytes")
+	case !utf8.ValidString(key):
+		// Key names travel in JSON (list results, bulk bodies), which
+		// cannot carry such a name: it could be written but never listed.
+		return badRequest(10042, "illegal key name: "+strconv.Quote(key)+" is not valid UTF-8")
 	}
 	return nil
 }
