@@ -558,3 +558,15 @@ func (e *kvEnv) holdWritesAfter(t testing.TB, n int) (held <-chan struct{}, rele
 	t.Cleanup(release)
 	return heldCh, release
 }
+
+// waitLog waits until d has logged text, or fails after within.
+func waitLog(t testing.TB, d *kvsyncProc, text string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !strings.Contains(d.logs.String(), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("kvsync did not log %q within %s:\n%s", text, within, tail(d.logs.String(), 20))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
