@@ -6,9 +6,9 @@ import (
 	"io"
 	"net"
 	"os"
-	"time"
 
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/kvapi"
 )
 
 func cmdEmulator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -20,8 +20,8 @@ func cmdEmulator(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 	var f emulator.Faults
-	fs.IntVar(&f.Budget, "budget", 0, "requests allowed per --budget-window before every call gets 429 (Cloudflare: 1200); 0 = unlimited")
-	fs.DurationVar(&f.BudgetWindow, "budget-window", 5*time.Minute, "the window of --budget")
+	fs.IntVar(&f.Budget, "budget", 0, fmt.Sprintf("requests allowed per --budget-window before every call gets 429 (Cloudflare: %d per %s); 0 = unlimited", kvapi.AccountBudget, kvapi.BudgetWindow))
+	fs.DurationVar(&f.BudgetWindow, "budget-window", kvapi.BudgetWindow, "the window of --budget")
 	fs.BoolVar(&f.PerKeyWriteLimit, "per-key-limit", false, "answer 429 to a second write of one key within a second, as KV does")
 	fs.Float64Var(&f.ServerErrorRate, "error-rate", 0, "fraction of requests answered with a 5xx")
 	fs.Float64Var(&f.DropRate, "drop-rate", 0, "fraction of connections dropped without a reply")
