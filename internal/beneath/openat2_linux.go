@@ -19,6 +19,11 @@ func openat2(dirfd int, rel string, flags int) (int, error) {
 	}
 	how := unix.OpenHow{Flags: uint64(flags), Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS}
 	fd, err := retry(func() (int, error) { return unix.Openat2(dirfd, rel, &how) })
+	// EAGAIN: a rename or mount raced with a RESOLVE_BENEATH lookup, which
+	// the kernel refuses rather than guess; looking up again is safe.
+	for i := 0; err == unix.EAGAIN && i < 16; i++ {
+		fd, err = retry(func() (int, error) { return unix.Openat2(dirfd, rel, &how) })
+	}
 	switch err {
 	case unix.ENOSYS:
 		noOpenat2.Store(true)
