@@ -66,10 +66,13 @@ const (
 	SkipSpecial    SkipReason = "special_file"
 	SkipSymlink    SkipReason = "symlink"
 	SkipDebris     SkipReason = "debris"
+	// SkipChanged: the file opened for upload was not the one scanned (a
+	// swap, a decoy, a new length); it is scanned again, not sent.
+	SkipChanged SkipReason = "changed"
 )
 
 // SkipReasons lists every SkipReason.
-var SkipReasons = []SkipReason{SkipTooLarge, SkipKeyInvalid, SkipMetadata, SkipExcluded, SkipUnreadable, SkipSpecial, SkipSymlink, SkipDebris}
+var SkipReasons = []SkipReason{SkipTooLarge, SkipKeyInvalid, SkipMetadata, SkipExcluded, SkipUnreadable, SkipSpecial, SkipSymlink, SkipDebris, SkipChanged}
 
 // syncTriggers are the trigger label's values.
 var syncTriggers = []desired.Trigger{

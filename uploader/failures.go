@@ -48,6 +48,9 @@ func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bo
 		// outside the tree included. Its key is left as it is, held back
 		// like an unreadable file, and the watcher (when one runs) looks
 		// at the path again, which emits the key's state anew.
+		if m := e.o.Metrics; m != nil {
+			m.Skip(metrics.SkipChanged)
+		}
 		if e.o.Recheck == nil {
 			e.log.Warn("file changed since it was scanned; not written", "key", st.Key, "path", st.Path, "err", err)
 		} else if e.firstRecheck(st) {

@@ -15,11 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/emulator"
 	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/kvapi"
+	"github.com/kvsync/kvsync/metrics"
 	"github.com/kvsync/kvsync/watcher"
 )
 
@@ -251,8 +254,12 @@ func testSwapBeforeSync(t *testing.T) {
 						t.Fatalf("scan: %d states, complete %v, %v", len(snap.States), snap.Complete, err)
 					}
 					sw.swap(t, tr)
-					e, _ := newTestEngine(t, client, newMemStore(), func(o *Options) { o.BulkThreshold = wp.threshold })
+					m := metrics.New(prometheus.NewRegistry(), "test")
+					e, _ := newTestEngine(t, client, newMemStore(), func(o *Options) { o.BulkThreshold = wp.threshold; o.Metrics = m })
 					rep, err := e.SyncOnce(context.Background(), snap)
+					if got := m.Skipped(metrics.SkipChanged); got != 1 {
+						t.Errorf("kvsync_files_skipped_total{reason=changed} = %v, want 1", got)
+					}
 					kv := noSecret(t, em, client)
 					if !errors.Is(err, ErrSyncIncomplete) || rep.Written != 3 || rep.HeldBack != 1 || rep.Failed != 0 {
 						t.Fatalf("report %+v, %v; want 3 written and the swapped file held back", rep, err)
