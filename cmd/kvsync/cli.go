@@ -41,28 +41,46 @@ func commands() []command {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		printUsage(stderr)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help":
+		printUsage(stdout)
 		return exitOK
+	case "help":
+		// "kvsync help sync" is "kvsync sync -h"; "kvsync help" the list.
+		if len(args) == 1 {
+			printUsage(stdout)
+			return exitOK
+		}
+		args = []string{args[1], "-h"}
+	case "-version", "--version":
+		args = []string{"version"}
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {
 			continue
 		}
 		err := c.run(ctx, args[1:], stdout, stderr)
+		var help helpRequest
 		switch {
 		case err == nil:
 			return exitOK
-		case errors.Is(err, flag.ErrHelp):
+		case errors.As(err, &help):
+			// Asked for: the flags go to stdout, like any output asked for.
+			help.fs.SetOutput(stdout)
+			help.fs.Usage()
 			return exitOK
 		case errors.Is(err, errSyncFailed):
 			fmt.Fprintf(stderr, "kvsync %s: %s\n", c.name, displayErr(err))
 			return exitSyncFailed
 		case errors.As(err, new(usageError)):
 			fmt.Fprintf(stderr, "kvsync %s: %s\n", c.name, displayErr(err))
+			if errors.As(err, new(flagError)) {
+				fmt.Fprintf(stderr, "Run 'kvsync %s -h' for its flags.\n", c.name)
+			}
 			return exitUsage
 		default:
 			fmt.Fprintf(stderr, "kvsync %s: %s\n", c.name, displayErr(err))
@@ -84,20 +102,37 @@ func printUsage(w io.Writer) {
 	io.WriteString(w, b.String())
 }
 
-// newFlagSet returns a flag set that reports errors instead of exiting.
-func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+// newFlagSet returns a flag set that reports errors instead of exiting and
+// prints nothing itself: run prints its flags to stdout when asked (-h)
+// and the error alone, with a pointer to -h, when the flags are wrong.
+func newFlagSet(name string, _ io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("kvsync "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: kvsync %s [flags]\n\nFlags:\n", name)
+		fs.PrintDefaults()
+	}
 	return fs
 }
+
+// helpRequest is -h or --help on a command's flags.
+type helpRequest struct{ fs *flag.FlagSet }
+
+func (helpRequest) Error() string { return "help requested" }
+
+// flagError is a flag the command does not take, or a bad value for one.
+type flagError struct{ err error }
+
+func (e flagError) Error() string { return e.err.Error() }
+func (e flagError) Unwrap() error { return e.err }
 
 // parseFlags parses and turns a flag error into a usage error.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return helpRequest{fs}
 		}
-		return usageError{err}
+		return usageError{flagError{err}}
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
