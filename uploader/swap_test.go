@@ -17,7 +17,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/emulator"
 	"github.com/kvsync/kvsync/internal/testkit"
@@ -85,22 +84,6 @@ var swaps = []struct {
 			t.Fatal(err)
 		}
 	}},
-}
-
-// resolvers runs f with openat2 and with the component walk that replaces
-// it where the kernel lacks it or a seccomp filter refuses it.
-func resolvers(t *testing.T, f func(t *testing.T)) {
-	for _, on := range []bool{true, false} {
-		name := "openat2"
-		if !on {
-			name = "walk"
-		}
-		t.Run(name, func(t *testing.T) {
-			was := beneath.SetOpenat2(on)
-			defer beneath.SetOpenat2(was)
-			f(t)
-		})
-	}
 }
 
 // link replaces name with a symlink to target.
@@ -232,7 +215,7 @@ var writePaths = []struct {
 // the tree is written. Whether the scan hashed the files or left them to
 // the engine (a first publish, watcher.Options.NeedHash), and through
 // single and bulk writes alike.
-func TestSwapBeforeSync(t *testing.T) { resolvers(t, testSwapBeforeSync) }
+func TestSwapBeforeSync(t *testing.T) { testkit.Resolvers(t, testSwapBeforeSync) }
 
 func testSwapBeforeSync(t *testing.T) {
 	for _, sw := range swaps {
@@ -286,7 +269,7 @@ func testSwapBeforeSync(t *testing.T) {
 // file is held back as changed since the scan, the watcher looks at it
 // again, and nothing from outside the root is ever published. A sidecar
 // swapped afterwards for a symlink to secret metadata is refused too.
-func TestSwapWhileRunning(t *testing.T) { resolvers(t, testSwapWhileRunning) }
+func TestSwapWhileRunning(t *testing.T) { testkit.Resolvers(t, testSwapWhileRunning) }
 
 func testSwapWhileRunning(t *testing.T) {
 	for _, sw := range swaps {

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // secretOutside is what a file outside the root holds: a stand-in for
@@ -24,17 +24,7 @@ const secretOutside = "SECRET-TOKEN-0123"
 // after the stat: no timing is involved.
 func TestScanSwapAfterListing(t *testing.T) {
 	// Not parallel: it switches the resolver of the whole process.
-	for _, on := range []bool{true, false} {
-		name := "openat2"
-		if !on {
-			name = "walk"
-		}
-		t.Run(name, func(t *testing.T) {
-			was := beneath.SetOpenat2(on)
-			defer beneath.SetOpenat2(was)
-			testScanSwapAfterListing(t)
-		})
-	}
+	testkit.Resolvers(t, testScanSwapAfterListing)
 }
 
 func testScanSwapAfterListing(t *testing.T) {

@@ -1,8 +1,8 @@
 // Package testkit holds the test doubles that more than one package's tests
 // need. Only tests import it; it imports nothing of kvsync but the KV
-// interface (uploader/kvapi), so any package whose tests use it stays free
-// of import cycles, except kvapi's own in-package tests (kvapi imports
-// nothing of kvsync, and testkit imports kvapi).
+// interface (kvapi) and the opener (internal/beneath), so any package whose
+// tests use it stays free of import cycles, except the in-package tests of
+// those two, which import nothing of kvsync.
 package testkit
 
 import (
