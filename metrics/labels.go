@@ -98,6 +98,11 @@ func (m *Metrics) Skip(r SkipReason) {
 	m.FilesSkipped.WithLabelValues(string(r)).Inc()
 }
 
+// Drift counts n keys found drifted as k.
+func (m *Metrics) Drift(k DriftKind, n int) {
+	m.DriftKeys.WithLabelValues(string(k)).Add(float64(n))
+}
+
 // Skipped is how many files were not published for r.
 func (m *Metrics) Skipped(r SkipReason) float64 {
 	return counterValue(m.FilesSkipped.WithLabelValues(string(r)))
@@ -122,3 +127,17 @@ func counterValue(c prometheus.Counter) float64 {
 	}
 	return d.Counter.GetValue()
 }
+
+// DriftKind labels kvsync_drift_keys_total: how a key of the tree that the
+// state store called unchanged was found in a listing of the namespace.
+type DriftKind string
+
+// The kinds of drift.
+const (
+	DriftMissing     DriftKind = "missing"     // not listed: deleted behind kvsync's back
+	DriftOverwritten DriftKind = "overwritten" // another sync's record, or this sync's for other content
+	DriftUnmarked    DriftKind = "unmarked"    // no record: another tool's write, or an earlier kvsync's
+)
+
+// DriftKinds lists every DriftKind.
+var DriftKinds = []DriftKind{DriftMissing, DriftOverwritten, DriftUnmarked}

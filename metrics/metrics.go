@@ -31,6 +31,7 @@ type Metrics struct {
 	WatcherOverflow prometheus.Counter
 	FilesSkipped    *prometheus.CounterVec // reason
 	FullSyncs       *prometheus.CounterVec // trigger
+	DriftKeys       *prometheus.CounterVec // kind
 	LastSuccess     prometheus.Gauge
 	BuildInfo       *prometheus.GaugeVec
 }
@@ -83,6 +84,9 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		FullSyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvsync_full_syncs_total", Help: "Full scans of a tree, by trigger.",
 		}, []string{"trigger"}),
+		DriftKeys: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_drift_keys_total", Help: "Keys of the tree a listing showed deleted or overwritten behind kvsync's back, written again, by kind.",
+		}, []string{"kind"}),
 		LastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kvsync_last_successful_sync_timestamp_seconds", Help: "When a full sync last finished with no failure (Unix time).",
 		}),
@@ -92,7 +96,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	}
 	reg.MustRegister(m.Uploads, m.UploadBytes, m.Deletes, m.APIRequests, m.APIErrors, m.RequestDuration,
 		m.Retries, m.RateLimitWait, m.RateLimitPauses, m.QueueDepth, m.InflightUploads, m.Watches,
-		m.WatcherOverflow, m.FilesSkipped, m.FullSyncs, m.LastSuccess, m.BuildInfo)
+		m.WatcherOverflow, m.FilesSkipped, m.FullSyncs, m.DriftKeys, m.LastSuccess, m.BuildInfo)
 	m.BuildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	for _, r := range UploadResults {
 		m.Uploads.WithLabelValues(string(r))
@@ -115,6 +119,9 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	}
 	for _, t := range syncTriggers {
 		m.FullSyncs.WithLabelValues(string(t))
+	}
+	for _, k := range DriftKinds {
+		m.DriftKeys.WithLabelValues(string(k))
 	}
 	return m
 }

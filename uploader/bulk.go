@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/kvrecord"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
 )
@@ -31,7 +32,7 @@ func (e *Engine) takeBulkPut(onlyFull bool) *job {
 		if len(batch)+1 > l {
 			continue
 		}
-		est := it.st.Size + int64(len(it.st.Key)+len(it.st.Metadata)) + pairOverhead
+		est := it.st.Size + int64(len(it.st.Key)+len(it.st.Metadata)+kvrecord.Reserved) + pairOverhead
 		if len(batch) > 0 && bytes+est > e.o.BulkMaxBytes {
 			full = true
 			continue
@@ -109,6 +110,8 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			rs = append(rs, e.writeFailure(ctx, it, err, true))
 			continue
 		}
+		sum := sha256.Sum256(data)
+		opts.Metadata = e.marked(st, sum)
 		if err := validWrite(st.Key, opts.Metadata, int64(len(data))); err != nil {
 			// Refused alone, before the batch is marked and sent.
 			rs = append(rs, e.writeFailure(ctx, it, err, true))
@@ -128,7 +131,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			continue
 		}
 		raw, enc = raw+r, enc+n
-		b := prepared{it: it, size: int64(len(data)), sum: sha256.Sum256(data)}
+		b := prepared{it: it, size: int64(len(data)), sum: sum}
 		if had {
 			b.prev = &prev
 		}

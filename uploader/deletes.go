@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/kvrecord"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
@@ -48,15 +50,24 @@ func (e *Engine) allowWatchedDelete(st desired.State) bool {
 	return false
 }
 
-// candidate is a recorded key absent from a full sync's snapshot.
+// candidate is a key of this sync's absent from a full sync's snapshot:
+// recorded in the store, or (remote) only shown as this sync's by the
+// listing.
 type candidate struct {
-	key string
-	rec state.Record
+	key    string
+	rec    state.Record
+	remote bool
 }
 
 // candidates lists the keys a complete snapshot implies are gone, or says
-// why none may be deleted.
-func (e *Engine) candidates(s desired.Snapshot) ([]candidate, string, error) {
+// why none may be deleted. With a listing l, a key is this sync's when its
+// record in KV says so, or when the store has a record of it and KV shows
+// no mark at all (a key written by a kvsync from before records in
+// metadata); a key whose mark is another's is not, and the store's record
+// of it is dropped. A key kept until it expires (delete: expire) is left
+// to expire. Under the keep policy only the store's keys are candidates:
+// a key kept is no longer managed, though its mark stays.
+func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string, error) {
 	if !s.Complete {
 		reason := s.Reason
 		if reason == "" {
@@ -71,16 +82,47 @@ func (e *Engine) candidates(s desired.Snapshot) ([]candidate, string, error) {
 		}
 	}
 	var cands []candidate
+	var disowned []string
 	recorded := 0
+	inStore := map[string]struct{}{}
 	err := e.o.Store.ForEach(e.o.Scope, e.o.Prefix, func(key string, r state.Record) error {
+		_, inTree := present[key]
+		if l != nil {
+			inStore[key] = struct{}{}
+			if rk, ok := l.keys[key]; ok && rk.marked && (!rk.ours || rk.expiring) {
+				if !rk.ours && !inTree {
+					disowned = append(disowned, key)
+				}
+				return nil
+			}
+		}
 		recorded++
-		if _, ok := present[key]; !ok {
+		if !inTree {
 			cands = append(cands, candidate{key: key, rec: r})
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("listing recorded keys under prefix %q: %w", e.o.Prefix, err)
+	}
+	if len(disowned) > 0 {
+		e.log.Info("keys kvsync recorded now carry another sync's record in KV; they are no longer this sync's", "keys", len(disowned), "first", disowned[0])
+		e.forget(disowned)
+	}
+	if l != nil {
+		for key, rk := range l.keys {
+			if !rk.ours || rk.expiring {
+				continue
+			}
+			if _, ok := inStore[key]; ok {
+				continue
+			}
+			recorded++
+			if _, ok := present[key]; !ok && e.o.Delete != DeleteKeep {
+				cands = append(cands, candidate{key: key, rec: state.Record{Pending: true}, remote: true})
+			}
+		}
+		slices.SortFunc(cands, func(a, b candidate) int { return strings.Compare(a.key, b.key) })
 	}
 	if len(present) == 0 && recorded > 0 {
 		return nil, fmt.Sprintf("the tree has no files but %d keys under prefix %q were written by kvsync (a volume not mounted yet?); nothing deleted", recorded, e.o.Prefix), nil
@@ -117,6 +159,17 @@ func (e *Engine) ownRecord(it *item) (state.Record, *result) {
 	rec, ok, err := e.o.Store.Get(e.o.Scope, key)
 	if err != nil {
 		return rec, &result{it: it, out: outcome{kind: outFailed, err: fmt.Errorf("reading the state store: %w", err)}, retry: true}
+	}
+	if it.remote {
+		if ok {
+			// Recorded since the listing: written since it was planned.
+			e.log.Debug("key written since its deletion was planned; not deleted", "key", key)
+			r := settled(it, outSuperseded)
+			return rec, &r
+		}
+		// The listing's record in KV says it is this sync's; a pending
+		// record makes the expire policy read its metadata.
+		rec, ok = state.Record{Pending: true}, true
 	}
 	if !ok {
 		e.log.Debug("file gone but kvsync has no record of its key; left alone", "key", key)
@@ -258,6 +311,14 @@ func (e *Engine) expireOne(ctx context.Context, it *item) result {
 			return e.deleteFailure(ctx, it, err, true)
 		}
 		opts.Metadata = compactJSON(m)
+		if e.o.Owner != "" {
+			opts.Metadata, _, _ = kvrecord.Split(m)
+		}
+	}
+	if e.o.Owner != "" {
+		// Marked as expiring: no later listing takes it for a file's key
+		// to expire again, and a file that comes back is written anew.
+		opts.Metadata = kvrecord.Add(opts.Metadata, kvrecord.Mark{Owner: e.o.Owner, Expiring: true})
 	}
 	if err := e.intend(marks(e.o.Now(), keyRecord{key, rec, true})); err != nil {
 		return e.intentFailure(it, err)

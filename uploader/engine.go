@@ -108,6 +108,12 @@ type Engine struct {
 	cur        *run
 	closed     bool // Drain was called: nothing new is accepted
 	reconciled bool
+	// prepared is the listing Prepare made for the next full sync;
+	// lastList is when the last listing was made, listedOnce whether one
+	// was (see listDue).
+	prepared   *listing
+	lastList   time.Time
+	listedOnce bool
 
 	// beforeRead, when set, is called by a write job with the states
 	// whose files it is about to open, before it opens any. Tests change
@@ -138,6 +144,7 @@ func New(o Options) (*Engine, error) {
 		rejected:  map[string]desired.State{},
 		held:      map[string]bool{},
 		rechecked: map[string]beneath.Identity{},
+		lastList:  o.Now(),
 	}
 	if o.Metrics != nil {
 		o.Metrics.QueueDepth.Set(0)
@@ -290,11 +297,21 @@ func (e *Engine) SyncOnce(ctx context.Context, s desired.Snapshot) (Report, erro
 	return rep, rep.err()
 }
 
-// Plan reports what a full sync of s would write and delete, reading only
-// the state store: it sends no request.
+// Plan reports what a full sync of s would write and delete. It compares
+// with the listing Prepare made, if it made one, and otherwise with the
+// state store; it writes nothing.
 func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 	var rep Report
 	now := e.o.Now()
+	e.mu.Lock()
+	l := e.prepared
+	e.prepared = nil
+	e.mu.Unlock()
+	if l != nil {
+		rep.List = ListInfo{Keys: len(l.keys), Owned: l.owned, Requests: l.requests}
+	} else {
+		rep.List.Skipped = true
+	}
 	for _, st := range s.States {
 		if err := ctx.Err(); err != nil {
 			return rep, err
@@ -306,18 +323,25 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 			rep.add(st, outcome{kind: outHeldBack, err: st.Err})
 			continue
 		}
-		rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key)
-		if err != nil {
-			return rep, fmt.Errorf("planning key %q: %w", st.Key, err)
-		}
-		if ok && unchanged(st, rec, now) {
-			rep.Unchanged++
-			continue
+		if l != nil {
+			if same, _ := e.compareRemote(l, st); same {
+				rep.Unchanged++
+				continue
+			}
+		} else {
+			rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key)
+			if err != nil {
+				return rep, fmt.Errorf("planning key %q: %w", st.Key, err)
+			}
+			if ok && unchanged(st, rec, now) {
+				rep.Unchanged++
+				continue
+			}
 		}
 		rep.WouldWrite = append(rep.WouldWrite, st.Key)
 		rep.Bytes += st.Size
 	}
-	cands, refused, err := e.candidates(s)
+	cands, refused, err := e.candidates(s, l)
 	if err != nil {
 		return rep, err
 	}

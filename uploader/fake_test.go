@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -40,6 +41,9 @@ type fakeKV struct {
 	deleteErr  func(key string) error
 	duringPut  func(ctx context.Context, key string) // runs while the key's write is in flight
 	listExtras []string                              // keys listed besides data's (not stored)
+	// frozen, when set, is what listings show instead of data: a listing
+	// that lags the writes (see freeze).
+	frozen map[string]fakeEntry
 	listing    func(ctx context.Context)             // runs when a listing starts
 	// sent runs when a write or deletion is called, before anything else.
 	sent func(op kvapi.Op, keys []string)
@@ -228,9 +232,13 @@ func (f *fakeKV) ListKeys(ctx context.Context, ns string, opts kvapi.ListOptions
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var page kvapi.KeyPage
-	for k := range f.data {
+	data := f.data
+	if f.frozen != nil {
+		data = f.frozen
+	}
+	for k, e := range data {
 		if strings.HasPrefix(k, opts.Prefix) {
-			page.Keys = append(page.Keys, kvapi.KeyInfo{Name: k})
+			page.Keys = append(page.Keys, kvapi.KeyInfo{Name: k, Metadata: e.meta, Expiration: e.exp})
 		}
 	}
 	for _, k := range f.listExtras {
@@ -257,6 +265,20 @@ func (f *fakeKV) GetMetadata(ctx context.Context, ns, key string) (json.RawMessa
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.data[key].meta, nil
+}
+
+// freeze makes listings show the data as it is now until thaw, as a
+// listing that lags the writes does.
+func (f *fakeKV) freeze() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frozen = maps.Clone(f.data)
+}
+
+func (f *fakeKV) thaw() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frozen = nil
 }
 
 func (f *fakeKV) count(ops ...kvapi.Op) int {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/kvrecord"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
@@ -149,9 +150,23 @@ type Options struct {
 	// the key is only reported held back. It must not block.
 	Recheck func(key string)
 
-	// Reconcile says the store is fresh (missing or corrupt): the first full
-	// sync lists the namespace to report keys it cannot vouch for, and
-	// rewrites every key of the tree since nothing can be compared.
+	// Owner, when set, is this sync's owner (kvrecord.OwnerOf the
+	// namespace and prefix): every write carries the mark of package
+	// kvrecord in its metadata, and a full sync that lists the namespace
+	// compares the tree with the listing rather than with the store (see
+	// remote.go). Empty turns records in metadata off: the store alone says
+	// what was written.
+	Owner kvrecord.Owner
+	// ListInterval says which full syncs list the namespace (with Owner
+	// set): 0 every one; a positive interval the first one that long after
+	// the last listing; negative none, the store being trusted. Whatever
+	// it is, while the store is fresh (Reconcile) the first full sync
+	// lists.
+	ListInterval time.Duration
+	// Reconcile says the store is fresh (missing or corrupt). With Owner
+	// set, the first full sync lists the namespace. Without it, that
+	// listing only reports keys nothing can vouch for, and every key of
+	// the tree is rewritten since nothing can be compared.
 	Reconcile bool
 	// DryRun plans only: no writes, no deletes, no store updates.
 	DryRun bool

@@ -36,13 +36,26 @@ type pass struct {
 	// listed is closed once the listing of a fresh store is done (nil
 	// when there is none; see reconcile).
 	listed <-chan struct{}
+	// remote is the listing this pass compares with (nil: the store);
+	// adopted collects the keys it vouches for that the store lacks, and
+	// drift the keys the store called unchanged that it does not show so.
+	remote  *listing
+	adopted map[string]state.Record
+	drift   map[metrics.DriftKind]int
+	drifted []string // the first few, for the log
 }
 
 // startPass offers every state of s as one pass and seals it. Deletions
 // wait until its writes are settled (advance).
 func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *pass {
 	p := &pass{trigger: s.Trigger, started: time.Now(), done: make(chan struct{})}
-	cands, refused, err := e.candidates(s)
+	remote, info, listErr := e.takeListing(ctx)
+	p.remote, p.rep.List = remote, info
+	if listErr != nil {
+		p.rep.List.Err = listErr
+		e.log.Warn("full sync could not list the namespace; it compares with the state store alone", "trigger", s.Trigger, "err", listErr)
+	}
+	cands, refused, err := e.candidates(s, remote)
 	if err != nil {
 		refused = "reading the state store failed: " + err.Error() + "; nothing deleted"
 		cands = nil
@@ -51,7 +64,9 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 	if refused != "" {
 		e.log.Warn("full sync will delete nothing", "trigger", s.Trigger, "reason", refused)
 	}
-	p.listed = e.reconcile(ctx, s)
+	if e.o.Owner == "" {
+		p.listed = e.reconcile(ctx, s)
+	}
 	if has, err := e.hasRecords(); err == nil {
 		p.unrecorded = !has
 	}
@@ -79,6 +94,7 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 		}
 	}
 	e.mu.Lock()
+	e.flushAdopted(p)
 	if interrupted != nil {
 		// Not every key was offered: absent keys prove nothing now.
 		p.cands = nil
@@ -199,7 +215,7 @@ func (e *Engine) queueDeletes(p *pass) {
 	}
 	for _, c := range live {
 		rec := c.rec
-		it := &item{st: desired.State{Key: c.key, Deleted: true}, expect: &rec, passes: []*pass{p}}
+		it := &item{st: desired.State{Key: c.key, Deleted: true}, expect: &rec, remote: c.remote, passes: []*pass{p}}
 		p.left++
 		_ = e.submit(context.Background(), it, false) // never blocks, never fails unblocked
 	}
@@ -209,6 +225,8 @@ func (e *Engine) finishPass(p *pass) {
 	p.phase = phaseDone
 	e.openPasses--
 	close(p.done)
+	p.remote = nil // a listing is trusted for one pass only
+	e.logDrift(p)
 	r := p.rep
 	e.log.Info("full sync finished", "trigger", p.trigger, "written", r.Written, "unchanged", r.Unchanged,
 		"deleted", r.Deleted, "kept", r.Kept, "failed", r.Failed, "held_back", r.HeldBack, "bytes", r.Bytes,
@@ -220,4 +238,62 @@ func (e *Engine) finishPass(p *pass) {
 	e.watchedDeletes, e.watchedKept = 0, 0
 	e.noteCaughtUp()
 	e.broadcast()
+}
+
+// adoptedBatch bounds the records a pass adopts in one store transaction.
+const adoptedBatch = 1000
+
+// adopt notes that the listing vouches for st's key, recording it in the
+// store unless the store already says as much. mu is held.
+func (e *Engine) adopt(p *pass, st desired.State, rk remoteKey) {
+	if rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
+		return
+	}
+	if p.adopted == nil {
+		p.adopted = make(map[string]state.Record)
+	}
+	p.adopted[st.Key] = adopt(st, rk, e.o.Now())
+	if len(p.adopted) >= adoptedBatch {
+		e.flushAdopted(p)
+	}
+}
+
+// flushAdopted stores the records a pass adopted. A failure costs only
+// comparisons: the keys are compared with the next listing again.
+func (e *Engine) flushAdopted(p *pass) {
+	if len(p.adopted) == 0 {
+		return
+	}
+	if err := e.o.Store.PutBatch(e.o.Scope, p.adopted); err != nil {
+		e.log.Warn("recording keys the listing shows unchanged failed; the daemon may rewrite them on their next change", "keys", len(p.adopted), "err", err)
+	}
+	p.adopted = nil
+}
+
+// noteDrift counts a key the store called unchanged that the listing
+// shows otherwise: deleted or overwritten behind kvsync's back. mu is
+// held.
+func (e *Engine) noteDrift(p *pass, key string, kind metrics.DriftKind) {
+	if p.drift == nil {
+		p.drift = map[metrics.DriftKind]int{}
+	}
+	p.drift[kind]++
+	p.rep.Drift++
+	if len(p.drifted) < 5 {
+		p.drifted = append(p.drifted, key)
+	}
+	if e.o.Metrics != nil {
+		e.o.Metrics.Drift(kind, 1)
+	}
+}
+
+// logDrift says once per pass which keys were found changed behind
+// kvsync's back.
+func (e *Engine) logDrift(p *pass) {
+	if p.rep.Drift == 0 {
+		return
+	}
+	e.log.Warn("keys of the tree were deleted or overwritten in KV behind kvsync's back; written again",
+		"keys", p.rep.Drift, "missing", p.drift[metrics.DriftMissing], "overwritten", p.drift[metrics.DriftOverwritten],
+		"unmarked", p.drift[metrics.DriftUnmarked], "first", p.drifted)
 }

@@ -2,11 +2,16 @@ package uploader
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"time"
 
+	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
@@ -36,6 +41,16 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 	if err != nil {
 		return e.writeFailure(ctx, it, err, true)
 	}
+	var sum [sha256.Size]byte
+	if e.o.Owner != "" {
+		// The record in the metadata goes out before the value, so the
+		// value's hash must be known first: the scan's, else read now.
+		if sum, err = e.contentSum(st, f); err != nil {
+			f.Close()
+			return e.writeFailure(ctx, it, err, true)
+		}
+		opts.Metadata = e.marked(st, sum)
+	}
 	tv, v := newTreeValue(st, f)
 	defer tv.close()
 	if err := validWrite(st.Key, opts.Metadata, v.Size()); err != nil {
@@ -51,16 +66,28 @@ func (e *Engine) putOne(ctx context.Context, it *item) result {
 		}
 		return e.writeFailure(ctx, it, err, true)
 	}
-	sum, n, complete := sv.sent()
+	sent, n, complete := sv.sent()
 	if !complete {
 		// The API confirmed a body we did not see end; record no hash so
 		// the next comparison rewrites the key rather than trust a guess.
-		sum = ""
+		sent = ""
 	}
-	if st.Hash != "" && sum != st.Hash {
+	if e.o.Owner != "" && sent != hex.EncodeToString(sum[:]) {
+		// The file changed in place while it was read: KV holds bytes its
+		// record does not vouch for, which a later listing would take for
+		// the file's if it changed back. Its intent mark stays (no
+		// record), and it is written again now, hashed anew.
+		e.log.Debug("file changed while it was sent; writing it again", "key", st.Key, "path", st.Path)
+		it.st.Hash = ""
+		if it.attempts++; it.attempts < maxAttempts {
+			return result{it: it, requeue: true}
+		}
+		return e.writeFailure(ctx, it, fmt.Errorf("%w: %s changed while it was sent, %d times", beneath.ErrChanged, st.Path, it.attempts), true)
+	}
+	if st.Hash != "" && sent != st.Hash {
 		e.log.Debug("file changed after it was hashed; recorded the bytes actually sent", "key", st.Key, "path", st.Path)
 	}
-	e.record(map[string]state.Record{st.Key: newRecord(st, sum, n, now)})
+	e.record(map[string]state.Record{st.Key: newRecord(st, sent, n, now)})
 	return result{it: it, out: outcome{kind: outWritten, bytes: n}}
 }
 
@@ -78,7 +105,7 @@ func (e *Engine) precheckRecord(it *item, now time.Time, rec state.Record, ok bo
 	if err != nil {
 		return rec, ok, result{it: it, out: outcome{kind: outFailed, err: fmt.Errorf("reading the state store: %w", err)}, retry: true}, true
 	}
-	if ok && unchanged(st, rec, now) {
+	if ok && !it.force && unchanged(st, rec, now) {
 		return rec, ok, settled(it, outUnchanged), true
 	}
 	if e.o.DryRun {
@@ -106,4 +133,27 @@ func validWrite(key string, metadata json.RawMessage, size int64) error {
 		return err
 	}
 	return nil
+}
+
+// contentSum is the SHA-256 of the content of f, the checked descriptor of
+// st: the scan's hash when it has one (a change since is caught once the
+// bytes sent are hashed), else f read through and rewound.
+func (e *Engine) contentSum(st desired.State, f *os.File) ([sha256.Size]byte, error) {
+	if sum, ok := hashSum(st.Hash); ok {
+		return sum, nil
+	}
+	var sum [sha256.Size]byte
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, st.File.Size+1))
+	if err != nil {
+		return sum, fmt.Errorf("reading %s: %w", st.Path, err)
+	}
+	if n != st.File.Size {
+		return sum, errShort(st, int(n))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return sum, fmt.Errorf("reading %s: %w", st.Path, err)
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
 }

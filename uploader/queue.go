@@ -33,7 +33,13 @@ type item struct {
 	split int
 	// expect, for a full sync's deletion, is the record seen when the
 	// deletion was planned: if the key was written since, it is not deleted.
-	expect    *state.Record
+	expect *state.Record
+	// remote: a full sync's deletion of a key only its listing says this
+	// sync wrote (the store has no record of it).
+	remote bool
+	// force: a full sync's listing showed the key does not hold this
+	// state, whatever the store says; the worker writes it.
+	force     bool
 	cat       category
 	taken     bool
 	notBefore time.Time
@@ -72,7 +78,24 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 	// publish) skips it for writes: a record made since, by a write queued
 	// before the pass, is still compared by the worker, so the most a skip
 	// costs is that key's turn in the queue.
-	if !e.busy(key) && (p == nil || !p.unrecorded || st.Deleted) {
+	force := false
+	if p != nil && p.remote != nil && !st.Deleted {
+		// The listing is the truth for a full sync that has one.
+		same, kind := e.compareRemote(p.remote, st)
+		if same && !e.busy(key) {
+			e.adopt(p, st, p.remote.keys[key])
+			e.countUpload(metrics.UploadUnchanged, 0)
+			p.rep.Unchanged++
+			return nil
+		}
+		if kind != driftNone {
+			if rec, ok, err := e.o.Store.Get(e.o.Scope, key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
+				e.noteDrift(p, key, kind)
+			}
+		}
+		force = !same
+	}
+	if !force && !e.busy(key) && (p == nil || p.remote != nil && st.Deleted || p.remote == nil && (!p.unrecorded || st.Deleted)) {
 		rec, ok, err := e.o.Store.Get(e.o.Scope, key)
 		if err != nil {
 			e.log.Warn("reading the state store failed; the key is queued anyway", "key", key, "err", err)
@@ -90,7 +113,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 	if p == nil && st.Deleted && !e.allowWatchedDelete(st) {
 		return nil
 	}
-	it := &item{st: st}
+	it := &item{st: st, force: force}
 	if p != nil {
 		it.passes = []*pass{p}
 		p.left++

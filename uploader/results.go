@@ -22,6 +22,11 @@ type Report struct {
 	// DeletesRefused says why nothing was deleted, when deletions were due
 	// but refused.
 	DeletesRefused string
+	// List says whether and how the namespace was listed for this sync.
+	List ListInfo
+	// Drift counts keys the state store called unchanged that the listing
+	// showed deleted or overwritten; they were written again.
+	Drift int
 }
 
 // Failure is one key that could not be published.

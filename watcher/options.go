@@ -135,6 +135,10 @@ type Options struct {
 	// that scans, with the watcher's lock held: it must not call back into
 	// the Watcher.
 	NeedHash func(key string) bool
+	// RecordInMetadata says the uploader adds its record (package
+	// kvrecord) to every key's metadata: a sidecar that sets the reserved
+	// field, or leaves no room for it, is invalid.
+	RecordInMetadata bool
 }
 
 // debris lists the base-name globs of editor and OS litter skipped by

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/kvsync/kvsync/internal/kvrecord"
 	"github.com/kvsync/kvsync/kvapi"
 )
 
@@ -138,6 +139,11 @@ func (w *Watcher) readSidecar(src resolved) (meta json.RawMessage, gone bool, re
 		return nil, false, nil, fmt.Errorf("%w: %s: %v", ErrBadSidecar, abs, err)
 	}
 	meta, err = ParseSidecar(data)
+	if err == nil && w.opts.RecordInMetadata {
+		if err = kvrecord.CheckSidecar(meta, kvapi.MaxMetadataBytes); err != nil {
+			err = fmt.Errorf("%w: %w", ErrBadSidecar, err)
+		}
+	}
 	if err != nil {
 		return nil, false, read, fmt.Errorf("%s: %w", abs, err)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/config"
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/kvrecord"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/metrics"
@@ -38,6 +39,16 @@ type commonFlags struct {
 	local       bool
 	localListen string
 	drain       time.Duration
+	// oneShot: sync or plan, which list the namespace every run unless
+	// trustState; run lists per list_interval.
+	oneShot    bool
+	trustState bool
+}
+
+// registerTrustState adds --trust-state, which only sync and plan have.
+func (c *commonFlags) registerTrustState(fs *flag.FlagSet) {
+	c.oneShot = true
+	fs.BoolVar(&c.trustState, "trust-state", false, "compare with the local state store instead of listing the namespace (one request still proves it reachable); with no store, it lists anyway")
 }
 
 func (c *commonFlags) register(fsName string, fs *flag.FlagSet) {
@@ -142,10 +153,10 @@ func newApp(ctx context.Context, cf *commonFlags, stderr io.Writer, dryRun bool)
 		return nil, err
 	}
 	if a.store.Fresh() {
-		logger.Info("no usable state store: the first sync compares with the namespace's key list and rewrites every file", "state", filepath.Join(cfg.StateDir, "state.db"))
+		logger.Info("starting with an empty state store: the first sync lists the namespace to learn what is published", "state", filepath.Join(cfg.StateDir, "state.db"))
 	}
 	for _, s := range a.cfg.Syncs {
-		u, err := a.newUnit(s, dryRun)
+		u, err := a.newUnit(s, dryRun, cf)
 		if err != nil {
 			a.close()
 			return nil, usageError{err}
@@ -211,26 +222,44 @@ func tlsConfig(caFile string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
+func (a *app) newUnit(s config.Sync, dryRun bool, cf *commonFlags) (*unit, error) {
 	wo := watcherOptions(s, a.log, a.m)
 	scope := a.scope(s)
 	u := &unit{cfg: s}
-	// A key the store holds no record of is written whatever its content,
-	// so the scan need not read and hash its file: on a first publish every
-	// file is read once, when it is sent. While the scope has no record at
-	// all (a first publish) not even the lookup is needed; on a store error,
-	// hash.
+	// A key neither the store nor the listing knows as written is written
+	// whatever its content, so the scan need not read and hash its file:
+	// on a first publish every file is read once, when it is sent. While
+	// the scope has no record at all not even the store lookup is needed;
+	// on a store error, hash.
 	// One record is enough to know; Len would walk the whole bucket.
 	errFound := errors.New("found")
 	err := a.store.ForEach(scope, "", func(string, state.Record) error { return errFound })
 	u.recordsExist.Store(err != nil)
 	wo.NeedHash = func(key string) bool {
+		if u.engine.Published(key) {
+			return true
+		}
 		if !u.recordsExist.Load() {
 			return false
 		}
 		_, ok, err := a.store.Get(scope, key)
 		return ok || err != nil
 	}
+	var owner kvrecord.Owner
+	if s.RecordInMetadata {
+		owner = kvrecord.OwnerOf(s.NamespaceID, s.Prefix)
+	} else {
+		a.log.Warn("record_in_metadata is off: only the local state store knows what this sync wrote; with a new or lost state directory every file is written again and keys of removed files are never deleted",
+			"sync", s.Name)
+	}
+	listInterval := s.ListInterval
+	if cf.oneShot {
+		listInterval = 0
+		if cf.trustState {
+			listInterval = -1
+		}
+	}
+	wo.RecordInMetadata = s.RecordInMetadata
 	w, err := watcher.New(wo)
 	if err != nil {
 		return nil, fmt.Errorf("sync %q: %w", s.Name, err)
@@ -248,6 +277,8 @@ func (a *app) newUnit(s config.Sync, dryRun bool) (*unit, error) {
 		BulkThreshold: bulkThreshold(s.BulkThreshold),
 		BulkMaxBytes:  s.BulkMaxBytes,
 		DryRun:        dryRun,
+		Owner:         owner,
+		ListInterval:  listInterval,
 		Reconcile:     a.store.Fresh(),
 		// A file that is not the one the scan saw is not written; the
 		// watcher, when Run runs it, evaluates the path again.

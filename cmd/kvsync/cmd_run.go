@@ -163,6 +163,14 @@ func (s *supervisor) start(u *unit) {
 	go func() { r.engineDone <- u.engine.Run(ectx) }()
 	sink := &firstSnapshotSink{Sink: u.engine, ch: r.firstSnapshot, u: u}
 	go func() {
+		// A fresh store: the startup scan must know what the namespace
+		// holds, so that it hashes the files already published.
+		if info, err := u.engine.Prepare(wctx); err != nil {
+			s.app.log.Error("listing the namespace failed; the initial sync compares with the state store alone", "sync", u.cfg.Name, "err", err)
+		} else if !info.Skipped {
+			s.app.log.Info("listed the namespace", "sync", u.cfg.Name, "keys", info.Keys, "written_by_this_sync", info.Owned, "requests", info.Requests)
+		}
+		go s.listEvery(wctx, u)
 		err := u.watcher.Run(wctx, sink)
 		if err != nil {
 			s.app.log.Error("watcher stopped", "sync", u.cfg.Name, "err", err)
@@ -172,6 +180,26 @@ func (s *supervisor) start(u *unit) {
 	s.mu.Lock()
 	s.running[u.cfg.Name] = r
 	s.mu.Unlock()
+}
+
+// listEvery asks for a full sync each list_interval when rescans alone
+// would come less often, since only a full sync lists (see
+// uploader.Options.ListInterval).
+func (s *supervisor) listEvery(ctx context.Context, u *unit) {
+	every, rescan := u.cfg.ListInterval, u.cfg.RescanInterval
+	if !u.cfg.RecordInMetadata || every <= 0 || rescan > 0 && rescan <= every {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			u.watcher.Rescan(desired.TriggerPeriodic)
+		}
+	}
 }
 
 func (s *supervisor) waitInitial(ctx context.Context) error {
@@ -263,7 +291,7 @@ func (s *supervisor) reload(ctx context.Context, cf *commonFlags) {
 		}
 	}
 	for name, sc := range next {
-		u, err := s.app.newUnit(sc, false)
+		u, err := s.app.newUnit(sc, false, cf)
 		if err != nil {
 			log.Error("reload: sync not started", "sync", name, "err", err)
 			continue

@@ -17,6 +17,7 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("sync", stderr)
 	var cf commonFlags
 	cf.register("sync", fs)
+	cf.registerTrustState(fs)
 	dryRun := fs.Bool("dry-run", false, "show what would be written and deleted, like plan")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -34,7 +35,14 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	prog := startProgress(stderr, a.m)
 	var total uploader.Report
 	var runErr error
+	var listed uploader.ListInfo
 	for _, u := range a.units {
+		info, err := reachNamespace(ctx, u)
+		addListInfo(&listed, info)
+		if err != nil {
+			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: %w", errSyncFailed, u.cfg.Name, err))
+			continue
+		}
 		snap, err := u.watcher.Scan(ctx, desired.TriggerStartup)
 		if err != nil {
 			runErr = errors.Join(runErr, fmt.Errorf("sync %q: scanning %s: %w", u.cfg.Name, u.cfg.Dir, err))
@@ -59,6 +67,7 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	prog.stop()
 	fmt.Fprintln(stdout, summaryLine(total, time.Since(start)))
+	fmt.Fprintln(stdout, listLine(listed, total.Drift))
 	for _, f := range total.Failures {
 		what := "failed"
 		if f.HeldBack {
@@ -85,6 +94,7 @@ func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("plan", stderr)
 	var cf commonFlags
 	cf.register("plan", fs)
+	cf.registerTrustState(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -99,6 +109,9 @@ func plan(ctx context.Context, cf *commonFlags, stdout, stderr io.Writer) error 
 	defer a.close()
 	var total uploader.Report
 	for _, u := range a.units {
+		if _, err := reachNamespace(ctx, u); err != nil {
+			return fmt.Errorf("sync %q: %w", u.cfg.Name, err)
+		}
 		snap, err := u.watcher.Scan(ctx, desired.TriggerManual)
 		if err != nil {
 			return fmt.Errorf("sync %q: scanning %s: %w", u.cfg.Name, u.cfg.Dir, err)
@@ -126,6 +139,38 @@ func plan(ctx context.Context, cf *commonFlags, stdout, stderr io.Writer) error 
 	return nil
 }
 
+// reachNamespace lists the namespace for the sync about to run, or, when
+// it trusts its store, proves with one request that it can be reached:
+// a sync with nothing to write must fail on a bad token too.
+func reachNamespace(ctx context.Context, u *unit) (uploader.ListInfo, error) {
+	info, err := u.engine.Prepare(ctx)
+	if err == nil && info.Skipped {
+		err = u.engine.Probe(ctx)
+		info.Requests = 1
+	}
+	return info, err
+}
+
+func addListInfo(total *uploader.ListInfo, i uploader.ListInfo) {
+	total.Skipped = total.Skipped || i.Skipped
+	total.Keys += i.Keys
+	total.Owned += i.Owned
+	total.Requests += i.Requests
+}
+
+// listLine says what the sync compared with: the namespace's listing, or
+// the state store it was told to trust.
+func listLine(l uploader.ListInfo, drift int) string {
+	if l.Skipped && l.Keys == 0 {
+		return "kvsync: listing skipped (--trust-state): compared with the local state store"
+	}
+	line := fmt.Sprintf("kvsync: listed %d keys under the prefix (%d written by this sync) in %d requests", l.Keys, l.Owned, l.Requests)
+	if drift > 0 {
+		line += fmt.Sprintf("; %d keys were deleted or overwritten behind kvsync's back and written again", drift)
+	}
+	return line
+}
+
 func addReport(total *uploader.Report, r uploader.Report) {
 	total.Written += r.Written
 	total.Unchanged += r.Unchanged
@@ -134,6 +179,7 @@ func addReport(total *uploader.Report, r uploader.Report) {
 	total.Failed += r.Failed
 	total.HeldBack += r.HeldBack
 	total.Bytes += r.Bytes
+	total.Drift += r.Drift
 	total.WouldWrite = append(total.WouldWrite, r.WouldWrite...)
 	total.WouldDelete = append(total.WouldDelete, r.WouldDelete...)
 	total.Failures = append(total.Failures, r.Failures...)

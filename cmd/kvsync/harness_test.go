@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/kvrecord"
 	"github.com/kvsync/kvsync/internal/testkit"
 )
 
@@ -325,8 +326,8 @@ func diffKV(em *emulator.Emulator, want map[string]kvEntry) []string {
 			diffs = append(diffs, fmt.Sprintf("missing key %q", k))
 		case string(g.Value) != w.Value:
 			diffs = append(diffs, fmt.Sprintf("key %q holds %q, want %q", k, abbrev(string(g.Value)), abbrev(w.Value)))
-		case compactJSON(g.Metadata) != w.Metadata:
-			diffs = append(diffs, fmt.Sprintf("key %q metadata %s, want %s", k, g.Metadata, w.Metadata))
+		case compactJSON(userMetadata(g.Metadata)) != w.Metadata:
+			diffs = append(diffs, fmt.Sprintf("key %q metadata %s, want %s and kvsync's record", k, g.Metadata, w.Metadata))
 		case w.TTL == 0 && g.Expiration != 0:
 			diffs = append(diffs, fmt.Sprintf("key %q expires at %d, want never", k, g.Expiration))
 		case w.TTL != 0 && (g.Expiration == 0 || absDur(time.Unix(g.Expiration, 0).Sub(now.Add(w.TTL))) > time.Minute):
@@ -340,6 +341,19 @@ func diffKV(em *emulator.Emulator, want map[string]kvEntry) []string {
 	}
 	sort.Strings(diffs)
 	return diffs
+}
+
+// marked reports whether metadata carries a valid record of kvsync's.
+func marked(m json.RawMessage) bool {
+	_, _, ok := kvrecord.Split(m)
+	return ok
+}
+
+// userMetadata is metadata without kvsync's record, if it carries one:
+// what the sidecar gave, or another tool wrote.
+func userMetadata(m json.RawMessage) json.RawMessage {
+	u, _, _ := kvrecord.Split(m)
+	return u
 }
 
 func compactJSON(m json.RawMessage) string {

@@ -141,6 +141,17 @@ type Sync struct {
 	// BulkMaxBytes caps the body of one bulk request (the API allows
 	// kvapi.MaxBulkRequestBytes).
 	BulkMaxBytes int64 `yaml:"bulk_max_bytes"`
+	// RecordInMetadata adds kvsync's record (owner and digest, package
+	// kvrecord) to every key's metadata, so the namespace alone says which
+	// keys this sync wrote and whether they are current: no local state
+	// is needed for correctness. Off, the metadata is exactly the
+	// sidecar's and the state store alone knows what was written.
+	RecordInMetadata bool `yaml:"record_in_metadata"`
+	// ListInterval: the daemon lists the namespace at a full sync when
+	// the last listing is at least this old (and always when its store is
+	// fresh); 0 lists at every full sync. `kvsync sync` lists every time
+	// unless --trust-state.
+	ListInterval time.Duration `yaml:"list_interval"`
 }
 
 // ExpirationRule gives matching keys an expiration: exactly one of TTL
@@ -171,6 +182,11 @@ const (
 	defaultRescanInterval = time.Hour
 	defaultBulkThreshold  = 1 << 20
 	defaultBulkMaxBytes   = 8 << 20
+	// defaultListInterval: 4 listings a day. A 100,000-key namespace
+	// lists in 100 requests, so the daemon spends 400 of the free plan's
+	// 1,000 daily list operations and leaves the rest to CI runs and
+	// restarts.
+	defaultListInterval = 6 * time.Hour
 )
 
 // The request budget's defaults: the rate and burst are ratelimit's, which
@@ -214,15 +230,17 @@ func baseDefaults() Config {
 // NamespaceID are left empty.
 func DefaultSync() Sync {
 	return Sync{
-		DefaultExcludes: true,
-		Delete:          uploader.DeleteRemove,
-		DeleteTTL:       defaultDeleteTTL,
-		MaxDeletes:      defaultMaxDeletes,
-		Quiet:           defaultQuiet,
-		MaxDelay:        defaultMaxDelay,
-		RescanInterval:  defaultRescanInterval,
-		BulkThreshold:   defaultBulkThreshold,
-		BulkMaxBytes:    defaultBulkMaxBytes,
+		DefaultExcludes:  true,
+		Delete:           uploader.DeleteRemove,
+		DeleteTTL:        defaultDeleteTTL,
+		MaxDeletes:       defaultMaxDeletes,
+		Quiet:            defaultQuiet,
+		MaxDelay:         defaultMaxDelay,
+		RescanInterval:   defaultRescanInterval,
+		BulkThreshold:    defaultBulkThreshold,
+		BulkMaxBytes:     defaultBulkMaxBytes,
+		RecordInMetadata: true,
+		ListInterval:     defaultListInterval,
 	}
 }
 

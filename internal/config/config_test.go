@@ -55,7 +55,8 @@ func TestDefaults(t *testing.T) {
 	}
 	s := DefaultSync()
 	want := Sync{DefaultExcludes: true, Delete: uploader.DeleteRemove, DeleteTTL: time.Hour, MaxDeletes: 1000, Quiet: time.Second,
-		MaxDelay: 10 * time.Second, RescanInterval: time.Hour, BulkThreshold: 1 << 20, BulkMaxBytes: 8 << 20}
+		MaxDelay: 10 * time.Second, RescanInterval: time.Hour, BulkThreshold: 1 << 20, BulkMaxBytes: 8 << 20,
+		RecordInMetadata: true, ListInterval: 6 * time.Hour}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("DefaultSync = %+v, want %+v", s, want)
 	}

@@ -240,6 +240,9 @@ func (v *validator) sync(p string, s *Sync) {
 	if s.RescanInterval < 0 {
 		v.fail(p+".rescan_interval", ErrInvalid, "%s is negative; 0 disables rescans", formatDuration(s.RescanInterval))
 	}
+	if s.ListInterval < 0 {
+		v.fail(p+".list_interval", ErrInvalid, "%s is negative; 0 lists at every full sync", formatDuration(s.ListInterval))
+	}
 
 	switch {
 	case s.BulkThreshold < 0:

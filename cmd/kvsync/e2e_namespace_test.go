@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/kvrecord"
+	"github.com/kvsync/kvsync/kvapi"
+)
+
+// keyTally counts, from the requests the emulator receives, which keys were
+// written and deleted and how many list requests were made: the emulator
+// counts requests, and a bulk request carries many keys.
+type keyTally struct {
+	mu      sync.Mutex
+	writes  map[string]int
+	deletes map[string]int
+	lists   int
+}
+
+// tally starts counting env's requests.
+func tally(env *kvEnv) *keyTally {
+	k := &keyTally{}
+	k.reset()
+	env.tapMu.Lock()
+	env.tap = k.observe
+	env.tapMu.Unlock()
+	return k
+}
+
+func (k *keyTally) reset() {
+	k.mu.Lock()
+	k.writes, k.deletes, k.lists = map[string]int{}, map[string]int{}, 0
+	k.mu.Unlock()
+}
+
+func (k *keyTally) observe(r *http.Request) {
+	path := r.URL.EscapedPath()
+	_, rest, ok := strings.Cut(path, "/storage/kv/namespaces/")
+	if !ok {
+		return
+	}
+	_, op, _ := strings.Cut(rest, "/")
+	var body []byte
+	if r.Body != nil {
+		body, _ = io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	switch {
+	case op == "keys" && r.Method == http.MethodGet:
+		k.lists++
+	case strings.HasPrefix(op, "values/"):
+		key, _ := url.PathUnescape(strings.TrimPrefix(op, "values/"))
+		switch r.Method {
+		case http.MethodPut:
+			k.writes[key]++
+		case http.MethodDelete:
+			k.deletes[key]++
+		}
+	case op == "bulk" && r.Method == http.MethodPut:
+		var pairs []struct{ Key string }
+		json.Unmarshal(body, &pairs)
+		for _, p := range pairs {
+			k.writes[p.Key]++
+		}
+	case op == "bulk/delete" || op == "bulk" && r.Method == http.MethodDelete:
+		var keys []string
+		json.Unmarshal(body, &keys)
+		for _, key := range keys {
+			k.deletes[key]++
+		}
+	}
+}
+
+// took returns the keys written and deleted since the last reset, sorted,
+// and the list requests.
+func (k *keyTally) took() (writes, deletes []string, lists int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for key, n := range k.writes {
+		for range n {
+			writes = append(writes, key)
+		}
+	}
+	for key, n := range k.deletes {
+		for range n {
+			deletes = append(deletes, key)
+		}
+	}
+	sort.Strings(writes)
+	sort.Strings(deletes)
+	return writes, deletes, k.lists
+}
+
+// namespaceTree writes n files into root: nested directories, a sidecar
+// for every seventh, and names that need escaping in a URL or a shell.
+func namespaceTree(t *testing.T, root string, n int) {
+	t.Helper()
+	odd := []string{"sp ace.html", "ünï cødé.txt", "100%.txt", "q?a#b&c+d=e.txt", "emoji 🎉.json", "semi;colon,comma.txt", "quote'd \"x\".txt", "tab\tname.txt"}
+	for i := range n {
+		name := fmt.Sprintf("d%02d/f%04d.txt", i%20, i)
+		if i < len(odd) {
+			name = fmt.Sprintf("d%02d/%s", i%20, odd[i])
+		}
+		mustWrite(t, filepath.Join(root, name), fmt.Sprintf("content of file %d\n", i))
+		if i%7 == 0 {
+			mustWrite(t, filepath.Join(root, name+".meta.json"), fmt.Sprintf(`{"n": %d, "content-type": "text/plain", "tag": "<&>"}`, i))
+		}
+	}
+}
+
+// TestNamespaceIsTheTruth is issue 13's end-to-end proof: three `kvsync
+// sync` runs, each with a new, empty state directory, as a CI job on a
+// fresh runner does. The second writes exactly the changed and new keys and
+// deletes exactly the removed files' keys; the third writes nothing; a key
+// another tool wrote under the same prefix is never touched.
+func TestNamespaceIsTheTruth(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{})
+	env.writeConfig("", "prefix: site/")
+	namespaceTree(t, env.root, 2000)
+	k := tally(env)
+	fresh := func(run string) string { return filepath.Join(t.TempDir(), run) }
+	sync := func(run string) string {
+		t.Helper()
+		out, err := runKvsync(t, env, "sync", "--config", env.config, "--state-dir", fresh(run))
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", run, err, tail(out, 20))
+		}
+		return out
+	}
+	prefixed := func(want map[string]kvEntry) map[string]kvEntry {
+		out := make(map[string]kvEntry, len(want))
+		for key, v := range want {
+			out["site/"+key] = v
+		}
+		return out
+	}
+
+	sync("run 1")
+	writes, deletes, lists := k.took()
+	if len(writes) != 2000 || len(deletes) != 0 || lists != 1 {
+		t.Fatalf("run 1 wrote %d keys, deleted %d, listed %d times; want 2000, 0, 1", len(writes), len(deletes), lists)
+	}
+	env.waitConverged(t, prefixed(expectTree(t, env.root, nil)), converge)
+	for key, ent := range env.em.Snapshot(testAccount, testNamespace) {
+		_, m, ok := kvrecord.Split(ent.Metadata)
+		if !ok || m.Owner != kvrecord.OwnerOf(testNamespace, "site/") {
+			t.Fatalf("key %q carries no record of this sync: metadata %s", key, ent.Metadata)
+		}
+	}
+
+	// Another tool's key under the prefix, written through the API.
+	client, err := kvapi.New(kvapi.Options{BaseURL: env.srv.URL + "/client/v4", AccountID: testAccount, Token: testToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := kvEntry{Value: "not kvsync's", Metadata: `{"by":"another tool"}`}
+	if err := client.PutValue(context.Background(), testNamespace, "site/other-tool.txt", kvapi.Bytes([]byte(foreign.Value)),
+		kvapi.PutOptions{Metadata: json.RawMessage(foreign.Metadata)}); err != nil {
+		t.Fatal(err)
+	}
+
+	var wantWrites, wantDeletes []string
+	files := treeFiles(t, env.root)
+	for i, rel := range files[:80] {
+		key := "site/" + rel
+		switch {
+		case i < 50:
+			os.Remove(filepath.Join(env.root, rel))
+			os.Remove(filepath.Join(env.root, rel+".meta.json"))
+			wantDeletes = append(wantDeletes, key)
+		case i < 70:
+			mustWrite(t, filepath.Join(env.root, rel), "changed "+rel)
+			wantWrites = append(wantWrites, key)
+		default:
+			added := fmt.Sprintf("new/%d %s", i, filepath.Base(rel))
+			mustWrite(t, filepath.Join(env.root, added), "new "+added)
+			wantWrites = append(wantWrites, "site/"+added)
+		}
+	}
+	sort.Strings(wantWrites)
+	sort.Strings(wantDeletes)
+	k.reset()
+	out := sync("run 2")
+	writes, deletes, lists = k.took()
+	if strings.Join(writes, "\n") != strings.Join(wantWrites, "\n") {
+		t.Errorf("run 2 wrote %d keys, want exactly the %d changed and new ones:\n got %q\nwant %q", len(writes), len(wantWrites), writes, wantWrites)
+	}
+	if strings.Join(deletes, "\n") != strings.Join(wantDeletes, "\n") {
+		t.Errorf("run 2 deleted %d keys, want exactly the %d removed files':\n got %q\nwant %q", len(deletes), len(wantDeletes), deletes, wantDeletes)
+	}
+	if lists != 3 { // 2001 keys, 1000 a page
+		t.Errorf("run 2 made %d list requests, want 3", lists)
+	}
+	if !strings.Contains(out, "30 written") || !strings.Contains(out, "50 deleted") {
+		t.Errorf("run 2's summary does not say 30 written and 50 deleted:\n%s", tail(out, 5))
+	}
+	want := prefixed(expectTree(t, env.root, nil))
+	want["site/other-tool.txt"] = foreign
+	env.waitConverged(t, want, converge)
+
+	k.reset()
+	out = sync("run 3")
+	writes, deletes, lists = k.took()
+	if len(writes) != 0 || len(deletes) != 0 || lists != 2 { // 1961 keys
+		t.Errorf("run 3 on an unchanged tree wrote %d keys and deleted %d with %d list requests; want 0, 0, 2\n%s", len(writes), len(deletes), lists, tail(out, 5))
+	}
+	env.waitConverged(t, want, converge)
+	got := env.em.Snapshot(testAccount, testNamespace)["site/other-tool.txt"]
+	if string(got.Metadata) != foreign.Metadata {
+		t.Errorf("the other tool's key's metadata is now %s, want %s untouched", got.Metadata, foreign.Metadata)
+	}
+}
+
+// treeFiles lists root's files that are not sidecars, sorted.
+func treeFiles(t *testing.T, root string) []string {
+	t.Helper()
+	var files []string
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasSuffix(p, ".meta.json") {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		files = append(files, filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(files)
+	return files
+}
