@@ -43,8 +43,8 @@ type fakeKV struct {
 	listExtras []string                              // keys listed besides data's (not stored)
 	// frozen, when set, is what listings show instead of data: a listing
 	// that lags the writes (see freeze).
-	frozen map[string]fakeEntry
-	listing    func(ctx context.Context)             // runs when a listing starts
+	frozen  map[string]fakeEntry
+	listing func(ctx context.Context) // runs when a listing starts
 	// sent runs when a write or deletion is called, before anything else.
 	sent func(op kvapi.Op, keys []string)
 	// applied runs after a write or deletion took effect; a non-nil error
