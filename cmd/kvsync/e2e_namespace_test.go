@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -243,4 +244,104 @@ func treeFiles(t *testing.T, root string) []string {
 	}
 	sort.Strings(files)
 	return files
+}
+
+// TestDaemonStartsWithEmptyState: `kvsync run` with an empty state
+// directory, on a namespace it already published (a new pod), becomes
+// ready having written nothing for the unchanged files, and deletes the
+// keys of the files removed while it was down.
+func TestDaemonStartsWithEmptyState(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{})
+	env.writeConfig("", "")
+	namespaceTree(t, env.root, 300)
+	if out, err := runKvsync(t, env, "sync", "--config", env.config); err != nil {
+		t.Fatalf("publish: %v\n%s", err, tail(out, 10))
+	}
+	var removed []string
+	for _, rel := range treeFiles(t, env.root)[:5] {
+		os.Remove(filepath.Join(env.root, rel))
+		os.Remove(filepath.Join(env.root, rel+".meta.json"))
+		removed = append(removed, rel)
+	}
+	k := tally(env)
+	d := env.startDaemon("--state-dir", filepath.Join(t.TempDir(), "new-pod"))
+	d.waitReady(converge)
+	writes, deletes, lists := k.took()
+	if len(writes) != 0 {
+		t.Errorf("the new daemon wrote %d keys before it was ready, want 0: %q", len(writes), writes)
+	}
+	if strings.Join(deletes, "\n") != strings.Join(removed, "\n") {
+		t.Errorf("the new daemon deleted %q, want exactly the removed files' keys %q", deletes, removed)
+	}
+	if lists != 1 {
+		t.Errorf("the new daemon made %d list requests, want 1 (296 keys)", lists)
+	}
+	env.waitConverged(t, expectTree(t, env.root, nil), converge)
+	d.stop()
+}
+
+// TestSyncChecksWhatIsThere: with its state present, a sync still lists
+// the namespace: keys deleted or overwritten behind its back are written
+// again; and a sync that cannot reach the namespace fails even when it has
+// nothing to write.
+func TestSyncChecksWhatIsThere(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{})
+	env.writeConfig("max_retries: 0", "")
+	publish(t, env, 5)
+	client, err := kvapi.New(kvapi.Options{BaseURL: env.srv.URL + "/client/v4", AccountID: testAccount, Token: testToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := client.DeleteValue(ctx, testNamespace, "f00.txt"); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.PutValue(ctx, testNamespace, "f01.txt", kvapi.Bytes([]byte("overwritten")), kvapi.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	k := tally(env)
+	out, err := runKvsync(t, env, "sync", "--config", env.config)
+	if err != nil {
+		t.Fatalf("sync: %v\n%s", err, out)
+	}
+	writes, _, _ := k.took()
+	if strings.Join(writes, " ") != "f00.txt f01.txt" || !strings.Contains(out, "2 keys were deleted or overwritten behind kvsync's back") {
+		t.Fatalf("sync wrote %q, want the deleted and the overwritten key, and to say so:\n%s", writes, tail(out, 5))
+	}
+	env.waitConverged(t, expectTree(t, env.root, nil), converge)
+
+	t.Run("with --trust-state it does not look, and says so", func(t *testing.T) {
+		if err := client.DeleteValue(ctx, testNamespace, "f02.txt"); err != nil {
+			t.Fatal(err)
+		}
+		out, err := runKvsync(t, env, "sync", "--config", env.config, "--trust-state")
+		if err != nil || !strings.Contains(out, "0 written") || !strings.Contains(out, "listing skipped (--trust-state)") {
+			t.Fatalf("sync --trust-state: %v\n%s", err, out)
+		}
+	})
+	for _, tc := range []struct{ name, flag, env string }{
+		{"a wrong token", "", "CLOUDFLARE_API_TOKEN=wrong-token"},
+		{"an API where nothing listens", "--api-base-url=http://127.0.0.1:1/client/v4", ""},
+	} {
+		for _, trust := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, trust-state %v", tc.name, trust), func(t *testing.T) {
+				args := []string{"sync", "--config", env.config}
+				if tc.flag != "" {
+					args = append(args, tc.flag)
+				}
+				if trust {
+					args = append(args, "--trust-state")
+				}
+				cmd := exec.Command(kvsyncBin, args...)
+				cmd.Env = append(os.Environ(), "CLOUDFLARE_API_TOKEN="+testToken)
+				if tc.env != "" {
+					cmd.Env = append(cmd.Env, tc.env)
+				}
+				out, err := cmd.CombinedOutput()
+				if code := exitCode(t, err); code == 0 || !strings.Contains(string(out), "the namespace could not be listed") {
+					t.Fatalf("exit %d, want non-zero naming the unreachable namespace:\n%s", code, out)
+				}
+			})
+		}
+	}
 }
