@@ -259,7 +259,6 @@ func (a *app) newUnit(s config.Sync, dryRun bool, cf *commonFlags) (*unit, error
 			listInterval = -1
 		}
 	}
-	wo.RecordInMetadata = s.RecordInMetadata
 	w, err := watcher.New(wo)
 	if err != nil {
 		return nil, fmt.Errorf("sync %q: %w", s.Name, err)
@@ -314,6 +313,7 @@ func watcherOptions(s config.Sync, logger *slog.Logger, m *metrics.Metrics) watc
 		MaxDelay:             s.MaxDelay,
 		RescanInterval:       rescanInterval(s.RescanInterval),
 		AllowSymlinksOutside: s.FollowSymlinksOutside,
+		RecordInMetadata:     s.RecordInMetadata,
 		Logger:               logger.With("sync", s.Name),
 		Metrics:              m,
 	}

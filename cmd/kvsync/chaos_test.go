@@ -34,10 +34,20 @@ const chaosOpsPerSecond = 60
 // SIGKILL three times at random moments. Once the driver stops and the faults
 // end, KV must hold exactly the tree, and every key kvsync did not write must
 // be untouched.
+//
+// It runs twice: with the state directory kept across the kills, as on a
+// host, and wiped at each kill and before the final restart, as for a pod
+// whose emptyDir goes with it: the namespace alone must then tell the new
+// process what is published, and the final restart must write nothing.
 func TestChaosConvergence(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos run takes minutes; skipped with -short")
 	}
+	t.Run("state kept", func(t *testing.T) { runChaos(t, false) })
+	t.Run("state wiped at each kill", func(t *testing.T) { runChaos(t, true) })
+}
+
+func runChaos(t *testing.T, wipe bool) {
 	seed := *chaosSeed
 	if seed == 0 {
 		seed = time.Now().UnixNano()
@@ -46,7 +56,7 @@ func TestChaosConvergence(t *testing.T) {
 		t.Logf(format, args...)
 		fmt.Printf("chaos: "+format+"\n", args...)
 	}
-	report("seed %d (rerun with -chaos.seed=%d), driving for %s", seed, seed, *chaosDuration)
+	report("seed %d (rerun with -chaos.seed=%d), driving for %s, state wiped at each kill: %v", seed, seed, *chaosDuration, wipe)
 	rng := rand.New(rand.NewSource(seed))
 
 	faults := emulator.Faults{
@@ -109,6 +119,7 @@ func TestChaosConvergence(t *testing.T) {
 		if running && len(kills) > 0 && d.ops >= kills[0] {
 			kills = kills[1:]
 			proc.kill9()
+			wipeState(t, env, wipe)
 			running = false
 			killed++
 			restartAt = now.Add(time.Duration(200+rng.Intn(2800)) * time.Millisecond)
@@ -131,6 +142,7 @@ func TestChaosConvergence(t *testing.T) {
 	for killed < 3 {
 		// A drive the clock cut short still gets its three kills.
 		proc.kill9()
+		wipeState(t, env, wipe)
 		killed++
 		proc = env.startDaemon()
 		procs = append(procs, proc)
@@ -153,6 +165,7 @@ func TestChaosConvergence(t *testing.T) {
 	if len(diffs) == 0 {
 		// A clean restart must find nothing to change and keep it exact.
 		proc.stop()
+		wipeState(t, env, wipe)
 		before := env.writeCounts()
 		proc = env.startDaemon()
 		procs = append(procs, proc)
@@ -200,6 +213,18 @@ func TestChaosConvergence(t *testing.T) {
 	}
 	if fives == 0 || dropped == 0 || limited == 0 {
 		t.Errorf("the run did not meet every fault (5xx %d, dropped %d, 429 %d); it proves less than it claims", fives, dropped, limited)
+	}
+}
+
+// wipeState removes the daemon's state directory when wipe is set: a new
+// pod starts with an empty emptyDir.
+func wipeState(t *testing.T, env *kvEnv, wipe bool) {
+	t.Helper()
+	if !wipe {
+		return
+	}
+	if err := os.RemoveAll(env.stateDir); err != nil {
+		t.Fatal(err)
 	}
 }
 

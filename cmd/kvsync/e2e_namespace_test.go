@@ -345,3 +345,31 @@ func TestSyncChecksWhatIsThere(t *testing.T) {
 		}
 	}
 }
+
+// TestSidecarBudget: kvsync's record takes 49 bytes of the 1,024 of
+// metadata; check names the numbers for a sidecar that no longer fits,
+// and record_in_metadata: false gives them back.
+func TestSidecarBudget(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{})
+	mustWrite(t, filepath.Join(env.root, "page.html"), "<p>hi</p>")
+	// 1,010 bytes compacted: under KV's limit, over what is left beside the record.
+	mustWrite(t, filepath.Join(env.root, "page.html.meta.json"), `{"k":"`+strings.Repeat("x", 1010-8)+`"}`)
+	env.writeConfig("", "")
+	out, err := runKvsync(t, env, "check", "--config", env.config)
+	want := "metadata is 1010 bytes; at most 975 are available because kvsync reserves 49"
+	if exitCode(t, err) != 1 || !strings.Contains(out, want) {
+		t.Fatalf("check: %v, want exit 1 saying %q:\n%s", err, want, out)
+	}
+	env.writeConfig("", "record_in_metadata: false")
+	if out, err := runKvsync(t, env, "check", "--config", env.config); err != nil {
+		t.Fatalf("check with record_in_metadata: false: %v\n%s", err, out)
+	}
+	out, err = runKvsync(t, env, "sync", "--config", env.config)
+	if err != nil || !strings.Contains(out, "record_in_metadata is off") {
+		t.Fatalf("sync with record_in_metadata: false: %v, want a warning:\n%s", err, out)
+	}
+	got := env.em.Snapshot(testAccount, testNamespace)["page.html"].Metadata
+	if len(got) != 1010 || strings.Contains(string(got), kvrecord.Field) {
+		t.Errorf("metadata with record_in_metadata: false is %d bytes, want the sidecar's 1010 exactly", len(got))
+	}
+}
