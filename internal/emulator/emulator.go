@@ -41,6 +41,21 @@
 //     6003 with an error_chain (6111, 6102, 6103); wrong credentials 403 code 10000.
 //   - A raw PUT body with any Content-Type other than multipart/form-data is
 //     the value itself.
+//   - Metadata is kept as the writer sent it, less the whitespace between
+//     JSON tokens: a listing and GET .../metadata return those bytes, with
+//     no re-escaping, key reordering or number reformatting. Cloudflare does
+//     not document whether it re-serializes metadata, so a client should
+//     compare metadata as JSON values, not as bytes. Metadata that is not
+//     a JSON object is listed too, though the schema types list metadata as
+//     an object.
+//   - A listing ends with result_info.cursor "" (never absent or null). A
+//     page covers the next limit stored keys, and expired keys still
+//     stored (until a data directory's compaction drops them) take their
+//     place without being listed, as tombstones do on the Workers binding:
+//     so a page may hold fewer keys than the limit, or none, and still
+//     carry a cursor. Without expired keys, N keys take exactly
+//     ceil(N/limit) pages (at least one). Listings lag nothing unless a
+//     test freezes them (FreezeListings).
 //   - With Faults.PerKeyWriteLimit, a second write (PUT or DELETE) to one key
 //     within a second answers 429 code 10022 ("too many requests", wrangler's
 //     limit-error group) with Retry-After: 1; in a bulk request such keys are
@@ -123,6 +138,8 @@ type Options struct {
 }
 
 // Faults are failures the emulator injects. The zero value injects none.
+// Stale listings are not a setting here but a state of one namespace:
+// see FreezeListings.
 type Faults struct {
 	// Budget is the number of requests allowed per BudgetWindow; 0 is
 	// unlimited. Cloudflare allows 1,200 per 5 minutes and, once exceeded,
@@ -152,7 +169,8 @@ type Faults struct {
 // Entry is one stored key.
 type Entry struct {
 	Value []byte
-	// Metadata is the compacted JSON metadata, nil if none.
+	// Metadata is the JSON metadata as written, less the whitespace between
+	// tokens; nil if none.
 	Metadata json.RawMessage
 	// Expiration is seconds since the epoch, 0 if the key never expires.
 	Expiration int64
@@ -177,6 +195,10 @@ type Emulator struct {
 
 	countMu sync.Mutex
 	counts  map[CountKey]int
+	// keyCounts counts, per write operation, the keys that requests
+	// actually wrote or deleted: a bulk request is one request but many
+	// keys, and Cloudflare bills each key.
+	keyCounts map[string]int
 
 	// maxBulkBytes is MaxBulkRequestBytes; tests lower it to exercise the
 	// limit without 100 MB bodies.
@@ -208,6 +230,8 @@ func New(opts Options) (*Emulator, error) {
 		store:    st,
 		faults:   newFaultGate(opts.Faults, now),
 		counts:   make(map[CountKey]int),
+
+		keyCounts: make(map[string]int),
 
 		maxBulkBytes: MaxBulkRequestBytes,
 		bodies:       newBodyGate(MaxBufferedBodyBytes, BodyQueueTimeout),
@@ -242,17 +266,64 @@ func (e *Emulator) Count(op string, status int) int {
 	return n
 }
 
-// ResetCounts zeroes every counter.
+// KeyCount returns how many keys requests of op wrote (put, bulk_put) or
+// deleted (delete, bulk_delete, bulk_delete_deprecated): a bulk request
+// counts each key it applied, not the keys it reported in
+// unsuccessful_keys. A delete of a key that did not exist counts too: the
+// request named it and succeeded. So does a request whose connection was
+// dropped after it took effect (Faults.DropRate): the keys changed. Other
+// ops count 0.
+func (e *Emulator) KeyCount(op string) int {
+	e.countMu.Lock()
+	defer e.countMu.Unlock()
+	return e.keyCounts[op]
+}
+
+// ResetCounts zeroes every counter, KeyCount's too.
 func (e *Emulator) ResetCounts() {
 	e.countMu.Lock()
 	defer e.countMu.Unlock()
 	clear(e.counts)
+	clear(e.keyCounts)
+}
+
+func (e *Emulator) countKeys(op string, n int) {
+	e.countMu.Lock()
+	e.keyCounts[op] += n
+	e.countMu.Unlock()
 }
 
 func (e *Emulator) count(op string, status int) {
 	e.countMu.Lock()
 	e.counts[CountKey{op, status}]++
 	e.countMu.Unlock()
+}
+
+// FreezeListings makes the namespace's listings stale, as a deterministic
+// model of Workers KV's listing lag (a listing may trail writes by up to
+// about 60 seconds). It snapshots the namespace's live keys, with their
+// metadata and expiration, and from then on every list request for the
+// namespace is answered from that snapshot, while reads, writes and deletes
+// act on the live data: a key written after the freeze is not listed, a key
+// deleted after it still is, and a listed key's metadata and expiration are
+// those it had at the freeze. The snapshot is the namespace as it was at
+// the freeze, so a key that expires later stays listed. Calling it again
+// takes a new snapshot; ThawListings ends it. Deleting the namespace takes
+// effect on listings at once (404), since the lag concerns keys. Nothing of
+// this is persisted, and it is neither counted nor charged to the budget.
+//
+// A lag modelled as "the listing as of now minus d" (a Faults.ListLag) was
+// left out on purpose: the store keeps only each key's current state, so it
+// would need a history of every write, and a test built on it would hinge on
+// the clock; a freeze says exactly which writes a listing misses.
+func (e *Emulator) FreezeListings(account, namespace string) {
+	e.store.freezeListing(nsRef{account, namespace})
+}
+
+// ThawListings ends FreezeListings: list requests see the live keys again.
+// Thawing a namespace that is not frozen does nothing.
+func (e *Emulator) ThawListings(account, namespace string) {
+	e.store.thawListing(nsRef{account, namespace})
 }
 
 // Snapshot returns the live (unexpired) keys of a namespace.
@@ -287,22 +358,28 @@ func (e *Emulator) Seed(account, namespace, key string, ent Entry) error {
 // afterwards.
 func (e *Emulator) Close() error { return e.store.close() }
 
-// statusRecorder remembers the status a handler answered.
+// statusRecorder counts the request under the status its handler answers,
+// at the moment that status is sent: before any byte of the answer leaves,
+// so a client that has its answer always finds the request in the counters
+// (StatsPath), even one whose body it could read to the end before the
+// handler returned (a value sent with its Content-Length).
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	count  func(status int)
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
 	if s.status == 0 {
 		s.status = code
+		s.count(code)
 	}
 	s.ResponseWriter.WriteHeader(code)
 }
 
 func (s *statusRecorder) Write(b []byte) (int, error) {
 	if s.status == 0 {
-		s.status = http.StatusOK
+		s.WriteHeader(http.StatusOK)
 	}
 	return s.ResponseWriter.Write(b)
 }
@@ -345,9 +422,10 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := e.now()
 	if aerr := e.authenticate(r); aerr != nil {
-		// Counted, so that scripts see refused calls, but nothing else.
-		writeError(w, aerr)
+		// Counted, so that scripts see refused calls, but nothing else;
+		// before the answer, like every count (statusRecorder).
 		e.count(op, aerr.status)
+		writeError(w, aerr)
 		return
 	}
 
@@ -373,12 +451,11 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := &statusRecorder{ResponseWriter: w, count: func(status int) { e.count(op, status) }}
 	e.handle(rec, r, rt, rerr)
 	if rec.status == 0 {
-		rec.status = http.StatusOK
+		rec.WriteHeader(http.StatusOK)
 	}
-	e.count(op, rec.status)
 	e.logger.Debug("emulator: request", "op", op, "method", r.Method, "path", r.URL.EscapedPath(),
 		"status", rec.status, "elapsed", e.now().Sub(start))
 }

@@ -218,6 +218,7 @@ func handlePut(e *Emulator, w http.ResponseWriter, r *http.Request, rt route) {
 		e.writeStoreError(w, err)
 		return
 	}
+	e.countKeys(rt.op, 1)
 	writeOK(w, nil)
 }
 
@@ -231,6 +232,7 @@ func handleDelete(e *Emulator, w http.ResponseWriter, r *http.Request, rt route)
 		e.writeStoreError(w, err)
 		return
 	}
+	e.countKeys(rt.op, 1)
 	writeOK(w, nil)
 }
 
@@ -358,6 +360,7 @@ func (e *Emulator) applyBulk(w http.ResponseWriter, rt route, muts []mutation) {
 		}
 	}
 	res.SuccessfulKeyCount = len(kept)
+	e.countKeys(rt.op, len(kept))
 	writeOK(w, res)
 }
 

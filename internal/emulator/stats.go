@@ -3,6 +3,7 @@ package emulator
 import (
 	"cmp"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"slices"
 )
@@ -15,6 +16,10 @@ import (
 //
 // GET StatsPath answers a Stats object. With the query parameters account and
 // namespace, Stats.Namespace also reports that namespace's live keys.
+//
+// A request is counted when its status is sent, before any byte of its
+// answer, so a client that has its answer (or a script that waited for the
+// client to exit) always finds it in the counters.
 //
 // The endpoint only observes: it is not counted, not charged to the budget
 // and not subject to injected faults. It needs the same credentials as the
@@ -35,6 +40,14 @@ type Stats struct {
 	Writes int `json:"writes"`
 	// RateLimited counts answers with status 429 (budget or per-key limit).
 	RateLimited int `json:"rate_limited"`
+	// Keys counts, per write operation, the keys requests wrote or deleted
+	// (Emulator.KeyCount); ops with none are absent. It is where a test
+	// finds "30 keys written" when they went in one bulk_put request.
+	Keys map[string]int `json:"keys"`
+	// KeysWritten sums Keys of put and bulk_put; KeysDeleted of delete,
+	// bulk_delete and bulk_delete_deprecated.
+	KeysWritten int `json:"keys_written"`
+	KeysDeleted int `json:"keys_deleted"`
 	// Namespace is present when account and namespace were asked for.
 	Namespace *NamespaceStats `json:"namespace,omitempty"`
 }
@@ -70,8 +83,12 @@ func isWriteOp(op string) bool {
 // Stats returns the counters and, when account and namespace are not empty,
 // that namespace's key statistics.
 func (e *Emulator) Stats(account, namespace string) Stats {
-	counts := e.Counts()
-	st := Stats{Requests: make([]RequestCount, 0, len(counts))}
+	// One lock for both maps, so that the request and key counters describe
+	// the same instant.
+	e.countMu.Lock()
+	counts, keyCounts := maps.Clone(e.counts), maps.Clone(e.keyCounts)
+	e.countMu.Unlock()
+	st := Stats{Requests: make([]RequestCount, 0, len(counts)), Keys: make(map[string]int)}
 	for k, n := range counts {
 		st.Requests = append(st.Requests, RequestCount{Op: k.Op, Status: k.Status, Count: n})
 		st.Total += n
@@ -80,6 +97,17 @@ func (e *Emulator) Stats(account, namespace string) Stats {
 		}
 		if k.Status == http.StatusTooManyRequests {
 			st.RateLimited += n
+		}
+	}
+	for op, n := range keyCounts {
+		if n == 0 {
+			continue
+		}
+		st.Keys[op] = n
+		if op == OpPut || op == OpBulkPut {
+			st.KeysWritten += n
+		} else {
+			st.KeysDeleted += n
 		}
 	}
 	slices.SortFunc(st.Requests, func(a, b RequestCount) int {

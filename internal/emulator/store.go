@@ -87,6 +87,10 @@ type store struct {
 	logger *slog.Logger
 	nss    map[nsRef]*namespace
 	log    *wal // nil in memory mode
+	// frozen holds the namespaces whose listings are frozen (see
+	// Emulator.FreezeListings). It is never persisted: a stale listing is a
+	// test's doing, not data.
+	frozen map[nsRef]*frozenListing
 }
 
 func openStore(dir string, now func() time.Time, logger *slog.Logger) (*store, error) {
@@ -270,42 +274,103 @@ func decodeCursor(c string) (string, bool) {
 
 // list returns up to limit live keys with prefix that sort after the key
 // named by after, and the cursor for the next page ("" when none remain).
+// A frozen listing (freezeListing) is answered from its snapshot; whether
+// the namespace exists is always decided live.
 func (s *store) list(ref nsRef, prefix, after string, limit int) ([]listedKey, string, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := []listedKey{}
 	ns := s.nss[ref]
-	if ns == nil {
-		return out, "", nil
-	}
-	if ns.deleted {
+	if ns != nil && ns.deleted {
 		return nil, "", errNamespaceDeleted
 	}
+	if fz := s.frozen[ref]; fz != nil {
+		out, cursor := cutPage(fz.names, func(k string) (listedKey, bool) { return fz.keys[k], true }, prefix, after, limit)
+		return out, cursor, nil
+	}
+	if ns == nil {
+		return []listedKey{}, "", nil
+	}
 	now := s.now().Unix()
-	sorted := ns.sortedKeys()
+	out, cursor := cutPage(ns.sortedKeys(), func(k string) (listedKey, bool) {
+		it := ns.keys[k]
+		if it.expired(now) {
+			return listedKey{}, false
+		}
+		return listedKey{Name: k, Expiration: it.exp, Metadata: rawObj(it.meta)}, true
+	}, prefix, after, limit)
+	return out, cursor, nil
+}
+
+// cutPage cuts one page out of names (sorted bytewise): the next limit
+// names with prefix after the key named by after, less those entry reports
+// not live. A dead (expired) name still takes its place in the page, as a
+// tombstone does on the Workers binding (kv-api.md §2.5), so a page may
+// hold fewer keys than the limit, or none, and still carry a cursor: a
+// client that stops on a short or empty page instead of on the empty
+// cursor loses keys, here as there.
+func cutPage(names []string, entry func(string) (listedKey, bool), prefix, after string, limit int) ([]listedKey, string) {
+	out := []listedKey{}
 	start := max(prefix, after)
-	i := sort.SearchStrings(sorted, start)
-	for i < len(sorted) && after != "" && sorted[i] <= after {
+	i := sort.SearchStrings(names, start)
+	for i < len(names) && after != "" && names[i] <= after {
 		i++
 	}
-	for ; i < len(sorted) && len(out) < limit; i++ {
-		k := sorted[i]
+	scanned := 0
+	for ; i < len(names) && scanned < limit; i++ {
+		k := names[i]
 		if !strings.HasPrefix(k, prefix) {
 			break
 		}
-		it := ns.keys[k]
-		if it.expired(now) {
-			continue
+		scanned++
+		if lk, live := entry(k); live {
+			out = append(out, lk)
 		}
-		out = append(out, listedKey{Name: k, Expiration: it.exp, Metadata: rawObj(it.meta)})
 	}
 	cursor := ""
-	// More keys under the prefix remain: hand out a cursor even if they turn
-	// out to be expired, as Cloudflare may return an empty last page.
-	if len(out) > 0 && i < len(sorted) && strings.HasPrefix(sorted[i], prefix) {
-		cursor = encodeCursor(out[len(out)-1].Name)
+	if scanned == limit && i < len(names) && strings.HasPrefix(names[i], prefix) {
+		// The cursor names the last key looked at, live or not.
+		cursor = encodeCursor(names[i-1])
 	}
-	return out, cursor, nil
+	return out, cursor
+}
+
+// frozenListing is a namespace's listing as it was when it was frozen.
+type frozenListing struct {
+	names []string // bytewise order
+	keys  map[string]listedKey
+}
+
+// freezeListing snapshots ref's live keys; from then on list answers from
+// the snapshot until thawListing. Freezing a frozen namespace takes a new
+// snapshot of the live keys.
+func (s *store) freezeListing(ref nsRef) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fz := &frozenListing{keys: make(map[string]listedKey)}
+	if ns := s.nss[ref]; ns != nil && !ns.deleted {
+		now := s.now().Unix()
+		for _, k := range ns.sortedKeys() {
+			it := ns.keys[k]
+			if it.expired(now) {
+				continue
+			}
+			fz.names = append(fz.names, k)
+			// Cloned: nothing mutates a stored item's metadata today, but
+			// the snapshot must not change if that ever stops being true.
+			fz.keys[k] = listedKey{Name: k, Expiration: it.exp, Metadata: rawObj(bytes.Clone(it.meta))}
+		}
+	}
+	if s.frozen == nil {
+		s.frozen = make(map[nsRef]*frozenListing)
+	}
+	s.frozen[ref] = fz
+}
+
+// thawListing makes list answer from the live keys again.
+func (s *store) thawListing(ref nsRef) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.frozen, ref)
 }
 
 func (s *store) snapshot(ref nsRef) map[string]Entry {
