@@ -373,3 +373,43 @@ func TestSidecarBudget(t *testing.T) {
 		t.Errorf("metadata with record_in_metadata: false is %d bytes, want the sidecar's 1010 exactly", len(got))
 	}
 }
+
+// TestStaleListingHealsEndToEnd: the emulator's listings lag the writes
+// (FreezeListings, the model of KV's up-to-a-minute lag) while runs with
+// fresh state directories change the tree. The lag delays a deletion and
+// causes a redundant write; once listings catch up, the next run heals
+// both, and no key is lost track of.
+func TestStaleListingHealsEndToEnd(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{})
+	env.writeConfig("", "")
+	mustWrite(t, filepath.Join(env.root, "a.txt"), "a1")
+	k := tally(env)
+	sync := func(run string) ([]string, []string) {
+		t.Helper()
+		k.reset()
+		out, err := runKvsync(t, env, "sync", "--config", env.config, "--state-dir", filepath.Join(t.TempDir(), "state"))
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", run, err, tail(out, 10))
+		}
+		w, d, _ := k.took()
+		return w, d
+	}
+	sync("publish")
+	env.em.FreezeListings(testAccount, testNamespace)
+	mustWrite(t, filepath.Join(env.root, "a.txt"), "a2")
+	mustWrite(t, filepath.Join(env.root, "n.txt"), "new")
+	if w, _ := sync("change a, add n"); strings.Join(w, " ") != "a.txt n.txt" {
+		t.Fatalf("wrote %q, want a.txt and n.txt", w)
+	}
+	os.Remove(filepath.Join(env.root, "n.txt"))
+	w, d := sync("remove n, listing stale")
+	if strings.Join(w, " ") != "a.txt" || len(d) != 0 {
+		t.Fatalf("with a stale listing: wrote %q, deleted %q; want a.txt again (redundant) and no deletion yet", w, d)
+	}
+	env.em.ThawListings(testAccount, testNamespace)
+	w, d = sync("listing caught up")
+	if len(w) != 0 || strings.Join(d, " ") != "n.txt" {
+		t.Fatalf("after the listing caught up: wrote %q, deleted %q; want nothing written and n.txt deleted", w, d)
+	}
+	env.waitConverged(t, expectTree(t, env.root, nil), converge)
+}
