@@ -51,6 +51,9 @@ type item struct {
 func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 	key := st.Key
 	if st.Err != nil {
+		if p != nil && p.remote != nil {
+			e.claim(p, key)
+		}
 		e.held[key] = true
 		e.holdBack(st)
 		if p != nil {

@@ -256,3 +256,21 @@ func adopt(st desired.State, rk remoteKey, now time.Time) state.Record {
 	}
 	return rec
 }
+
+// claim records a held-back key that the listing says this sync wrote and
+// the store does not know, as an intent mark: its file may go away before
+// the next listing, and the daemon, which compares changes with the store
+// alone between listings, must still know the key is its to delete. A
+// key that is written or found unchanged gets its record by that.
+func (e *Engine) claim(p *pass, key string) {
+	rk, ok := p.remote.keys[key]
+	if !ok || !rk.ours || rk.expiring {
+		return
+	}
+	if _, had, err := e.o.Store.Get(e.o.Scope, key); err != nil || had {
+		return
+	}
+	if err := e.o.Store.PutBatch(e.o.Scope, map[string]state.Record{key: {Pending: true, Written: e.o.Now()}}); err != nil {
+		e.log.Warn("recording a held-back key as this sync's failed; the next listing finds it again", "key", key, "err", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -355,5 +356,30 @@ func TestStreamedWriteMarksWhatWasSent(t *testing.T) {
 	}
 	if rep := syncFresh(t, kv, nil, big); rep.Written != 0 {
 		t.Errorf("re-sync of the same file wrote %d, want 0", rep.Written)
+	}
+}
+
+// TestHeldBackKeyStaysOurs: a daemon that starts with an empty store
+// learns from the listing that a key is its own; the key's file is held
+// back then (an invalid sidecar) and deleted later, between listings. The
+// deletion, which the daemon compares with its store alone, must still
+// find the key its own.
+func TestHeldBackKeyStaysOurs(t *testing.T) {
+	kv := newFakeKV(t)
+	tr := newTree(t)
+	h := tr.write("held.txt", "h")
+	syncFresh(t, kv, nil, h)
+	e := listedEngine(t, kv, newMemStore(), true, func(o *Options) { o.ListInterval = time.Hour })
+	held := h
+	held.Err = errors.New("invalid metadata sidecar")
+	rep, _ := e.SyncOnce(context.Background(), complete(held))
+	if rep.HeldBack != 1 {
+		t.Fatalf("%+v, want the file held back", rep)
+	}
+	running(t, e)
+	e.Changed([]desired.State{tr.remove("held.txt")})
+	waitIdle(t, e)
+	if _, ok := kv.get(testPrefix + "held.txt"); ok {
+		t.Fatal("the key of a file deleted after it was held back is still in KV")
 	}
 }
