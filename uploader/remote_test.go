@@ -383,3 +383,47 @@ func TestHeldBackKeyStaysOurs(t *testing.T) {
 		t.Fatal("the key of a file deleted after it was held back is still in KV")
 	}
 }
+
+// TestListInterval: the daemon's full syncs list the namespace once
+// list_interval has passed since the last listing (or since start, when
+// its store is present), and at its first full sync when the store is
+// fresh; a sync that trusts its store lists only when the store is fresh.
+func TestListInterval(t *testing.T) {
+	tr := newTree(t)
+	a := tr.write("a", "a")
+	tests := []struct {
+		name     string
+		fresh    bool
+		interval time.Duration
+		// at are the clock offsets of successive full syncs; want their
+		// listings, cumulatively.
+		at   []time.Duration
+		want []int
+	}{
+		{"store present", false, time.Hour, []time.Duration{0, 59 * time.Minute, time.Hour, time.Hour + time.Minute, 2 * time.Hour}, []int{0, 0, 1, 1, 2}},
+		{"store fresh", true, time.Hour, []time.Duration{0, time.Minute, time.Hour}, []int{1, 1, 2}},
+		{"every full sync", false, 0, []time.Duration{0, 0, 0}, []int{1, 2, 3}},
+		{"trust the store", false, -1, []time.Duration{0, 24 * time.Hour}, []int{0, 0}},
+		{"trust a fresh store", true, -1, []time.Duration{0, 24 * time.Hour}, []int{1, 1}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			kv := newFakeKV(t)
+			start := time.Unix(1_800_000_000, 0)
+			now := start
+			e := listedEngine(t, kv, newMemStore(), tc.fresh, func(o *Options) {
+				o.ListInterval = tc.interval
+				o.Now = func() time.Time { return now }
+			})
+			for i, off := range tc.at {
+				now = start.Add(off)
+				if _, err := e.SyncOnce(context.Background(), complete(a)); err != nil {
+					t.Fatal(err)
+				}
+				if got := kv.count(kvapi.OpList); got != tc.want[i] {
+					t.Fatalf("after the full sync at +%s: %d listings, want %d", off, got, tc.want[i])
+				}
+			}
+		})
+	}
+}

@@ -196,8 +196,13 @@ func TestNamespaceIsTheTruth(t *testing.T) {
 	sort.Strings(wantWrites)
 	sort.Strings(wantDeletes)
 	k.reset()
+	env.em.ResetCounts()
 	out := sync("run 2")
 	writes, deletes, lists = k.took()
+	// The emulator's own counters agree with what the requests named.
+	if w, d, l := emKeys(env.em, emulator.OpPut, emulator.OpBulkPut), emKeys(env.em, emulator.OpDelete, emulator.OpBulkDelete, emulator.OpBulkDeleteDeprecated), env.em.Count(emulator.OpList, 0); w != 30 || d != 50 || l != 3 {
+		t.Errorf("emulator counted %d keys written, %d deleted, %d list requests in run 2; want 30, 50, 3", w, d, l)
+	}
 	if strings.Join(writes, "\n") != strings.Join(wantWrites, "\n") {
 		t.Errorf("run 2 wrote %d keys, want exactly the %d changed and new ones:\n got %q\nwant %q", len(writes), len(wantWrites), writes, wantWrites)
 	}
@@ -215,8 +220,12 @@ func TestNamespaceIsTheTruth(t *testing.T) {
 	env.waitConverged(t, want, converge)
 
 	k.reset()
+	env.em.ResetCounts()
 	out = sync("run 3")
 	writes, deletes, lists = k.took()
+	if w, d := emKeys(env.em, emulator.OpPut, emulator.OpBulkPut), emKeys(env.em, emulator.OpDelete, emulator.OpBulkDelete, emulator.OpBulkDeleteDeprecated); w != 0 || d != 0 {
+		t.Errorf("emulator counted %d keys written and %d deleted in run 3, want none", w, d)
+	}
 	if len(writes) != 0 || len(deletes) != 0 || lists != 2 { // 1961 keys
 		t.Errorf("run 3 on an unchanged tree wrote %d keys and deleted %d with %d list requests; want 0, 0, 2\n%s", len(writes), len(deletes), lists, tail(out, 5))
 	}
@@ -225,6 +234,15 @@ func TestNamespaceIsTheTruth(t *testing.T) {
 	if string(got.Metadata) != foreign.Metadata {
 		t.Errorf("the other tool's key's metadata is now %s, want %s untouched", got.Metadata, foreign.Metadata)
 	}
+}
+
+// emKeys sums the emulator's key counters of ops.
+func emKeys(em *emulator.Emulator, ops ...string) int {
+	n := 0
+	for _, op := range ops {
+		n += em.KeyCount(op)
+	}
+	return n
 }
 
 // treeFiles lists root's files that are not sidecars, sorted.
