@@ -12,7 +12,11 @@
 #                                     uid 65532, no capabilities, SIGTERM,
 #                                     restart on an empty state volume, flags
 #                                     alone; size, layers, labels
-#   5. go test ./deploy/...           strict decoding of the Kubernetes manifests,
+#   5. deploy/kubernetes/play-test.sh the Kubernetes example as a pod under
+#                                     podman kube play: the app's files
+#                                     published, kvsync killed and back,
+#                                     the pod played again
+#   6. go test ./deploy/...           strict decoding of the Kubernetes manifests,
 #                                     the example configs against internal/config,
 #                                     unit/Dockerfile/config consistency
 #
@@ -67,12 +71,14 @@ if [ -x "$tmp/kvsync" ]; then
 	step "systemd/boot-test.sh" env KVSYNC_STATIC_BIN="$tmp/kvsync" bash "$here/systemd/boot-test.sh"
 	step "container/rootfs-test.sh" env KVSYNC_STATIC_BIN="$tmp/kvsync" KVSYNC_VERSION="$version" bash "$here/container/rootfs-test.sh"
 	step "container/image-test.sh" env KVSYNC_STATIC_BIN="$tmp/kvsync" KVSYNC_VERSION="$version" bash "$here/container/image-test.sh"
+	step "kubernetes/play-test.sh" env KVSYNC_STATIC_BIN="$tmp/kvsync" KVSYNC_VERSION="$version" bash "$here/kubernetes/play-test.sh"
 else
 	# Each script builds for itself; let them report the build error too.
 	step "systemd/verify.sh" bash "$here/systemd/verify.sh"
 	step "systemd/boot-test.sh" bash "$here/systemd/boot-test.sh"
 	step "container/rootfs-test.sh" bash "$here/container/rootfs-test.sh"
 	step "container/image-test.sh" bash "$here/container/image-test.sh"
+	step "kubernetes/play-test.sh" bash "$here/kubernetes/play-test.sh"
 fi
 step "go test ./deploy/..." go test -count=1 ./deploy/...
 
