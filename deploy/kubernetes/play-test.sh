@@ -12,7 +12,8 @@
 #   play     the app writes its files into the shared emptyDir, the kvsync
 #            container publishes them: the emulator holds exactly those
 #            keys, byte-identical to the app's files; kvsync runs as 65532
-#            with a read-only root and /data mounted read-only
+#            with a read-only root and /data mounted read-only, GOMEMLIMIT
+#            from the memory limit
 #   kill     kvsync's process is killed (SIGKILL, as by a crash or the OOM
 #            killer) while the app writes one more file: podman restarts the
 #            container and it publishes that file too
@@ -141,6 +142,9 @@ published index.html site.css || fail "the app's files were not published: keys 
 	fail "kvsync runs as $(podman inspect -f '{{.Config.User}}, read-only root {{.HostConfig.ReadonlyRootfs}}' "$kv")"
 podman inspect -f '{{range .Mounts}}{{.Destination}}={{.RW}} {{end}}' "$kv" | grep -q '/data=false' ||
 	fail "/data is writable in the kvsync container"
+# 256Mi, the shipped limits.memory, through resourceFieldRef.
+podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$kv" | grep -qx 'GOMEMLIMIT=268435456' ||
+	fail "GOMEMLIMIT is not the memory limit: $(podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$kv" | grep GOMEMLIMIT)"
 log "play: the app's files are in KV: $(keys)"
 
 # --- kill -----------------------------------------------------------------------
