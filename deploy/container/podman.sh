@@ -5,8 +5,11 @@
 # when missing, and points podman at a private configuration under DIR:
 # storage (images, containers, volumes, secrets), run state, events and
 # network config all live there, so a test leaves the host's
-# /var/lib/containers, /run/libpod and /etc/cni alone. podman_teardown
-# removes everything it made and unmounts what storage left mounted.
+# /var/lib/containers, /run/libpod and /etc/cni alone. One file escapes:
+# containers/image keeps root's blob-info cache at the fixed path
+# /var/lib/containers/cache, which no configuration moves; teardown removes
+# /var/lib/containers again if the test created it. podman_teardown removes
+# everything it made and unmounts what storage left mounted.
 #
 # base_image NAME builds, from this machine's files, an image with what
 # gcr.io/distroless/static-debian12:nonroot holds that kvsync relies on:
@@ -37,7 +40,8 @@ podman_setup() {
 			{ apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } ||
 			die "cannot install ${missing[*]}"
 	fi
-	mkdir -p "$dir/storage" "$dir/run" "$dir/libpod" "$dir/cni"
+	[ -e /var/lib/containers ] || podman_made_varlib=1
+	mkdir -p "$dir/storage" "$dir/run" "$dir/libpod" "$dir/cni" "$dir/tmp"
 	# runc: crun refuses this kind of machine's hybrid cgroup v1/v2 layout.
 	# default_ulimits at or below the current limits: podman's defaults
 	# raise RLIMIT_NOFILE, which an unprivileged CI container may not.
@@ -54,6 +58,7 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "$dir/events.log"
 tmp_dir = "$dir/libpod"
+image_copy_tmp_dir = "$dir/tmp"
 
 [network]
 network_config_dir = "$dir/cni"
@@ -81,6 +86,7 @@ podman_teardown() {
 	awk -v d="$podman_dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
 		umount "$m" 2>/dev/null || umount -l "$m"
 	done
+	if [ -n "${podman_made_varlib:-}" ]; then rm -rf /var/lib/containers; fi
 }
 
 base_image() {
