@@ -26,7 +26,9 @@
 # run. Needs root on Debian (apt-get for systemd / systemd-container, podman,
 # buildah, runc, catatonit when missing; chroot, mounts) and loopback only.
 # kvsync is built once, exactly as `make build` builds the binary the
-# Dockerfile copies, and shared by the scripts.
+# Dockerfile copies, and shared by the scripts; image-test.sh and
+# play-test.sh build the image with `make image`, which runs `make build`
+# into bin/ itself, as a user's build does.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

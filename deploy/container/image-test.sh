@@ -199,6 +199,8 @@ code=$(podman inspect -f '{{.State.ExitCode}}' kvsync-1)
 # Within the drain timeout: podman would SIGKILL only at 45 s, so a stop
 # that took 30 s or more means kvsync did not finish draining by itself.
 [ "$took" -lt 30 ] || fail "stopping took ${took}s, not within the 30s drain timeout"
+podman logs kvsync-1 2>&1 | grep -q '"msg":"stopping: finishing in-flight work"' ||
+	fail "kvsync did not log its SIGTERM drain: was it signalled at all?"
 vol1=$(podman volume inspect -f '{{.Mountpoint}}' kvsync-state-1)
 [ -s "$vol1/state.db" ] || fail "no state.db on the state volume"
 [ -z "$(find "$vol1" ! -uid "$uid")" ] || fail "state volume files not owned by $uid: $(find "$vol1" ! -uid "$uid")"
