@@ -17,10 +17,12 @@
 # with nonroot's home, /tmp (1777) and a root-owned /var/lib. No registry is
 # reachable here, so the Dockerfile's digest-pinned base cannot be pulled;
 # this stands in for it through --build-arg BASE. Not included: tzdata
-# (kvsync never loads a time zone: it logs in UTC and expiry is in Unix
-# seconds), /etc/os-release, netbase and the dpkg status files of the
-# packages distroless lists.
-# cap_4096 LIMIT: the hard limit, or 4096 when that is lower (or unlimited).
+# (kvsync loads no time zone by name, and expiration is in Unix seconds;
+# with no /etc/localtime in either image, it logs in UTC),
+# /etc/os-release, netbase and the dpkg status files of the packages
+# distroless lists.
+
+# cap_4096 LIMIT: LIMIT, or 4096 when LIMIT is higher or unlimited.
 cap_4096() {
 	if [ "$1" = unlimited ] || [ "$1" -gt 4096 ]; then echo 4096; else echo "$1"; fi
 }
