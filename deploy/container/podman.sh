@@ -18,7 +18,7 @@
 # reachable here, so the Dockerfile's digest-pinned base cannot be pulled;
 # this stands in for it through --build-arg BASE. Not included: tzdata
 # (kvsync loads no time zone by name, and expiration is in Unix seconds;
-# with no /etc/localtime in either image, it logs in UTC),
+# at most its log timestamps' zone could differ: UTC here),
 # /etc/os-release, netbase and the dpkg status files of the packages
 # distroless lists.
 
