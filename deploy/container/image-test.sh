@@ -89,9 +89,9 @@ label() { insp "{{index .Config.Labels \"$1\"}}" "$image"; }
 [ "$(insp '{{.Config.User}}' "$image")" = "$uid:$uid" ] || fail "user is $(insp '{{.Config.User}}' "$image")"
 [ "$(insp '{{json .Config.Entrypoint}}' "$image")" = '["/kvsync"]' ] || fail "entrypoint $(insp '{{json .Config.Entrypoint}}' "$image")"
 [ "$(insp '{{json .Config.Cmd}}' "$image")" = '["run","--config","/etc/kvsync/kvsync.yaml"]' ] || fail "cmd $(insp '{{json .Config.Cmd}}' "$image")"
-insp '{{json .Config.Env}}' "$image" | grep -q '"STATE_DIRECTORY=/var/lib/kvsync"' || fail "no STATE_DIRECTORY=/var/lib/kvsync in $(insp '{{json .Config.Env}}' "$image")"
-insp '{{json .Config.Volumes}}' "$image" | grep -q '"/var/lib/kvsync"' || fail "/var/lib/kvsync is not a volume"
-insp '{{json .Config.ExposedPorts}}' "$image" | grep -q '"9464/tcp"' || fail "9464/tcp is not exposed"
+insp '{{json .Config.Env}}' "$image" | grep '"STATE_DIRECTORY=/var/lib/kvsync"' >/dev/null || fail "no STATE_DIRECTORY=/var/lib/kvsync in $(insp '{{json .Config.Env}}' "$image")"
+insp '{{json .Config.Volumes}}' "$image" | grep '"/var/lib/kvsync"' >/dev/null || fail "/var/lib/kvsync is not a volume"
+insp '{{json .Config.ExposedPorts}}' "$image" | grep '"9464/tcp"' >/dev/null || fail "9464/tcp is not exposed"
 size=$(insp '{{.Size}}' "$image")
 [ "$size" -le "$max_image_bytes" ] || fail "image is $size bytes, over $max_image_bytes"
 base_layers=$(insp '{{len .RootFS.Layers}}' "$base_ref")
@@ -153,7 +153,7 @@ run() {
 ready() {
 	local name=$1 addr=
 	for _ in $(seq 1 300); do
-		addr=$(podman logs "$name" 2>&1 | sed -n 's/.*"msg":"metrics serving".*"addr":"\([^"]*\)".*/\1/p' | head -n1)
+		addr=$(podman logs "$name" 2>&1 | sed -n 's/.*"msg":"metrics serving".*"addr":"\([^"]*\)".*/\1/p' | tail -n1)
 		if [ -n "$addr" ] && curl -fsS -o /dev/null "http://$addr/readyz"; then
 			metrics=http://$addr
 			return 0
@@ -174,7 +174,7 @@ for k in css/site.css docs/blob.bin index.html; do
 	curl -fsS "${auth[@]}" -o "$tmp/got" "$(api "$namespace")/values/${k//\//%2F}" || fail "GET $k failed"
 	cmp -s "$tmp/got" "$tree/$k" || fail "value of $k differs from its file"
 done
-curl -fsS "${auth[@]}" "$(api "$namespace")/metadata/index.html" | grep -q '"owner":[[:space:]]*"image-test"' ||
+curl -fsS "${auth[@]}" "$(api "$namespace")/metadata/index.html" | grep '"owner":[[:space:]]*"image-test"' >/dev/null ||
 	fail "index.html's metadata is not its sidecar's"
 printf 'written while running\n' >"$tree/later.txt"
 chmod 0644 "$tree/later.txt"
@@ -199,7 +199,7 @@ code=$(podman inspect -f '{{.State.ExitCode}}' kvsync-1)
 # Within the drain timeout: podman would SIGKILL only at 45 s, so a stop
 # that took 30 s or more means kvsync did not finish draining by itself.
 [ "$took" -lt 30 ] || fail "stopping took ${took}s, not within the 30s drain timeout"
-podman logs kvsync-1 2>&1 | grep -q '"msg":"stopping: finishing in-flight work"' ||
+podman logs kvsync-1 2>&1 | grep '"msg":"stopping: finishing in-flight work"' >/dev/null ||
 	fail "kvsync did not log its SIGTERM drain: was it signalled at all?"
 vol1=$(podman volume inspect -f '{{.Mountpoint}}' kvsync-state-1)
 [ -s "$vol1/state.db" ] || fail "no state.db on the state volume"

@@ -140,10 +140,10 @@ published index.html site.css || fail "the app's files were not published: keys 
 [ "$(keys)" = 'index.html site.css ' ] || fail "keys after play: [$(keys)], want [index.html site.css]"
 [ "$(podman inspect -f '{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}' "$kv")" = "$uid:$uid true" ] ||
 	fail "kvsync runs as $(podman inspect -f '{{.Config.User}}, read-only root {{.HostConfig.ReadonlyRootfs}}' "$kv")"
-podman inspect -f '{{range .Mounts}}{{.Destination}}={{.RW}} {{end}}' "$kv" | grep -q '/data=false' ||
+podman inspect -f '{{range .Mounts}}{{.Destination}}={{.RW}} {{end}}' "$kv" | grep '/data=false' >/dev/null ||
 	fail "/data is writable in the kvsync container"
 # 256Mi, the shipped limits.memory, through resourceFieldRef.
-podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$kv" | grep -qx 'GOMEMLIMIT=268435456' ||
+podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$kv" | grep -x 'GOMEMLIMIT=268435456' >/dev/null ||
 	fail "GOMEMLIMIT is not the memory limit: $(podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$kv" | grep GOMEMLIMIT)"
 log "play: the app's files are in KV: $(keys)"
 
