@@ -14,6 +14,17 @@ FUZZFLAGS := -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kvsync ./cmd/kvsync
 
+# The container image around bin/kvsync (deploy/container/README.md). BASE
+# empty keeps the Dockerfile's digest-pinned distroless; CI, with no
+# registry, passes a local image of the same contents.
+BUILDER ?= podman
+IMAGE   ?= kvsync:$(VERSION)
+BASE    ?=
+.PHONY: image
+image: build
+	$(BUILDER) build -f deploy/container/Dockerfile --build-arg VERSION=$(VERSION) \
+	  $(if $(BASE),--build-arg BASE=$(BASE)) -t $(IMAGE) .
+
 # The whole suite: static checks, the deployment checks, each fuzz target for
 # a bounded time, and every test under the race detector (last, so its
 # summary closes the output).

@@ -7,16 +7,28 @@
 #                                     reload, watchdog restart, clean stop
 #   3. deploy/container/rootfs-test.sh the image's static binary syncing from an
 #                                     otherwise empty root as uid 65532
-#   4. go test ./deploy/...           strict decoding of the Kubernetes manifests,
+#   4. deploy/container/image-test.sh `make image` on a local stand-in for the
+#                                     base, run under podman: read-only root,
+#                                     uid 65532, no capabilities, SIGTERM,
+#                                     restart on an empty state volume, flags
+#                                     alone; size, layers, labels
+#   5. deploy/kubernetes/play-test.sh the Kubernetes example as a pod under
+#                                     podman kube play: the app's files
+#                                     published, kvsync killed and back,
+#                                     the pod played again
+#   6. go test ./deploy/...           strict decoding of the Kubernetes manifests,
 #                                     the example configs against internal/config,
 #                                     unit/Dockerfile/config consistency
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero
 # if any failed. A step exiting 77 is reported as SKIPPED (boot-test.sh does so
 # only when the machine cannot boot a container at all) and does not fail the
-# run. Needs root on Debian (apt-get for systemd / systemd-container when
-# missing, chroot, mounts) and loopback only. kvsync is built once, exactly as
-# the Dockerfile builds it, and shared by the scripts.
+# run. Needs root on Debian (apt-get for systemd / systemd-container, podman,
+# buildah, runc, catatonit when missing; chroot, mounts) and loopback only.
+# kvsync is built once, exactly as `make build` builds the binary the
+# Dockerfile copies, and shared by the scripts; image-test.sh and
+# play-test.sh build the image with `make image`, which runs `make build`
+# into bin/ itself, as a user's build does.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -55,16 +67,20 @@ build() {
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${version}" -o "$tmp/kvsync" ./cmd/kvsync
 }
 
-step "build kvsync (static, as the Dockerfile does)" build
+step "build kvsync (static, as make build does)" build
 if [ -x "$tmp/kvsync" ]; then
 	step "systemd/verify.sh" env KVSYNC_BIN="$tmp/kvsync" bash "$here/systemd/verify.sh"
 	step "systemd/boot-test.sh" env KVSYNC_STATIC_BIN="$tmp/kvsync" bash "$here/systemd/boot-test.sh"
 	step "container/rootfs-test.sh" env KVSYNC_STATIC_BIN="$tmp/kvsync" KVSYNC_VERSION="$version" bash "$here/container/rootfs-test.sh"
+	step "container/image-test.sh" env KVSYNC_STATIC_BIN="$tmp/kvsync" KVSYNC_VERSION="$version" bash "$here/container/image-test.sh"
+	step "kubernetes/play-test.sh" env KVSYNC_STATIC_BIN="$tmp/kvsync" KVSYNC_VERSION="$version" bash "$here/kubernetes/play-test.sh"
 else
 	# Each script builds for itself; let them report the build error too.
 	step "systemd/verify.sh" bash "$here/systemd/verify.sh"
 	step "systemd/boot-test.sh" bash "$here/systemd/boot-test.sh"
 	step "container/rootfs-test.sh" bash "$here/container/rootfs-test.sh"
+	step "container/image-test.sh" bash "$here/container/image-test.sh"
+	step "kubernetes/play-test.sh" bash "$here/kubernetes/play-test.sh"
 fi
 step "go test ./deploy/..." go test -count=1 ./deploy/...
 

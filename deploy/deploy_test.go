@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -186,9 +187,16 @@ func TestCheckUnitCatchesBreakage(t *testing.T) {
 	}
 }
 
-// dockerfile holds the final stage's instructions (instruction -> arguments).
-func finalStage(text string) map[string][]string {
-	var stage map[string][]string
+// dockerfile is a Dockerfile's instructions: args holds the ARGs declared
+// before the first FROM with their defaults, stage the final stage's
+// instructions (instruction -> arguments).
+type dockerfile struct {
+	args  map[string]string
+	stage map[string][]string
+}
+
+func parseDockerfile(text string) dockerfile {
+	d := dockerfile{args: map[string]string{}}
 	// Join continuation lines first.
 	text = strings.ReplaceAll(text, "\\\n", " ")
 	for _, line := range strings.Split(text, "\n") {
@@ -198,14 +206,84 @@ func finalStage(text string) map[string][]string {
 		}
 		instr, args, _ := strings.Cut(line, " ")
 		instr = strings.ToUpper(instr)
-		if instr == "FROM" {
-			stage = map[string][]string{}
+		args = strings.TrimSpace(args)
+		if instr == "ARG" && d.stage == nil {
+			name, def, _ := strings.Cut(args, "=")
+			d.args[name] = def
 		}
-		if stage != nil {
-			stage[instr] = append(stage[instr], strings.TrimSpace(args))
+		if instr == "FROM" {
+			d.stage = map[string][]string{}
+		}
+		if d.stage != nil {
+			d.stage[instr] = append(d.stage[instr], args)
 		}
 	}
-	return stage
+	return d
+}
+
+// from is the final stage's base image as built by default: a ${NAME} or
+// $NAME reference resolved to the ARG's default, "" when it has none.
+func (d dockerfile) from() string {
+	from := d.stage["FROM"]
+	if len(from) != 1 {
+		return ""
+	}
+	ref, _, _ := strings.Cut(from[0], " ")
+	return os.Expand(ref, func(name string) string { return d.args[name] })
+}
+
+// checkDockerfile returns how the Dockerfile breaks the contract with the
+// container config cfg and with `make build`, which writes the binary it
+// copies.
+func checkDockerfile(text string, cfg config.Config) []error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf("Dockerfile: "+format, args...)) }
+	d := parseDockerfile(text)
+	st := d.stage
+	if from := d.from(); !strings.HasPrefix(from, "gcr.io/distroless/static") || !strings.Contains(from, ":nonroot@") {
+		fail("final stage FROM %v (by default %q): want distroless static, nonroot, by digest", st["FROM"], from)
+	}
+	if got := st["USER"]; !slices.Equal(got, []string{nonroot}) {
+		fail("USER %v, want %s", got, nonroot)
+	}
+	if !slices.Contains(st["COPY"], "bin/kvsync /kvsync") {
+		fail("COPY %v does not copy bin/kvsync (what make build writes) to /kvsync", st["COPY"])
+	}
+	if !slices.ContainsFunc(st["COPY"], func(c string) bool {
+		return strings.HasPrefix(c, "--chown="+nonroot+" ") && strings.HasSuffix(c, " "+cfg.StateDir+"/")
+	}) {
+		fail("no COPY --chown=%s makes %s: a fresh volume there would be root's", nonroot, cfg.StateDir)
+	}
+	if !slices.Contains(st["VOLUME"], `["`+cfg.StateDir+`"]`) {
+		fail("state_dir %s is not a VOLUME (%v): a read-only root leaves nowhere else to write", cfg.StateDir, st["VOLUME"])
+	}
+	// Flags alone (no config) must find the volume too: $STATE_DIRECTORY is
+	// the default kvsync reads first, whatever the uid.
+	if !slices.Contains(st["ENV"], "STATE_DIRECTORY="+cfg.StateDir) {
+		fail("ENV %v does not set STATE_DIRECTORY=%s: without a config the state would go under $HOME, on the read-only root", st["ENV"], cfg.StateDir)
+	}
+	if got := config.DefaultStateDir(func(k string) string {
+		if k == "STATE_DIRECTORY" {
+			return cfg.StateDir
+		}
+		return "/home/nonroot"
+	}, 65532); got != cfg.StateDir {
+		fail("with STATE_DIRECTORY=%s kvsync as 65532 defaults to %s", cfg.StateDir, got)
+	}
+	host, port, err := net.SplitHostPort(cfg.MetricsListen)
+	if err != nil || host != "0.0.0.0" {
+		fail("metrics_listen %q: inside a container it must listen on 0.0.0.0 to be reachable", cfg.MetricsListen)
+	}
+	if !slices.Contains(st["EXPOSE"], port) {
+		fail("EXPOSE %v does not include the metrics port %s", st["EXPOSE"], port)
+	}
+	if cmd := st["CMD"]; len(cmd) != 1 || !strings.Contains(cmd[0], `"`+configPath+`"`) {
+		fail("CMD %v does not read %s", cmd, configPath)
+	}
+	if !slices.ContainsFunc(st["LABEL"], func(l string) bool { return strings.Contains(l, `org.opencontainers.image.version="${VERSION}"`) }) {
+		fail("no org.opencontainers.image.version label from ${VERSION}")
+	}
+	return errs
 }
 
 func TestContainerExample(t *testing.T) {
@@ -214,28 +292,53 @@ func TestContainerExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := finalStage(string(text))
-	if from := st["FROM"]; len(from) != 1 || !strings.HasPrefix(from[0], "gcr.io/distroless/static") || !strings.Contains(from[0], ":nonroot") {
-		t.Errorf("final stage FROM %v: want distroless static, nonroot", from)
+	for _, e := range checkDockerfile(string(text), cfg) {
+		t.Error(e)
 	}
-	if got := st["USER"]; !slices.Equal(got, []string{nonroot}) {
-		t.Errorf("USER %v, want %s", got, nonroot)
+	// The image is only as static and as stamped as `make build` makes it,
+	// and `make image` labels it with the version it stamps.
+	mk, err := os.ReadFile(filepath.Join("..", "Makefile"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !slices.Contains(st["VOLUME"], `["`+cfg.StateDir+`"]`) {
-		t.Errorf("state_dir %s is not a VOLUME (%v): a read-only root leaves nowhere else to write", cfg.StateDir, st["VOLUME"])
+	makefile := string(mk)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^LDFLAGS\s*:?=.*-X main\.version=\$\(VERSION\)`),
+		regexp.MustCompile(`(?m)^build:.*\n(?:\t.*\n)*?\tCGO_ENABLED=0 .*-trimpath.*-o bin/kvsync \./cmd/kvsync`),
+		regexp.MustCompile(`(?m)^image: build\n(?:\t.*\n)*\t.*-f deploy/container/Dockerfile --build-arg VERSION=\$\(VERSION\)`),
+		regexp.MustCompile(`(?m)^image: build\n(?:\t.*\n)*\t.*--build-arg BASE=\$\(BASE\)`),
+	} {
+		if !want.MatchString(makefile) {
+			t.Errorf("Makefile does not match %s", want)
+		}
 	}
-	host, port, err := net.SplitHostPort(cfg.MetricsListen)
-	if err != nil || host != "0.0.0.0" {
-		t.Errorf("metrics_listen %q: inside a container it must listen on 0.0.0.0 to be reachable", cfg.MetricsListen)
+}
+
+func TestCheckDockerfileCatchesBreakage(t *testing.T) {
+	cfg := parseConfig(t, "container/kvsync.yaml")
+	b, err := os.ReadFile("container/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !slices.Contains(st["EXPOSE"], port) {
-		t.Errorf("EXPOSE %v does not include the metrics port %s", st["EXPOSE"], port)
+	text := string(b)
+	tests := []struct{ name, old, new, want string }{
+		{"no state directory default", "ENV STATE_DIRECTORY=/var/lib/kvsync", "ENV XDG_STATE_HOME=/var/lib", "STATE_DIRECTORY"},
+		{"root user", "USER 65532:65532", "USER 0:0", "USER"},
+		{"unpinned base", ":nonroot@sha256:", ":nonroot-", "distroless"},
+		{"binary from elsewhere", "COPY bin/kvsync /kvsync", "COPY kvsync /kvsync", "bin/kvsync"},
+		{"state directory root's", "COPY --chown=65532:65532 deploy", "COPY deploy", "--chown"},
+		{"no volume", `VOLUME ["/var/lib/kvsync"]`, `VOLUME ["/state"]`, "VOLUME"},
 	}
-	if cmd := st["CMD"]; len(cmd) != 1 || !strings.Contains(cmd[0], `"`+configPath+`"`) {
-		t.Errorf("CMD %v does not read %s", cmd, configPath)
-	}
-	if !strings.Contains(string(text), "-X main.version=${VERSION}") {
-		t.Error("the build does not stamp -X main.version=${VERSION}")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if n := strings.Count(text, tt.old); n != 1 {
+				t.Fatalf("Dockerfile contains %q %d times, want once: update the case", tt.old, n)
+			}
+			got := errors.Join(checkDockerfile(strings.Replace(text, tt.old, tt.new, 1), cfg)...)
+			if got == nil || !strings.Contains(got.Error(), tt.want) {
+				t.Fatalf("got %v, want an error containing %q", got, tt.want)
+			}
+		})
 	}
 }
 

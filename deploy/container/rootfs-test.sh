@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Proves, without a Docker engine, what deploy/container/Dockerfile promises:
-# the binary it builds is static and runs as uid 65532 in a root filesystem
-# holding nothing but what the distroless image holds, writing nowhere but
-# its state directory.
+# Proves, without any container engine, what deploy/container/Dockerfile
+# promises of the binary it copies: it is static and runs as uid 65532 in a
+# root filesystem holding nothing but what the distroless image holds,
+# writing nowhere but its state directory. (image-test.sh builds and runs
+# the image itself under podman.)
 #
-#   1. Build kvsync exactly as the Dockerfile does (CGO_ENABLED=0, -trimpath,
-#      -s -w, version stamped with -X main.version) and check the result is
+#   1. Build kvsync exactly as `make build` does for the Dockerfile
+#      (CGO_ENABLED=0, -trimpath, -s -w, version stamped with
+#      -X main.version) and check the result is
 #      static: no PT_INTERP program header (readelf, or Go's debug/elf when
 #      binutils is absent), CGO_ENABLED=0 and -trimpath in its build info,
 #      and `kvsync version` prints the stamped version.
@@ -56,7 +58,7 @@ for c in curl cmp; do command -v "$c" >/dev/null || die "$c is required"; done
 if [ -n "${KVSYNC_STATIC_BIN:-}" ]; then
 	cp "$KVSYNC_STATIC_BIN" "$tmp/kvsync"
 else
-	log "building the static binary as the Dockerfile does"
+	log "building the static binary as make build does"
 	(cd "$repo" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${version}" -o "$tmp/kvsync" ./cmd/kvsync) ||
 		die "go build ./cmd/kvsync failed"
 fi

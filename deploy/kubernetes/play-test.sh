@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Runs the Kubernetes example of this directory as a pod under
+# `podman kube play`, against `kvsync emulator` on the host.
+#
+#   build    the local stand-in for the distroless base (../container/podman.sh),
+#            the kvsync image with `make image`, and the app's image: that
+#            base plus Debian's static busybox (no registry to pull
+#            busybox from)
+#   prepare  playprep/ turns configmap.yaml, deployment.yaml and
+#            secret.example.yaml into what podman 4.3 plays on one machine;
+#            README.md ("Played under podman in CI") lists each change
+#   play     the app writes its files into the shared emptyDir, the kvsync
+#            container publishes them: the emulator holds exactly those
+#            keys, byte-identical to the app's files; kvsync runs as 65532
+#            with a read-only root and /data mounted read-only, GOMEMLIMIT
+#            from the memory limit
+#   kill     kvsync's process is killed (SIGKILL, as by a crash or the OOM
+#            killer) while the app writes one more file: podman restarts the
+#            container and it publishes that file too
+#   replay   `podman kube down` (the emptyDirs go with the pod), then play
+#            again: once the app has rewritten its files and kvsync has had
+#            three times its 1 s debounce to act, the emulator counted no
+#            write request (the namespace is the source of truth: issue 13)
+#
+# Every check runs; the exit status is 1 if any failed. Needs root. Set
+# KVSYNC_STATIC_BIN to run the emulator from an existing build.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+# shellcheck source=../emulator.sh
+. "$here/../emulator.sh"
+# shellcheck source=../container/podman.sh
+. "$here/../container/podman.sh"
+
+version=${KVSYNC_VERSION:-play-test}
+image=localhost/kvsync:$version
+app_image=localhost/kvsync-play-app:test
+base_ref=localhost/kvsync-base:test
+token=play-test-$$-$RANDOM$RANDOM
+uid=65532
+# deployment.yaml's Deployment "site" becomes pod site-pod-0 under kube play.
+pod=site-pod-0
+kv=$pod-kvsync
+app=$pod-app
+
+log() { printf 'play-test.sh: %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+failures=()
+fail() { log "FAIL: $*"; failures+=("$*"); }
+
+[ "$(id -u)" -eq 0 ] || die "needs root (podman storage, containers as uid $uid)"
+command -v curl >/dev/null || die "curl is required"
+
+tmp=$(mktemp -d)
+chmod 0755 "$tmp"
+emu_pid=
+cleanup() {
+	set +e
+	podman_teardown
+	if [ -n "$emu_pid" ]; then kill "$emu_pid" 2>/dev/null; wait "$emu_pid" 2>/dev/null; fi
+	if grep -q " $tmp/" /proc/mounts; then log "leaving $tmp: still mounted"; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+
+podman_setup "$tmp/podman"
+busybox=/bin/busybox
+# Debian's busybox package is linked dynamically; busybox-static replaces it.
+if ! [ -x "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then
+	log "installing busybox-static from Debian"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y -qq --no-install-recommends busybox-static >/dev/null 2>&1 ||
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends busybox-static >/dev/null; } ||
+		die "cannot install busybox-static"
+fi
+! ldd "$busybox" >/dev/null 2>&1 || die "$busybox is not static: the base has no libc"
+
+# --- build --------------------------------------------------------------------
+base_image "$base_ref"
+(cd "$repo" && make --no-print-directory image VERSION="$version" BASE="$base_ref" IMAGE="$image" BUILDER=podman >"$tmp/build.log" 2>&1) ||
+	{ cat "$tmp/build.log" >&2; die "make image failed"; }
+bin=${KVSYNC_STATIC_BIN:-$repo/bin/kvsync}
+ctx=$tmp/app
+install -d -m 0755 "$ctx" "$ctx/bin"
+install -m 0755 "$busybox" "$ctx/bin/busybox"
+for tool in sh printf mv sleep cat; do ln -s busybox "$ctx/bin/$tool"; done
+printf 'FROM %s\nCOPY bin/ /bin/\n' "$base_ref" >"$ctx/Containerfile"
+podman build -q -t "$app_image" "$ctx" >/dev/null || die "building the app image failed"
+log "images: $image, $app_image"
+
+# --- prepare --------------------------------------------------------------------
+start_emulator "$bin" "$token" "$tmp"
+(cd "$repo" && go run ./deploy/kubernetes/playprep -dir deploy/kubernetes -image "$image" -app-image "$app_image" \
+	-api-base-url "$base" -token "$token" -metrics-listen 127.0.0.1:0 -secret-json "$tmp/secret.json") >"$tmp/play.yaml" ||
+	die "playprep failed"
+podman secret create kvsync-cloudflare "$tmp/secret.json" >/dev/null || die "podman secret create failed"
+account=$(sed -n 's/^[[:space:]]*account_id:[[:space:]]*\([0-9a-f]*\).*/\1/p' "$here/configmap.yaml" | head -n1)
+namespace=$(sed -n 's/^[[:space:]]*namespace_id:[[:space:]]*\([0-9a-f]*\).*/\1/p' "$here/configmap.yaml" | head -n1)
+[ -n "$account" ] && [ -n "$namespace" ] || die "cannot read account_id/namespace_id from configmap.yaml"
+auth=(-H "Authorization: Bearer $token")
+nsapi=$base/accounts/$account/storage/kv/namespaces/$namespace
+keys() { curl -fsS "${auth[@]}" "$nsapi/keys" | grep -o '"name":[[:space:]]*"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/' | LC_ALL=C sort | tr '\n' ' '; }
+stats() { curl -fsS "${auth[@]}" "${base%/client/v4}/__emulator/stats"; }
+writes() { stats | sed -n 's/.*"writes":[[:space:]]*\([0-9]*\).*/\1/p'; }
+
+# ready: waits for the kvsync container's /readyz (its initial sync done).
+ready() {
+	local addr
+	for _ in $(seq 1 300); do
+		addr=$(podman logs "$kv" 2>&1 | sed -n 's/.*"msg":"metrics serving".*"addr":"\([^"]*\)".*/\1/p' | tail -n1)
+		if [ -n "$addr" ] && curl -fsS -o /dev/null "http://$addr/readyz"; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	podman logs "$kv" >&2 || true
+	return 1
+}
+# published KEY...: waits until each key's value in the emulator is the
+# app's file /data/KEY.
+published() {
+	local k ok
+	for _ in $(seq 1 100); do
+		ok=1
+		for k in "$@"; do
+			podman exec "$app" cat "/data/$k" >"$tmp/want" 2>/dev/null &&
+				curl -fsS "${auth[@]}" -o "$tmp/got" "$nsapi/values/$k" 2>/dev/null &&
+				cmp -s "$tmp/want" "$tmp/got" || { ok=; break; }
+		done
+		[ -n "$ok" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# --- play -----------------------------------------------------------------------
+podman kube play "$tmp/play.yaml" >"$tmp/play.log" 2>&1 || { cat "$tmp/play.log" >&2; die "podman kube play failed"; }
+ready || die "kvsync never became ready"
+published index.html site.css || fail "the app's files were not published: keys [$(keys)]"
+[ "$(keys)" = 'index.html site.css ' ] || fail "keys after play: [$(keys)], want [index.html site.css]"
+[ "$(podman inspect -f '{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}' "$kv")" = "$uid:$uid true" ] ||
+	fail "kvsync runs as $(podman inspect -f '{{.Config.User}}, read-only root {{.HostConfig.ReadonlyRootfs}}' "$kv")"
+podman inspect -f '{{range .Mounts}}{{.Destination}}={{.RW}} {{end}}' "$kv" | grep '/data=false' >/dev/null ||
+	fail "/data is writable in the kvsync container"
+# 256Mi, the shipped limits.memory, through resourceFieldRef.
+podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$kv" | grep -x 'GOMEMLIMIT=268435456' >/dev/null ||
+	fail "GOMEMLIMIT is not the memory limit: $(podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$kv" | grep GOMEMLIMIT)"
+log "play: the app's files are in KV: $(keys)"
+
+# --- kill -----------------------------------------------------------------------
+restarts=$(podman inspect -f '{{.RestartCount}}' "$kv")
+pid=$(podman inspect -f '{{.State.Pid}}' "$kv")
+kill -KILL "$pid"
+podman exec "$app" sh -c 'printf "written while kvsync was down\n" >/data/.later.txt.tmp && mv /data/.later.txt.tmp /data/later.txt' ||
+	fail "the app could not write later.txt"
+for _ in $(seq 1 100); do
+	[ "$(podman inspect -f '{{.RestartCount}} {{.State.Running}}' "$kv")" = "$((restarts + 1)) true" ] && break
+	sleep 0.1
+done
+[ "$(podman inspect -f '{{.RestartCount}} {{.State.Running}}' "$kv")" = "$((restarts + 1)) true" ] ||
+	fail "kvsync was not restarted after being killed ($(podman inspect -f 'restarts {{.RestartCount}}, running {{.State.Running}}' "$kv"))"
+ready || fail "kvsync never became ready again after being killed"
+published index.html site.css later.txt || fail "after the restart, later.txt was not published: keys [$(keys)]"
+log "kill: kvsync restarted and converged: $(keys)"
+
+# --- replay ---------------------------------------------------------------------
+podman kube down "$tmp/play.yaml" >/dev/null || fail "podman kube down failed"
+podman volume exists kvsync-state && fail "the state emptyDir outlived its pod"
+before=$(writes)
+stats >"$tmp/stats-before.json"
+podman kube play "$tmp/play.yaml" >"$tmp/play2.log" 2>&1 || { cat "$tmp/play2.log" >&2; die "podman kube play (again) failed"; }
+ready || die "kvsync never became ready in the replayed pod"
+published index.html site.css || fail "the replayed pod's files are not what KV holds"
+# kvsync writes a changed file once it has been quiet for 1 s (quiet): three
+# times that after the app's files are in place leaves it room to act.
+sleep 3
+after=$(writes)
+[ "$(keys)" = 'index.html later.txt site.css ' ] || fail "keys after replay: [$(keys)], want [index.html later.txt site.css] (delete: keep)"
+if [ "$after" -ne "$before" ]; then
+	log "emulator counters before: $(cat "$tmp/stats-before.json")"
+	log "emulator counters after:  $(stats)"
+	podman logs "$kv" 2>&1 | grep 'state\|full sync' | tail -n 3 >&2 || true
+	fail "the replayed pod sent $((after - before)) write requests, want 0 (issue 13: the namespace is the source of truth)"
+else
+	log "replay: 0 write requests"
+fi
+
+if [ ${#failures[@]} -gt 0 ]; then
+	log "${#failures[@]} check(s) failed:"
+	printf '  - %s\n' "${failures[@]}" >&2
+	exit 1
+fi
+log "OK"
