@@ -343,12 +343,6 @@ func diffKV(em *emulator.Emulator, want map[string]kvEntry) []string {
 	return diffs
 }
 
-// marked reports whether metadata carries a valid record of kvsync's.
-func marked(m json.RawMessage) bool {
-	_, _, ok := kvrecord.Split(m)
-	return ok
-}
-
 // userMetadata is metadata without kvsync's record, if it carries one:
 // what the sidecar gave, or another tool wrote.
 func userMetadata(m json.RawMessage) json.RawMessage {

@@ -134,7 +134,10 @@ published() {
 }
 
 # --- play -----------------------------------------------------------------------
-podman kube play "$tmp/play.yaml" >"$tmp/play.log" 2>&1 || { cat "$tmp/play.log" >&2; die "podman kube play failed"; }
+# From $tmp: podman 4.3 looks for a directory named like each image in the
+# working directory to build it from (a stray ./kvsync binary there fails the
+# play), whatever --build says.
+(cd "$tmp" && podman kube play --build=false play.yaml) >"$tmp/play.log" 2>&1 || { cat "$tmp/play.log" >&2; die "podman kube play failed"; }
 ready || die "kvsync never became ready"
 published index.html site.css || fail "the app's files were not published: keys [$(keys)]"
 [ "$(keys)" = 'index.html site.css ' ] || fail "keys after play: [$(keys)], want [index.html site.css]"
@@ -168,7 +171,7 @@ podman kube down "$tmp/play.yaml" >/dev/null || fail "podman kube down failed"
 podman volume exists kvsync-state && fail "the state emptyDir outlived its pod"
 before=$(writes)
 stats >"$tmp/stats-before.json"
-podman kube play "$tmp/play.yaml" >"$tmp/play2.log" 2>&1 || { cat "$tmp/play2.log" >&2; die "podman kube play (again) failed"; }
+(cd "$tmp" && podman kube play --build=false play.yaml) >"$tmp/play2.log" 2>&1 || { cat "$tmp/play2.log" >&2; die "podman kube play (again) failed"; }
 ready || die "kvsync never became ready in the replayed pod"
 published index.html site.css || fail "the replayed pod's files are not what KV holds"
 # kvsync writes a changed file once it has been quiet for 1 s (quiet): three
