@@ -9,13 +9,20 @@
 #                                     otherwise empty root as uid 65532
 #   4. go test ./deploy/...           strict decoding of the Kubernetes manifests,
 #                                     the example configs against internal/config,
-#                                     unit/Dockerfile/config consistency
+#                                     unit/Dockerfile/config consistency, and the
+#                                     metric names of the alerts and the dashboard
+#                                     against a scrape of a real kvsync run
+#   5. promtool check/test rules      deploy/prometheus: the alerting rules and
+#                                     their unit tests (promtool from .ci/run)
+#   6. deploy/grafana/gen             the committed dashboard JSON is what its
+#                                     generator (a module of its own) writes
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero
 # if any failed. A step exiting 77 is reported as SKIPPED (boot-test.sh does so
-# only when the machine cannot boot a container at all) and does not fail the
-# run. Needs root on Debian (apt-get for systemd / systemd-container when
-# missing, chroot, mounts) and loopback only. kvsync is built once, exactly as
+# only when the machine cannot boot a container at all, the promtool step only
+# outside CI when promtool is missing) and does not fail the run. Needs root
+# on Debian (apt-get for systemd / systemd-container when missing, chroot,
+# mounts) and loopback only. kvsync is built once, exactly as
 # the Dockerfile builds it, and shared by the scripts.
 set -uo pipefail
 
@@ -67,6 +74,24 @@ else
 	step "container/rootfs-test.sh" bash "$here/container/rootfs-test.sh"
 fi
 step "go test ./deploy/..." go test -count=1 ./deploy/...
+
+# .ci/run puts promtool on PATH. A developer without it gets a skip, CI a
+# failure: rules nobody tested must not pass for tested.
+prometheus_rules() {
+	if ! command -v promtool >/dev/null; then
+		echo "promtool not found (Debian package prometheus; .ci/run unpacks it)"
+		[ -n "${CI:-}" ] && return 1
+		return 77
+	fi
+	promtool check rules "$here/prometheus/kvsync.rules.yaml" &&
+		(cd "$here/prometheus" && promtool test rules kvsync.rules.test.yaml)
+}
+step "prometheus: promtool check rules + test rules" prometheus_rules
+
+grafana_dashboard() {
+	(cd "$here/grafana/gen" && go vet ./... && go test -count=1 ./...)
+}
+step "grafana: dashboard JSON equals its generator's output" grafana_dashboard
 
 if [ "$failed" -gt 0 ]; then
 	printf 'deploy: failed: %s\n' "${failures[@]}"
