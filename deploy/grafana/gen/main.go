@@ -135,7 +135,7 @@ func build() (dashboard.Dashboard, error) {
 		WithPanel(graph(id.next(), "Budget use", "percentunit",
 			fmt.Sprintf("Requests in the last 5 minutes over Cloudflare's budget of %d per 5 minutes. The budget is the account's: sum every daemon of one account. kvsync's own limiter stays at 1,000 plus a burst of 100.", accountBudget),
 			query(fmt.Sprintf(`sum by (instance) (increase(kvsync_api_requests_total{%s}[5m])) / %d`, sel, accountBudget), "{{instance}}")).
-			Max(1).
+			AxisSoftMax(1).
 			Thresholds(steps("green",
 				dashboard.Threshold{Value: cog.ToPtr(1000.0 / accountBudget), Color: "orange"},
 				dashboard.Threshold{Value: cog.ToPtr(1.0), Color: "red"})).
