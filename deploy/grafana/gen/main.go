@@ -58,6 +58,9 @@ func steps(base string, more ...dashboard.Threshold) cog.Builder[dashboard.Thres
 		Steps(append([]dashboard.Threshold{{Value: nil, Color: base}}, more...))
 }
 
+// build uses the classic dashboard schema, which the SDK marks deprecated in
+// favour of dashboardv2: a classic JSON imports into any Grafana from 8 on,
+// while a v2 one needs Grafana 12 with its new dashboard API enabled.
 func build() (dashboard.Dashboard, error) {
 	var id ids
 	rate := func(metric, by string) string {
