@@ -59,8 +59,9 @@ func steps(base string, more ...dashboard.Threshold) cog.Builder[dashboard.Thres
 }
 
 // build uses the classic dashboard schema, which the SDK marks deprecated in
-// favour of dashboardv2: a classic JSON imports into any Grafana from 8 on,
-// while a v2 one needs Grafana 12 with its new dashboard API enabled.
+// favour of dashboardv2: Grafana before 13 imports classic JSON with no
+// feature toggle (13 converts it to v2 on load), while v2 JSON needs 12's
+// Dynamic Dashboards and kubernetesDashboards toggles.
 func build() (dashboard.Dashboard, error) {
 	var id ids
 	rate := func(metric, by string) string {
