@@ -129,7 +129,7 @@ func build() (dashboard.Dashboard, error) {
 		WithPanel(graph(id.next(), "API latency", "s", "Request latency by operation, 50th and 99th percentile (kvsync_api_request_duration_seconds).",
 			query(fmt.Sprintf(`histogram_quantile(0.5, sum by (le, op) (rate(kvsync_api_request_duration_seconds_bucket{%s}[$__rate_interval])))`, sel), "p50 {{op}}"),
 			query(fmt.Sprintf(`histogram_quantile(0.99, sum by (le, op) (rate(kvsync_api_request_duration_seconds_bucket{%s}[$__rate_interval])))`, sel), "p99 {{op}}"))).
-		WithPanel(graph(id.next(), "API errors by Cloudflare code", "ops", "Cloudflare error codes in failed replies per second (kvsync_api_errors_total). 971: account budget; 10022: one write per second per key; 10001/10013: server side.",
+		WithPanel(graph(id.next(), "API errors by Cloudflare code", "ops", "Cloudflare error codes in failed replies per second (kvsync_api_errors_total). 971: account budget; 10022: one write per second per key; 10000: authentication; 10013: namespace not found; 10001: Cloudflare's side (5xx); 10009: key not found, expected when a key to expire is gone.",
 			query(rate("kvsync_api_errors_total", "cf_code"), "{{cf_code}}"))).
 		WithPanel(graph(id.next(), "API requests by HTTP status", "reqps", `Requests per second by HTTP status (kvsync_api_requests_total); "error" is no reply.`,
 			query(rate("kvsync_api_requests_total", "code"), "{{code}}"))).
