@@ -26,9 +26,10 @@ import (
 // serves a fleet: pick the job, then one or all daemons.
 const sel = `job=~"$job", instance=~"$instance"`
 
-// accountBudget is Cloudflare's request budget per account and 5-minute
-// window (kvapi.AccountBudget); the budget panel is relative to it.
-const accountBudget = 1200
+// tokenBudget is Cloudflare's request budget per 5-minute window
+// (kvapi.AccountBudget, api.budget's default); the budget panel is relative
+// to it. Cloudflare counts it per API token, across every client using it.
+const tokenBudget = 1200
 
 var ds = common.DataSourceRef{Type: cog.ToPtr("prometheus"), Uid: cog.ToPtr("${datasource}")}
 
@@ -129,7 +130,7 @@ func build() (dashboard.Dashboard, error) {
 		WithPanel(graph(id.next(), "API latency", "s", "Request latency by operation, 50th and 99th percentile (kvsync_api_request_duration_seconds).",
 			query(fmt.Sprintf(`histogram_quantile(0.5, sum by (le, op) (rate(kvsync_api_request_duration_seconds_bucket{%s}[$__rate_interval])))`, sel), "p50 {{op}}"),
 			query(fmt.Sprintf(`histogram_quantile(0.99, sum by (le, op) (rate(kvsync_api_request_duration_seconds_bucket{%s}[$__rate_interval])))`, sel), "p99 {{op}}"))).
-		WithPanel(graph(id.next(), "API errors by Cloudflare code", "ops", "Cloudflare error codes in failed replies per second (kvsync_api_errors_total). 971: account budget; 10022: one write per second per key; 10000: authentication; 10013: namespace not found; 10001: Cloudflare's side (5xx); 10009: key not found, expected when a key to expire is gone.",
+		WithPanel(graph(id.next(), "API errors by Cloudflare code", "ops", "Cloudflare error codes in failed replies per second (kvsync_api_errors_total). 971: the token's request budget; 10022: one write per second per key; 10000: authentication; 10013: namespace not found; 10001: Cloudflare's side (5xx); 10009: key not found, expected when a key to expire is gone.",
 			query(rate("kvsync_api_errors_total", "cf_code"), "{{cf_code}}"))).
 		WithPanel(graph(id.next(), "API requests by HTTP status", "reqps", `Requests per second by HTTP status (kvsync_api_requests_total); "error" is no reply.`,
 			query(rate("kvsync_api_requests_total", "code"), "{{code}}"))).
@@ -137,11 +138,11 @@ func build() (dashboard.Dashboard, error) {
 			query(rate("kvsync_api_retries_total", "reason"), "{{reason}}"))).
 		WithRow(dashboard.NewRowBuilder("Rate limits").Id(id.next())).
 		WithPanel(graph(id.next(), "Budget use", "percentunit",
-			fmt.Sprintf("Requests in the last 5 minutes over Cloudflare's budget of %d per 5 minutes. The budget is the account's: sum every daemon of one account. kvsync's own limiter stays at 1,000 plus a burst of 100.", accountBudget),
-			query(fmt.Sprintf(`sum by (instance) (increase(kvsync_api_requests_total{%s}[5m])) / %d`, sel, accountBudget), "{{instance}}")).
+			fmt.Sprintf("Requests in the last 5 minutes over Cloudflare's budget of %d per 5 minutes. The budget is the API token's: add up the daemons that share a token. kvsync's own limiter stays at 1,000 plus a burst of 100 by default.", tokenBudget),
+			query(fmt.Sprintf(`sum by (instance) (increase(kvsync_api_requests_total{%s}[5m])) / %d`, sel, tokenBudget), "{{instance}}")).
 			AxisSoftMax(1).
 			Thresholds(steps("green",
-				dashboard.Threshold{Value: cog.ToPtr(1000.0 / accountBudget), Color: "orange"},
+				dashboard.Threshold{Value: cog.ToPtr(1000.0 / tokenBudget), Color: "orange"},
 				dashboard.Threshold{Value: cog.ToPtr(1.0), Color: "red"})).
 			ThresholdsStyle(common.NewGraphThresholdsStyleConfigBuilder().Mode(common.GraphThresholdsStyleModeLine))).
 		WithPanel(graph(id.next(), "Rate-limit pauses and limiter wait", "s",
