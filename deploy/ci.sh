@@ -18,17 +18,24 @@
 #                                     the pod played again
 #   6. go test ./deploy/...           strict decoding of the Kubernetes manifests,
 #                                     the example configs against internal/config,
-#                                     unit/Dockerfile/config consistency
+#                                     unit/Dockerfile/config consistency, and the
+#                                     metric names of the alerts and the dashboard
+#                                     against a scrape of a real kvsync run
+#   7. promtool check/test rules      deploy/prometheus: the alerting rules and
+#                                     their unit tests (promtool from .ci/run)
+#   8. deploy/grafana/gen             the committed dashboard JSON is what its
+#                                     generator (a module of its own) writes
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero
 # if any failed. A step exiting 77 is reported as SKIPPED (boot-test.sh does so
-# only when the machine cannot boot a container at all) and does not fail the
-# run. Needs root on Debian (apt-get for systemd / systemd-container, podman,
-# buildah, runc, catatonit when missing; chroot, mounts) and loopback only.
-# kvsync is built once, exactly as `make build` builds the binary the
-# Dockerfile copies, and shared by the scripts; image-test.sh and
-# play-test.sh build the image with `make image`, which runs `make build`
-# into bin/ itself, as a user's build does.
+# only when the machine cannot boot a container at all, the promtool step only
+# outside CI when promtool is missing) and does not fail the run. Needs root
+# on Debian (apt-get for systemd / systemd-container, podman, buildah, runc,
+# catatonit when missing; chroot, mounts) and loopback only. kvsync is built
+# once, exactly as `make build` builds the binary the Dockerfile copies, and
+# shared by the scripts; image-test.sh and play-test.sh build the image with
+# `make image`, which runs `make build` into bin/ itself, as a user's build
+# does.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -83,6 +90,24 @@ else
 	step "kubernetes/play-test.sh" bash "$here/kubernetes/play-test.sh"
 fi
 step "go test ./deploy/..." go test -count=1 ./deploy/...
+
+# .ci/run puts promtool on PATH. A developer without it gets a skip, CI a
+# failure: rules nobody tested must not pass for tested.
+prometheus_rules() {
+	if ! command -v promtool >/dev/null; then
+		echo "promtool not found (Debian package prometheus; .ci/run unpacks it)"
+		[ -n "${CI:-}" ] && return 1
+		return 77
+	fi
+	promtool check rules "$here/prometheus/kvsync.rules.yaml" &&
+		(cd "$here/prometheus" && promtool test rules kvsync.rules.test.yaml)
+}
+step "prometheus: promtool check rules + test rules" prometheus_rules
+
+grafana_dashboard() {
+	(cd "$here/grafana/gen" && go vet ./... && go test -count=1 ./...)
+}
+step "grafana: dashboard JSON equals its generator's output" grafana_dashboard
 
 if [ "$failed" -gt 0 ]; then
 	printf 'deploy: failed: %s\n' "${failures[@]}"
