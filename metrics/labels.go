@@ -128,6 +128,26 @@ func counterValue(c prometheus.Counter) float64 {
 	return d.Counter.GetValue()
 }
 
+// StoreOp labels kvsync_state_store_errors_total: what kvsync was doing
+// with its local state store when it failed.
+type StoreOp string
+
+// The state store's operations.
+const (
+	StoreRead   StoreOp = "read"   // a record looked up
+	StoreIntent StoreOp = "intent" // a write-ahead mark before a request, or taken back after a refusal
+	StoreRecord StoreOp = "record" // a confirmed write, or a key a listing showed current
+	StoreForget StoreOp = "forget" // a deleted key's record removed
+)
+
+// StoreOps lists every StoreOp.
+var StoreOps = []StoreOp{StoreRead, StoreIntent, StoreRecord, StoreForget}
+
+// StoreError counts one failure of the state store at op.
+func (m *Metrics) StoreError(op StoreOp) {
+	m.StoreErrors.WithLabelValues(string(op)).Inc()
+}
+
 // DriftKind labels kvsync_drift_keys_total: how a key of the tree that the
 // state store called unchanged was found in a listing of the namespace.
 type DriftKind string

@@ -32,6 +32,7 @@ type Metrics struct {
 	FilesSkipped    *prometheus.CounterVec // reason
 	FullSyncs       *prometheus.CounterVec // trigger
 	DriftKeys       *prometheus.CounterVec // kind
+	StoreErrors     *prometheus.CounterVec // op
 	LastSuccess     prometheus.Gauge
 	BuildInfo       *prometheus.GaugeVec
 }
@@ -87,6 +88,9 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		DriftKeys: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvsync_drift_keys_total", Help: "Keys of the tree a listing showed deleted or overwritten behind kvsync's back, written again, by kind.",
 		}, []string{"kind"}),
+		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvsync_state_store_errors_total", Help: "Failures of the local state store, by operation.",
+		}, []string{"op"}),
 		LastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kvsync_last_successful_sync_timestamp_seconds", Help: "When a full sync last finished with no failure (Unix time).",
 		}),
@@ -96,7 +100,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	}
 	reg.MustRegister(m.Uploads, m.UploadBytes, m.Deletes, m.APIRequests, m.APIErrors, m.RequestDuration,
 		m.Retries, m.RateLimitWait, m.RateLimitPauses, m.QueueDepth, m.InflightUploads, m.Watches,
-		m.WatcherOverflow, m.FilesSkipped, m.FullSyncs, m.DriftKeys, m.LastSuccess, m.BuildInfo)
+		m.WatcherOverflow, m.FilesSkipped, m.FullSyncs, m.DriftKeys, m.StoreErrors, m.LastSuccess, m.BuildInfo)
 	m.BuildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	for _, r := range UploadResults {
 		m.Uploads.WithLabelValues(string(r))
@@ -122,6 +126,9 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	}
 	for _, k := range DriftKinds {
 		m.DriftKeys.WithLabelValues(string(k))
+	}
+	for _, op := range StoreOps {
+		m.StoreErrors.WithLabelValues(string(op))
 	}
 	return m
 }

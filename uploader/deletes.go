@@ -103,6 +103,7 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 		return nil
 	})
 	if err != nil {
+		e.storeErr(metrics.StoreRead)
 		return nil, "", fmt.Errorf("listing recorded keys under prefix %q: %w", e.o.Prefix, err)
 	}
 	if len(disowned) > 0 {
@@ -158,6 +159,7 @@ func (e *Engine) ownRecord(it *item) (state.Record, *result) {
 	key := it.st.Key
 	rec, ok, err := e.o.Store.Get(e.o.Scope, key)
 	if err != nil {
+		e.storeErr(metrics.StoreRead)
 		return rec, &result{it: it, out: outcome{kind: outFailed, err: fmt.Errorf("reading the state store: %w", err)}, retry: true}
 	}
 	if it.remote {

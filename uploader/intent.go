@@ -7,6 +7,7 @@ import (
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 // keyRecord is a key about to be sent in a request with its record before
@@ -56,6 +57,7 @@ func (e *Engine) intend(recs map[string]state.Record) error {
 		return nil
 	}
 	if err := e.o.Store.PutBatch(e.o.Scope, recs); err != nil {
+		e.storeErr(metrics.StoreIntent)
 		return fmt.Errorf("recording the intent before the request (nothing sent): %w", err)
 	}
 	return nil
@@ -85,6 +87,7 @@ func (e *Engine) unmark(krs ...keyRecord) {
 		err = errors.Join(err, e.o.Store.DeleteBatch(e.o.Scope, drop))
 	}
 	if err != nil {
+		e.storeErr(metrics.StoreIntent)
 		e.log.Warn("write refused, but the state store kept its intent marks; the keys stay kvsync's to delete", "keys", len(krs), "err", err)
 	}
 }
@@ -111,7 +114,15 @@ func (e *Engine) record(recs map[string]state.Record) {
 		return
 	}
 	if err := e.o.Store.PutBatch(e.o.Scope, recs); err != nil {
+		e.storeErr(metrics.StoreRecord)
 		e.log.Error("keys written but not recorded; they stay marked pending and will be written again", "keys", len(recs), "err", err)
+	}
+}
+
+// storeErr counts a failure of the state store.
+func (e *Engine) storeErr(op metrics.StoreOp) {
+	if e.o.Metrics != nil {
+		e.o.Metrics.StoreError(op)
 	}
 }
 
@@ -120,6 +131,7 @@ func (e *Engine) forget(keys []string) {
 		return
 	}
 	if err := e.o.Store.DeleteBatch(e.o.Scope, keys); err != nil {
+		e.storeErr(metrics.StoreForget)
 		e.log.Error("keys deleted but their records not removed; a later deletion of them repeats harmlessly", "keys", len(keys), "err", err)
 	}
 }

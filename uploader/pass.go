@@ -265,6 +265,7 @@ func (e *Engine) flushAdopted(p *pass) {
 		return
 	}
 	if err := e.o.Store.PutBatch(e.o.Scope, p.adopted); err != nil {
+		e.storeErr(metrics.StoreRecord)
 		e.log.Warn("recording keys the listing shows unchanged failed; the daemon may rewrite them on their next change", "keys", len(p.adopted), "err", err)
 	}
 	p.adopted = nil

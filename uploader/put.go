@@ -15,6 +15,7 @@ import (
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
+	"github.com/kvsync/kvsync/metrics"
 )
 
 // putOne streams one file with a single PUT.
@@ -103,6 +104,7 @@ func (e *Engine) precheck(it *item, now time.Time) (rec state.Record, ok bool, r
 func (e *Engine) precheckRecord(it *item, now time.Time, rec state.Record, ok bool, err error) (state.Record, bool, result, bool) {
 	st := it.st
 	if err != nil {
+		e.storeErr(metrics.StoreRead)
 		return rec, ok, result{it: it, out: outcome{kind: outFailed, err: fmt.Errorf("reading the state store: %w", err)}, retry: true}, true
 	}
 	if ok && !it.force && unchanged(st, rec, now) {

@@ -101,6 +101,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 	if !force && !e.busy(key) && (p == nil || p.remote != nil && st.Deleted || p.remote == nil && (!p.unrecorded || st.Deleted)) {
 		rec, ok, err := e.o.Store.Get(e.o.Scope, key)
 		if err != nil {
+			e.storeErr(metrics.StoreRead)
 			e.log.Warn("reading the state store failed; the key is queued anyway", "key", key, "err", err)
 		} else if st.Deleted && !ok {
 			e.log.Debug("file gone but kvsync never wrote its key; left alone", "key", key)

@@ -271,6 +271,7 @@ func (e *Engine) claim(p *pass, key string) {
 		return
 	}
 	if err := e.o.Store.PutBatch(e.o.Scope, map[string]state.Record{key: {Pending: true, Written: e.o.Now()}}); err != nil {
+		e.storeErr(metrics.StoreIntent)
 		e.log.Warn("recording a held-back key as this sync's failed; the next listing finds it again", "key", key, "err", err)
 	}
 }
