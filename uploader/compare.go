@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/kvrecord"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
 )
@@ -59,6 +60,12 @@ func putOptions(st desired.State, now time.Time) (kvapi.PutOptions, error) {
 // may have changed the key since. Nor is a state without a hash (its
 // content was not read) or a record without one (what was sent is unknown).
 func unchanged(st desired.State, rec state.Record, now time.Time) bool {
+	if rec.Hash == "" && rec.Digest != ([16]byte{}) {
+		// What a listing said the key holds (see state.Record.Digest).
+		sum, ok := hashSum(st.Hash)
+		return ok && !rec.Pending && kvrecord.Digest(rec.Digest) == kvrecord.DigestOf(sum, st.Metadata, rule(st)) &&
+			!recordExpired(rec, now)
+	}
 	ttl, at := expirationFields(st.Expiration)
 	return !rec.Pending && st.Hash != "" && rec.Hash == st.Hash &&
 		rec.ExpirationTTL == ttl && rec.ExpirationAt == at &&

@@ -111,6 +111,13 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 		e.forget(disowned)
 	}
 	if l != nil {
+		// Keys only the listing knows as this sync's and no file maps to
+		// now are recorded as listed: if they are not deleted in this
+		// pass (a refusal, the keep policy), the daemon, which compares
+		// later changes with its store, still knows them as its own and
+		// what they hold. Keys of the tree get their records as they are
+		// found unchanged or written.
+		listed := map[string]state.Record{}
 		for key, rk := range l.keys {
 			if !rk.ours || rk.expiring {
 				continue
@@ -119,8 +126,24 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 				continue
 			}
 			recorded++
-			if _, ok := present[key]; !ok && e.o.Delete != DeleteKeep {
-				cands = append(cands, candidate{key: key, rec: state.Record{Pending: true}, remote: true})
+			if _, ok := present[key]; ok {
+				continue
+			}
+			rec := state.Record{Digest: rk.digest, ExpirationAt: rk.expiration, Written: e.o.Now()}
+			listed[key] = rec
+			if e.o.Delete != DeleteKeep {
+				cands = append(cands, candidate{key: key, rec: rec})
+			}
+		}
+		if len(listed) == 0 || e.o.DryRun {
+			// Nothing to record, or a plan, which changes nothing.
+		} else if err := e.o.Store.PutBatch(e.o.Scope, listed); err != nil {
+			e.storeErr(metrics.StoreRecord)
+			// Unrecorded, they are still this sync's by their record in KV.
+			for i := range cands {
+				if _, ok := listed[cands[i].key]; ok {
+					cands[i].rec, cands[i].remote = state.Record{Pending: true}, true
+				}
 			}
 		}
 		slices.SortFunc(cands, func(a, b candidate) int { return strings.Compare(a.key, b.key) })
@@ -303,7 +326,8 @@ func (e *Engine) expireOne(ctx context.Context, it *item) result {
 		return settled(it, outExpired) // expires soon enough by itself
 	}
 	opts := kvapi.PutOptions{Metadata: rec.Metadata, ExpirationTTL: ttl}
-	if rec.Pending {
+	if rec.Pending || rec.Hash == "" {
+		// What KV holds is known only from a listing, or not at all.
 		m, err := e.o.KV.GetMetadata(ctx, e.o.Namespace, key)
 		if kvapi.StatusCode(err) == http.StatusNotFound {
 			e.forget([]string{key})

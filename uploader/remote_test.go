@@ -427,3 +427,30 @@ func TestListInterval(t *testing.T) {
 		})
 	}
 }
+
+// TestListedKeysComparedLater: a pod starts with an empty store before its
+// app has written the files (an empty tree: nothing is deleted). The
+// listing's records are kept, so when the app writes the same files, the
+// daemon compares them with what KV holds and writes nothing.
+func TestListedKeysComparedLater(t *testing.T) {
+	kv := newFakeKV(t)
+	tr := newTree(t)
+	a := tr.write("a.txt", "a")
+	a.Metadata = json.RawMessage(`{"k":1}`)
+	syncFresh(t, kv, nil, a)
+	before := opCounts(kv)
+
+	e := listedEngine(t, kv, newMemStore(), true, func(o *Options) { o.ListInterval = time.Hour })
+	rep, _ := e.SyncOnce(context.Background(), complete())
+	if !strings.Contains(rep.DeletesRefused, "the tree has no files") {
+		t.Fatalf("empty tree: %+v, want deletions refused", rep)
+	}
+	running(t, e)
+	e.Changed([]desired.State{a})
+	changed := tr.write("b.txt", "b")
+	e.Changed([]desired.State{changed})
+	waitIdle(t, e)
+	if got := opCounts(kv); got[0] != before[0]+1 || got[1] != before[1] {
+		t.Fatalf("requests %v -> %v; want one write (b.txt) and a.txt, unchanged, left alone", before, got)
+	}
+}

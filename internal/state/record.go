@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -16,6 +17,8 @@ type record struct {
 	ExpirationTTL int64           `json:"t,omitempty"`
 	ExpirationAt  int64           `json:"e,omitempty"`
 	Written       int64           `json:"w,omitempty"` // Unix nanoseconds
+	// Digest is base64url, omitted when zero.
+	Digest string `json:"g,omitempty"`
 	// Pending is omitted when false, so clean records keep the encoding
 	// they had before the field existed and old records decode as clean.
 	Pending bool `json:"p,omitempty"`
@@ -28,6 +31,9 @@ func encode(r Record) ([]byte, error) {
 		ExpirationTTL: r.ExpirationTTL,
 		ExpirationAt:  r.ExpirationAt,
 		Pending:       r.Pending,
+	}
+	if r.Digest != ([16]byte{}) {
+		rec.Digest = base64.RawURLEncoding.EncodeToString(r.Digest[:])
 	}
 	if !r.Written.IsZero() {
 		rec.Written = r.Written.UnixNano()
@@ -60,7 +66,7 @@ const maxEncodedFixed = 42 + 4*20
 // reflection was a large part of recording a batch. Any other record goes
 // through encode. After an error buf's content is unspecified.
 func appendEncoded(buf []byte, r Record) ([]byte, error) {
-	if !plainJSONString(r.Hash) {
+	if !plainJSONString(r.Hash) || r.Digest != ([16]byte{}) {
 		v, err := encode(r)
 		return append(buf, v...), err
 	}
@@ -128,6 +134,13 @@ func decode(v []byte) (Record, error) {
 		ExpirationTTL: rec.ExpirationTTL,
 		ExpirationAt:  rec.ExpirationAt,
 		Pending:       rec.Pending,
+	}
+	if rec.Digest != "" {
+		d, err := base64.RawURLEncoding.DecodeString(rec.Digest)
+		if err != nil || len(d) != len(r.Digest) {
+			return Record{}, fmt.Errorf("digest %q: not 16 bytes of base64url", rec.Digest)
+		}
+		copy(r.Digest[:], d)
 	}
 	if len(rec.Metadata) > 0 {
 		r.Metadata = append(json.RawMessage(nil), rec.Metadata...)

@@ -48,6 +48,12 @@ type Record struct {
 	// ExpirationAt is in Unix seconds; 0 for none.
 	ExpirationAt int64
 	Written      time.Time
+	// Digest, when Hash is empty, is what a listing of the namespace said
+	// the key holds: the digest of its record in KV (package kvrecord),
+	// which vouches for content, metadata and expiration rule together.
+	// The key was not written by this process; a file with that digest is
+	// unchanged.
+	Digest [16]byte
 	// Pending marks a write-ahead intent: a request that may change the key
 	// was (or was about to be) sent and no reply confirmed it, so the key
 	// may be kvsync's and its content in KV is unknown. The other fields

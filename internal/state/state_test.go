@@ -91,7 +91,7 @@ func sampleRecord(i int) Record {
 func equalRecord(a, b Record) bool {
 	return a.Hash == b.Hash && a.Size == b.Size && bytes.Equal(a.Metadata, b.Metadata) &&
 		a.ExpirationTTL == b.ExpirationTTL && a.ExpirationAt == b.ExpirationAt && a.Written.Equal(b.Written) &&
-		a.Pending == b.Pending
+		a.Pending == b.Pending && a.Digest == b.Digest
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -778,6 +778,7 @@ func TestAppendEncodedMatchesEncode(t *testing.T) {
 		{"hash with quote", Record{Hash: `a"b\c`}},
 		{"hash with control and html", Record{Hash: "a\n\x01<&>"}},
 		{"hash non-ASCII", Record{Hash: "é\u2028\xff"}},
+		{"listed digest", Record{Digest: [16]byte{1, 2, 3, 250, 255}, ExpirationAt: 1_900_000_000, Written: time.Unix(1_700_000_000, 0)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			want, werr := encode(tc.r)
@@ -802,6 +803,9 @@ func TestAppendEncodedMatchesEncode(t *testing.T) {
 			w, _ := decode(want)
 			if !equalRecord(back, w) || back.Pending != w.Pending {
 				t.Errorf("decoded %+v, want %+v", back, w)
+			}
+			if !equalRecord(back, tc.r) && tc.r.Digest != ([16]byte{}) {
+				t.Errorf("decoded %+v, want the record stored %+v", back, tc.r)
 			}
 		})
 	}
