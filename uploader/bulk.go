@@ -63,6 +63,8 @@ type prepared struct {
 	it   *item
 	size int64
 	sum  [sha256.Size]byte // of the value sent, to record once written
+	// stamp vouches for the value read (smallReader.stamp); zero if not.
+	stamp desired.Stamp
 	// prev is the key's record before its intent mark, nil when it had
 	// none (always, on a first publish), restored if the request is refused.
 	prev *state.Record
@@ -131,7 +133,7 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			continue
 		}
 		raw, enc = raw+r, enc+n
-		b := prepared{it: it, size: int64(len(data)), sum: sum}
+		b := prepared{it: it, size: int64(len(data)), sum: sum, stamp: rd.stamp}
 		if had {
 			b.prev = &prev
 		}
@@ -180,6 +182,9 @@ func (e *Engine) putBulk(ctx context.Context, items []*item) []result {
 			continue
 		}
 		rec := newRecord(b.it.st, hex.EncodeToString(b.sum[:]), b.size, now)
+		if !b.stamp.IsZero() {
+			rec.Stamp = b.stamp
+		}
 		recs[b.it.st.Key] = rec
 		rs = append(rs, result{it: b.it, out: outcome{kind: outWritten, bytes: rec.Size}})
 	}

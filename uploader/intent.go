@@ -103,7 +103,12 @@ func (e *Engine) intentFailure(it *item, err error) result {
 
 func newRecord(st desired.State, sum string, size int64, now time.Time) state.Record {
 	ttl, at := expirationFields(st.Expiration)
-	return state.Record{Hash: sum, Size: size, Metadata: st.Metadata, ExpirationTTL: ttl, ExpirationAt: at, Written: now}
+	rec := state.Record{Hash: sum, Size: size, Metadata: st.Metadata, ExpirationTTL: ttl, ExpirationAt: at, Written: now}
+	if sum == st.Hash {
+		// The stamp vouches for the bytes hashed, which are those sent.
+		rec.Stamp = st.Stamp
+	}
+	return rec
 }
 
 // record stores confirmed writes, clearing their intent marks. A failure

@@ -247,6 +247,7 @@ const adoptedBatch = 1000
 // store unless the store already says as much. mu is held.
 func (e *Engine) adopt(p *pass, st desired.State, rk remoteKey) {
 	if rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
+		e.restamp(p, st, rec)
 		return
 	}
 	if p.adopted == nil {

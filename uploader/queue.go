@@ -107,6 +107,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 			e.log.Debug("file gone but kvsync never wrote its key; left alone", "key", key)
 			return nil
 		} else if !st.Deleted && ok && unchanged(st, rec, e.o.Now()) {
+			e.restamp(p, st, rec)
 			e.countUpload(metrics.UploadUnchanged, 0)
 			if p != nil {
 				p.rep.Unchanged++
@@ -129,6 +130,30 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 		return err
 	}
 	return nil
+}
+
+// restamp records st's stamp with rec, the record of its unchanged key,
+// when they differ (a file touched, or copied with its content kept, or a
+// record from before stamps): the next scan, in a new process too, then
+// need not read the file to know it unchanged. mu is held.
+func (e *Engine) restamp(p *pass, st desired.State, rec state.Record) {
+	if st.Stamp.IsZero() || rec.Stamp == st.Stamp || rec.Hash != st.Hash || e.o.DryRun {
+		return
+	}
+	rec.Stamp = st.Stamp
+	if p != nil {
+		if p.adopted == nil {
+			p.adopted = make(map[string]state.Record)
+		}
+		p.adopted[st.Key] = rec
+		if len(p.adopted) >= adoptedBatch {
+			e.flushAdopted(p)
+		}
+		return
+	}
+	if err := e.o.Store.PutBatch(e.o.Scope, map[string]state.Record{st.Key: rec}); err != nil {
+		e.storeErr(metrics.StoreRecord)
+	}
 }
 
 // holdBack drops the queued state of a key whose file cannot be published

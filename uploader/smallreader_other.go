@@ -10,7 +10,10 @@ import (
 
 // smallReader reads the files of one bulk batch. Without openat each file
 // is opened through openTree, its root opened each time.
-type smallReader struct{}
+type smallReader struct {
+	// stamp is always zero here: no stamps off Linux (desired.StampOf).
+	stamp desired.Stamp
+}
 
 func newSmallReader() *smallReader { return &smallReader{} }
 

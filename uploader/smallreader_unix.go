@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/kvsync/kvsync/internal/beneath"
 	"github.com/kvsync/kvsync/internal/desired"
@@ -28,9 +29,14 @@ type smallReader struct {
 	root  *beneath.Root // nil when none is open
 	dir   string        // rel of dirfd beneath root
 	dirfd int           // -1 when none is open
+	// now is the clock that tells settled file times (desired.RacyWindow).
+	now func() time.Time
+	// stamp vouches for the content the last read returned: the file's
+	// stat, unchanged while it was read and settled; zero when it cannot.
+	stamp desired.Stamp
 }
 
-func newSmallReader() *smallReader { return &smallReader{dirfd: -1} }
+func newSmallReader() *smallReader { return &smallReader{dirfd: -1, now: time.Now} }
 
 // read returns the content of st's file, refusing more than limit bytes
 // (errGrew: the caller streams it alone). The descriptor is fstatted
@@ -51,9 +57,11 @@ func (r *smallReader) read(st desired.State, limit int64) ([]byte, error) {
 		return nil, named(err, st.Path)
 	}
 	defer syscall.Close(fd)
+	r.stamp = desired.Stamp{}
 	if err := beneath.CheckFd(fd, st.Path, st.File); err != nil {
 		return nil, err
 	}
+	before, stamped := desired.StampOfFd(fd)
 	// One byte more than the size: a read that fills it proves the file
 	// longer than the scan saw. A read of a regular file stops short only
 	// at its end, so one that yields exactly the size, short of the
@@ -76,6 +84,11 @@ func (r *smallReader) read(st desired.State, limit int64) ([]byte, error) {
 	}
 	if int64(n) != size {
 		return nil, errShort(st, n)
+	}
+	// Stamped, the record of this write lets the next scan, in a new
+	// process too, know the file unchanged without reading it.
+	if after, ok := desired.StampOfFd(fd); stamped && ok && after == before && before.Settled(r.now()) {
+		r.stamp = before
 	}
 	return buf[:n], nil
 }

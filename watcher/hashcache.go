@@ -6,17 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/kvsync/kvsync/internal/beneath"
+	"github.com/kvsync/kvsync/internal/desired"
 )
 
-// racyWindow is how old a file's timestamps must be before its hash is
-// cached. File times tick coarsely (a jiffy locally, worse on network file
-// systems), so a file rewritten with the same size within one tick of being
-// hashed would keep its identity; like git's "racily clean" entries, such
-// files are hashed again next time instead of trusted.
-const racyWindow = 2 * time.Second
 
 // fileID is what a cached hash or sidecar is trusted under: while a file's
 // fileID is unchanged its content is taken to be, so it is not read again
@@ -25,6 +19,11 @@ type fileID struct {
 	dev, ino     uint64
 	size         int64
 	mtime, ctime int64
+}
+
+// stamp is id as the sink persists it.
+func (id fileID) stamp() desired.Stamp {
+	return desired.Stamp{Dev: id.dev, Ino: id.ino, Size: id.size, Mtime: id.mtime, Ctime: id.ctime}
 }
 
 type hashEntry struct {
@@ -42,52 +41,65 @@ type hashEntry struct {
 // hash does no harm: the write that raced produces an event that
 // re-evaluates the file, and the uploader records the hash of the bytes it
 // actually sends, not this one.
-func (w *Watcher) hash(rel string, r resolved) (string, int64, beneath.Identity, error) {
+//
+// A hash vouched for by a stamp (desired.Stamp) comes back with it: from
+// the cache, from the sink's record of the key (Options.Recorded), which
+// persists the cache across processes, or from a read of a file whose
+// times are old enough to be trusted.
+func (w *Watcher) hash(key, rel string, r resolved) (string, int64, beneath.Identity, desired.Stamp, error) {
 	s := w.st
 	var none beneath.Identity
+	var noStamp desired.Stamp
 	id, idOK := fileIDOf(r.info)
 	if e, ok := s.hashes[rel]; ok && idOK && e.id == id {
 		bid, _ := beneath.IdentityOf(r.info)
-		return e.hash, id.size, bid, nil
+		return e.hash, id.size, bid, id.stamp(), nil
 	}
 	delete(s.hashes, rel)
+	if idOK && w.opts.Recorded != nil {
+		if stamp, sum, ok := w.opts.Recorded(key); ok && !stamp.IsZero() && stamp == id.stamp() {
+			bid, _ := beneath.IdentityOf(r.info)
+			return sum, id.size, bid, stamp, nil
+		}
+	}
 	f, err := w.open(r.root, r.rel)
 	if err != nil {
 		if isGone(err) || errors.Is(err, beneath.ErrSymlink) {
-			return "", 0, none, err
+			return "", 0, none, noStamp, err
 		}
-		return "", 0, none, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
+		return "", 0, none, noStamp, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
 	}
 	defer f.Close()
 	// The descriptor, not the path, is what is hashed: its fstat is the
 	// identity the sink checks before publishing.
 	fi, err := f.Stat()
 	if err != nil {
-		return "", 0, none, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
+		return "", 0, none, noStamp, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return "", 0, none, errNotRegular
+		return "", 0, none, noStamp, errNotRegular
 	}
 	before, beforeOK := fileIDOf(fi)
 	bid, _ := beneath.IdentityOf(fi)
 	if fi.Size() > w.opts.MaxFileSize {
-		return "", fi.Size(), none, fmt.Errorf("%w: %s is %d bytes, over the limit of %d", ErrTooLarge, r.path, fi.Size(), w.opts.MaxFileSize)
+		return "", fi.Size(), none, noStamp, fmt.Errorf("%w: %s is %d bytes, over the limit of %d", ErrTooLarge, r.path, fi.Size(), w.opts.MaxFileSize)
 	}
 	h := sha256.New()
 	n, err := io.CopyBuffer(h, io.LimitReader(f, w.opts.MaxFileSize+1), s.buf)
 	if err != nil {
-		return "", 0, none, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
+		return "", 0, none, noStamp, fmt.Errorf("%w: %s: %v", ErrUnreadable, r.path, err)
 	}
 	if n > w.opts.MaxFileSize {
-		return "", n, none, fmt.Errorf("%w: %s grew past the limit of %d bytes", ErrTooLarge, r.path, w.opts.MaxFileSize)
+		return "", n, none, noStamp, fmt.Errorf("%w: %s grew past the limit of %d bytes", ErrTooLarge, r.path, w.opts.MaxFileSize)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
+	stamp := noStamp
 	if after, err := f.Stat(); err == nil && beforeOK {
 		aid, _ := fileIDOf(after)
-		settled := w.opts.Now().Add(-racyWindow).UnixNano()
-		if aid == before && before.size == n && before.mtime < settled && before.ctime < settled {
+		if aid == before && before.size == n && before.stamp().Settled(w.opts.Now()) {
 			s.hashes[rel] = hashEntry{id: before, hash: sum}
+			stamp = before.stamp()
 		}
 	}
-	return sum, n, bid, nil
+	return sum, n, bid, stamp, nil
 }

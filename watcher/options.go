@@ -135,6 +135,12 @@ type Options struct {
 	// that scans, with the watcher's lock held: it must not call back into
 	// the Watcher.
 	NeedHash func(key string) bool
+	// Recorded, when set, returns the sink's record of key's content: the
+	// stamp of the file it was read from and its hash (desired.Stamp). A
+	// file whose stat equals the stamp is not opened: the hash is taken
+	// from the record. It persists the watcher's hash cache, so a new
+	// process need not read an unchanged tree. Called like NeedHash.
+	Recorded func(key string) (stamp desired.Stamp, hash string, ok bool)
 	// RecordInMetadata says the uploader adds its record (package
 	// kvrecord) to every key's metadata: a sidecar that sets the reserved
 	// field, or leaves no room for it, is invalid.

@@ -182,7 +182,7 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 		st.File, _ = beneath.IdentityOf(r.info)
 		return st, true
 	}
-	hash, size, id, err := w.hash(rel, r)
+	hash, size, id, stamp, err := w.hash(key, rel, r)
 	switch {
 	case err == nil:
 	case isGone(err):
@@ -204,7 +204,7 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 		return desired.State{Key: key, Path: r.path, Err: err}, true
 	}
 	delete(w.st.skipped, rel)
-	st.Hash, st.Size, st.File = hash, size, id
+	st.Hash, st.Size, st.File, st.Stamp = hash, size, id, stamp
 	return st, true
 }
 

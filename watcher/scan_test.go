@@ -219,7 +219,7 @@ func TestRescanUnchangedOpensNothing(t *testing.T) {
 	opened := &countingOpen{}
 	opts := testOpts(t, root)
 	// The files were written just now; pretend time has moved on so their
-	// timestamps are settled (see racyWindow).
+	// timestamps are settled (see desired.RacyWindow).
 	clock := time.Now().Add(time.Hour)
 	opts.Now = func() time.Time { return clock }
 	w, err := New(opts)

@@ -104,8 +104,7 @@ func (w *Watcher) sidecar(rel string, lst fs.FileInfo) (json.RawMessage, error) 
 		return meta, err
 	}
 	id, idOK = fileIDOf(read)
-	settled := w.opts.Now().Add(-racyWindow).UnixNano()
-	if idOK && id.mtime < settled && id.ctime < settled {
+	if idOK && id.stamp().Settled(w.opts.Now()) {
 		s.sidecars[rel] = sidecarEntry{id: id, meta: meta, err: err}
 	}
 	return meta, err

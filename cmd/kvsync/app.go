@@ -245,6 +245,19 @@ func (a *app) newUnit(s config.Sync, dryRun bool, cf *commonFlags) (*unit, error
 		_, ok, err := a.store.Get(scope, key)
 		return ok || err != nil
 	}
+	// The store persists the watcher's hash cache: a file whose stat is
+	// the one recorded with its key is not read again, in a new process
+	// too (desired.Stamp).
+	wo.Recorded = func(key string) (desired.Stamp, string, bool) {
+		if !u.recordsExist.Load() {
+			return desired.Stamp{}, "", false
+		}
+		rec, ok, err := a.store.Get(scope, key)
+		if err != nil || !ok || rec.Hash == "" {
+			return desired.Stamp{}, "", false
+		}
+		return rec.Stamp, rec.Hash, true
+	}
 	var owner kvrecord.Owner
 	if s.RecordInMetadata {
 		owner = kvrecord.OwnerOf(s.NamespaceID, s.Prefix)

@@ -15,9 +15,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/emulator"
 	"github.com/kvsync/kvsync/internal/kvrecord"
+	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/kvapi"
 )
 
@@ -430,4 +433,33 @@ func TestStaleListingHealsEndToEnd(t *testing.T) {
 		t.Fatalf("after the listing caught up: wrote %q, deleted %q; want nothing written and n.txt deleted", w, d)
 	}
 	env.waitConverged(t, expectTree(t, env.root, nil), converge)
+}
+
+// TestStampsPersisted: what a sync wrote is recorded with the stat of the
+// file it read (the persisted hash cache), so the next process knows an
+// unchanged file without reading it (watcher.TestRecordedStampSkipsRead).
+func TestStampsPersisted(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{})
+	env.writeConfig("", "")
+	namespaceTree(t, env.root, 50)
+	time.Sleep(desired.RacyWindow + 100*time.Millisecond) // stamps vouch only for settled files
+	if out, err := runKvsync(t, env, "sync", "--config", env.config); err != nil {
+		t.Fatalf("sync: %v\n%s", err, out)
+	}
+	st, err := state.Open(filepath.Join(env.stateDir, "state.db"), state.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, rel := range treeFiles(t, env.root) {
+		fi, err := os.Stat(filepath.Join(env.root, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := desired.StampOf(fi)
+		rec, ok, err := st.Get(testAccount+"/"+testNamespace, rel)
+		if err != nil || !ok || rec.Stamp != want {
+			t.Fatalf("record of %q: %+v (%v, %v); want the file's stamp %+v", rel, rec.Stamp, ok, err, want)
+		}
+	}
 }

@@ -28,6 +28,35 @@ func (e Expiration) IsZero() bool { return e.TTL == 0 && e.At.IsZero() }
 // Equal reports whether two expirations ask for the same thing.
 func (e Expiration) Equal(o Expiration) bool { return e.TTL == o.TTL && e.At.Equal(o.At) }
 
+// Stamp is what a file's stat said when its content was hashed: device,
+// inode, size, and modification and change times in nanoseconds. While a
+// file's stamp is unchanged its content is taken to be: ctime cannot be
+// set from user space, so a rewrite that restores size and mtime still
+// changes it. The watcher stamps only files whose times were old enough to
+// be trusted when they were hashed. The zero value is no stamp.
+type Stamp struct {
+	Dev, Ino     uint64
+	Size         int64
+	Mtime, Ctime int64
+}
+
+// IsZero reports whether s is no stamp.
+func (s Stamp) IsZero() bool { return s == Stamp{} }
+
+// RacyWindow is how old a file's times must be before a stamp of it may
+// vouch for its content. File times tick coarsely (a jiffy locally, worse
+// on network file systems), so a file rewritten with the same size within
+// one tick of being read would keep its stamp; like git's "racily clean"
+// entries, such a file is read again next time instead of trusted.
+const RacyWindow = 2 * time.Second
+
+// Settled reports whether s may vouch for the content read under it: its
+// times are older than RacyWindow at now.
+func (s Stamp) Settled(now time.Time) bool {
+	limit := now.Add(-RacyWindow).UnixNano()
+	return s.Mtime < limit && s.Ctime < limit
+}
+
 // State is the desired state of one key.
 type State struct {
 	// Key is the full KV key name, prefix included.
@@ -61,6 +90,12 @@ type State struct {
 	Hash string
 	// Size is the content's length in bytes.
 	Size int64
+	// Stamp vouches for Hash: the file's stat when it was hashed, zero
+	// when its times were too recent to be trusted (or it was not
+	// hashed). The sink persists it with what it wrote, so a later scan,
+	// in a new process too, takes the hash from it without reading the
+	// file (watcher.Options.Recorded).
+	Stamp Stamp
 	// Metadata is the compacted JSON object from the file's sidecar, or nil.
 	Metadata json.RawMessage
 	// Expiration comes from the config's rules.

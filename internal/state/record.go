@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/kvsync/kvsync/internal/desired"
 )
 
 // record is Record's stored form: short names keep a large store small.
@@ -17,6 +19,8 @@ type record struct {
 	ExpirationTTL int64           `json:"t,omitempty"`
 	ExpirationAt  int64           `json:"e,omitempty"`
 	Written       int64           `json:"w,omitempty"` // Unix nanoseconds
+	// Stamp is [dev, ino, size, mtime, ctime], omitted when zero.
+	Stamp []int64 `json:"st,omitempty"`
 	// Digest is base64url, omitted when zero.
 	Digest string `json:"g,omitempty"`
 	// Pending is omitted when false, so clean records keep the encoding
@@ -34,6 +38,9 @@ func encode(r Record) ([]byte, error) {
 	}
 	if r.Digest != ([16]byte{}) {
 		rec.Digest = base64.RawURLEncoding.EncodeToString(r.Digest[:])
+	}
+	if !r.Stamp.IsZero() {
+		rec.Stamp = stampFields(r.Stamp)
 	}
 	if !r.Written.IsZero() {
 		rec.Written = r.Written.UnixNano()
@@ -98,6 +105,16 @@ func appendEncoded(buf []byte, r Record) ([]byte, error) {
 			buf = strconv.AppendInt(buf, w, 10)
 		}
 	}
+	if !r.Stamp.IsZero() {
+		buf = append(buf, `,"st":[`...)
+		for i, v := range stampFields(r.Stamp) {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = strconv.AppendInt(buf, v, 10)
+		}
+		buf = append(buf, ']')
+	}
 	if r.Pending {
 		buf = append(buf, `,"p":true`...)
 	}
@@ -123,6 +140,12 @@ func appendCompact(buf []byte, m []byte) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// stampFields is a stamp's stored form. Device and inode numbers fit in an
+// int64's range in practice; they round-trip bit for bit either way.
+func stampFields(s desired.Stamp) []int64 {
+	return []int64{int64(s.Dev), int64(s.Ino), s.Size, s.Mtime, s.Ctime}
+}
+
 func decode(v []byte) (Record, error) {
 	var rec record
 	if err := json.Unmarshal(v, &rec); err != nil {
@@ -134,6 +157,10 @@ func decode(v []byte) (Record, error) {
 		ExpirationTTL: rec.ExpirationTTL,
 		ExpirationAt:  rec.ExpirationAt,
 		Pending:       rec.Pending,
+	}
+	if len(rec.Stamp) == 5 {
+		f := rec.Stamp
+		r.Stamp = desired.Stamp{Dev: uint64(f[0]), Ino: uint64(f[1]), Size: f[2], Mtime: f[3], Ctime: f[4]}
 	}
 	if rec.Digest != "" {
 		d, err := base64.RawURLEncoding.DecodeString(rec.Digest)

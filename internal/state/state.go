@@ -24,6 +24,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/kvsync/kvsync/internal/desired"
 )
 
 var (
@@ -54,6 +56,10 @@ type Record struct {
 	// The key was not written by this process; a file with that digest is
 	// unchanged.
 	Digest [16]byte
+	// Stamp is the stat of the file whose content Hash is, when the
+	// watcher could vouch for it (desired.State.Stamp): the persisted
+	// hash cache.
+	Stamp desired.Stamp
 	// Pending marks a write-ahead intent: a request that may change the key
 	// was (or was about to be) sent and no reply confirmed it, so the key
 	// may be kvsync's and its content in KV is unknown. The other fields

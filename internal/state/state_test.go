@@ -17,6 +17,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/kvsync/kvsync/internal/desired"
 )
 
 // helperEnv makes the test binary act as a second kvsync process: it writes
@@ -91,7 +93,7 @@ func sampleRecord(i int) Record {
 func equalRecord(a, b Record) bool {
 	return a.Hash == b.Hash && a.Size == b.Size && bytes.Equal(a.Metadata, b.Metadata) &&
 		a.ExpirationTTL == b.ExpirationTTL && a.ExpirationAt == b.ExpirationAt && a.Written.Equal(b.Written) &&
-		a.Pending == b.Pending && a.Digest == b.Digest
+		a.Pending == b.Pending && a.Digest == b.Digest && a.Stamp == b.Stamp
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -778,6 +780,7 @@ func TestAppendEncodedMatchesEncode(t *testing.T) {
 		{"hash with quote", Record{Hash: `a"b\c`}},
 		{"hash with control and html", Record{Hash: "a\n\x01<&>"}},
 		{"hash non-ASCII", Record{Hash: "é\u2028\xff"}},
+		{"stamped", Record{Hash: "h", Size: 5, Stamp: desired.Stamp{Dev: 2049, Ino: 1 << 40, Size: 5, Mtime: 1_700_000_000_123456789, Ctime: -1}, Pending: true}},
 		{"listed digest", Record{Digest: [16]byte{1, 2, 3, 250, 255}, ExpirationAt: 1_900_000_000, Written: time.Unix(1_700_000_000, 0)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -804,7 +807,7 @@ func TestAppendEncodedMatchesEncode(t *testing.T) {
 			if !equalRecord(back, w) || back.Pending != w.Pending {
 				t.Errorf("decoded %+v, want %+v", back, w)
 			}
-			if !equalRecord(back, tc.r) && tc.r.Digest != ([16]byte{}) {
+			if !equalRecord(back, tc.r) && (tc.r.Digest != ([16]byte{}) || !tc.r.Stamp.IsZero()) {
 				t.Errorf("decoded %+v, want the record stored %+v", back, tc.r)
 			}
 		})

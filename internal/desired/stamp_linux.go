@@ -1,0 +1,28 @@
+package desired
+
+import (
+	"io/fs"
+	"syscall"
+)
+
+// StampOf returns the stamp of a file's stat.
+func StampOf(fi fs.FileInfo) (Stamp, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return Stamp{}, false
+	}
+	return stampOfStat(st), true
+}
+
+// StampOfFd returns the stamp of an open descriptor's fstat.
+func StampOfFd(fd int) (Stamp, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return Stamp{}, false
+	}
+	return stampOfStat(&st), true
+}
+
+func stampOfStat(st *syscall.Stat_t) Stamp {
+	return Stamp{Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size, Mtime: st.Mtim.Nano(), Ctime: st.Ctim.Nano()}
+}

@@ -1,0 +1,12 @@
+//go:build !linux
+
+package desired
+
+import "io/fs"
+
+// StampOf reports no stamp where ctime and inode are not at hand, so every
+// file is read: size and mtime alone never prove content unchanged.
+func StampOf(fs.FileInfo) (Stamp, bool) { return Stamp{}, false }
+
+// StampOfFd reports no stamp; see StampOf.
+func StampOfFd(int) (Stamp, bool) { return Stamp{}, false }
