@@ -11,7 +11,6 @@ import (
 	"github.com/kvsync/kvsync/internal/desired"
 )
 
-
 // fileID is what a cached hash or sidecar is trusted under: while a file's
 // fileID is unchanged its content is taken to be, so it is not read again
 // (fileIDOf says why these fields suffice).
