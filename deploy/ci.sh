@@ -2,19 +2,24 @@
 # CI entry point for the deployment files (called by `make deploy-check`):
 #
 #   1. deploy/systemd/verify.sh       systemd-analyze verify + security of the unit
-#   2. deploy/systemd/boot-test.sh    the unit run under a real systemd booted in
-#                                     systemd-nspawn: readiness, sandbox, watch,
-#                                     reload, watchdog restart, clean stop
+#   2. deploy/systemd/boot-test.sh    the Debian package installed with dpkg -i
+#                                     in a real systemd booted in systemd-nspawn:
+#                                     install, readiness, sandbox, watch, upgrade,
+#                                     reload, watchdog restart, clean stop, purge
 #   3. deploy/container/rootfs-test.sh the image's static binary syncing from an
 #                                     otherwise empty root as uid 65532
-#   4. go test ./deploy/...           strict decoding of the Kubernetes manifests,
+#   4. deploy/debian/lintian.sh       the .deb for amd64 and arm64, built and
+#                                     checked by lintian: no errors or warnings
+#   5. deploy/debian/dist-test.sh     `make dist` twice, from two clones: every
+#                                     file byte-identical
+#   6. go test ./deploy/...           strict decoding of the Kubernetes manifests,
 #                                     the example configs against internal/config,
 #                                     unit/Dockerfile/config consistency
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero
 # if any failed. A step exiting 77 is reported as SKIPPED (boot-test.sh does so
 # only when the machine cannot boot a container at all) and does not fail the
-# run. Needs root on Debian (apt-get for systemd / systemd-container when
+# run. Needs root on Debian (apt-get for systemd-container and lintian when
 # missing, chroot, mounts) and loopback only. kvsync is built once, exactly as
 # the Dockerfile builds it, and shared by the scripts.
 set -uo pipefail
@@ -66,6 +71,8 @@ else
 	step "systemd/boot-test.sh" bash "$here/systemd/boot-test.sh"
 	step "container/rootfs-test.sh" bash "$here/container/rootfs-test.sh"
 fi
+step "debian/lintian.sh" bash "$here/debian/lintian.sh"
+step "debian/dist-test.sh" bash "$here/debian/dist-test.sh"
 step "go test ./deploy/..." go test -count=1 ./deploy/...
 
 if [ "$failed" -gt 0 ]; then
