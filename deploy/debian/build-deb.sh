@@ -201,7 +201,8 @@ write_copyright() {
 
 build_binary() {
 	local arch=$1 dest=$2
-	CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -buildvcs=false \
+	# As dist.sh builds: baseline instruction set, nothing from GOFLAGS.
+	CGO_ENABLED=0 GOOS=linux GOARCH=$arch GOAMD64=v1 GOARM64=v8.0 GOFLAGS= GOEXPERIMENT= go build -trimpath -buildvcs=false \
 		-ldflags "-s -w -X main.version=$VERSION" -o "$dest" ./cmd/kvsync
 }
 

@@ -6,7 +6,8 @@
 # each runs from its own clone at a different path (and depth), into its own
 # output directory, with a different umask and time zone, and the second with
 # an empty Go build cache, so nothing is shared but the module cache (which Go
-# verifies against go.sum). Both build HEAD as committed; uncommitted changes
+# verifies against go.sum), and with GOAMD64 and GOFLAGS set as a builder's
+# environment might have them. Both build HEAD as committed; uncommitted changes
 # are not part of a release.
 #
 # Exit status: 0 identical, 1 different or a build failed. Takes one full
@@ -30,8 +31,8 @@ build() {
 
 log "build 1: $tmp/a"
 build "$tmp/a/kvsync" "$tmp/out-a" 022 UTC
-log "build 2: $tmp/b, umask 077, cold build cache"
-build "$tmp/b/second/clone" "$tmp/b/out" 077 Pacific/Chatham GOCACHE="$tmp/b/gocache"
+log "build 2: $tmp/b, umask 077, cold build cache, GOAMD64=v3 GOFLAGS=-buildvcs=true in the environment"
+build "$tmp/b/second/clone" "$tmp/b/out" 077 Pacific/Chatham GOCACHE="$tmp/b/gocache" GOAMD64=v3 GOFLAGS=-buildvcs=true
 
 a=$(cd "$tmp/out-a" && find . -type f | sort)
 b=$(cd "$tmp/b/out" && find . -type f | sort)
