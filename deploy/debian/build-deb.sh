@@ -245,7 +245,9 @@ build_deb() {
 	local size
 	size=$(cd "$root" && find . -path ./DEBIAN -prune -o -mindepth 1 -printf '%y %s\n' |
 		awk '{ n += ($1 == "f") ? int(($2 + 1023) / 1024) : 1 } END { print n }')
-	sed -e "s/@VERSION@/$debver/" -e "s/@ARCH@/$arch/" -e "s/@MAINTAINER@/$maintainer/" \
+	local maint_sed
+	maint_sed=$(printf '%s' "$maintainer" | sed 's/[\/&]/\\&/g')
+	sed -e "s/@VERSION@/$debver/" -e "s/@ARCH@/$arch/" -e "s/@MAINTAINER@/$maint_sed/" \
 		-e "s/@INSTALLED_SIZE@/$size/" -e "s/@STATIC_BUILT_USING@/$static_built_using/" \
 		"$here/control.in" >"$root/DEBIAN/control"
 	chmod 0644 "$root/DEBIAN/control"

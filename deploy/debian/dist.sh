@@ -11,8 +11,8 @@
 # Reproducible: two runs from the same commit with the same Go release give
 # identical bytes whatever the checkout path, umask, time zone or build cache
 # (deploy/debian/dist-test.sh checks it). -trimpath drops the checkout path,
-# -buildvcs=false leaves out VCS state that a clone and a worktree record
-# differently, and every timestamp in a package is SOURCE_DATE_EPOCH, the
+# -buildvcs=false keeps git's view of the checkout out of the binary (one
+# untracked file would stamp it "modified"), and every timestamp in a package is SOURCE_DATE_EPOCH, the
 # commit's time unless set.
 set -euo pipefail
 
