@@ -9,7 +9,9 @@ FUZZTIME  ?= 20s
 # a worker runs nothing new: in a 20 s budget that was most of the time.
 FUZZFLAGS := -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 
-.PHONY: build test vet vulncheck unit fuzz deploy-check bench
+DIST      ?= dist
+
+.PHONY: build test vet vulncheck unit fuzz deploy-check bench deb dist
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kvsync ./cmd/kvsync
@@ -56,6 +58,16 @@ fuzz:
 
 deploy-check:
 	bash deploy/ci.sh
+
+# kvsync_<version>_{amd64,arm64}.deb in $(DIST), built with dpkg-deb
+# (deploy/debian/build-deb.sh).
+deb:
+	VERSION='$(VERSION)' bash deploy/debian/build-deb.sh -o '$(DIST)' amd64 arm64
+
+# The release files in $(DIST): static binaries and packages for linux/amd64
+# and linux/arm64, and SHA256SUMS; reproducible (deploy/debian/dist-test.sh).
+dist:
+	VERSION='$(VERSION)' bash deploy/debian/dist.sh '$(DIST)'
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -2,9 +2,10 @@
 # CI entry point for the deployment files (called by `make deploy-check`):
 #
 #   1. deploy/systemd/verify.sh       systemd-analyze verify + security of the unit
-#   2. deploy/systemd/boot-test.sh    the unit run under a real systemd booted in
-#                                     systemd-nspawn: readiness, sandbox, watch,
-#                                     reload, watchdog restart, clean stop
+#   2. deploy/systemd/boot-test.sh    the Debian package installed with dpkg -i
+#                                     in a real systemd booted in systemd-nspawn:
+#                                     install, readiness, sandbox, watch, upgrade,
+#                                     reload, watchdog restart, clean stop, purge
 #   3. deploy/container/rootfs-test.sh the image's static binary syncing from an
 #                                     otherwise empty root as uid 65532
 #   4. deploy/container/image-test.sh `make image` on a local stand-in for the
@@ -16,14 +17,18 @@
 #                                     podman kube play: the app's files
 #                                     published, kvsync killed and back,
 #                                     the pod played again
-#   6. go test ./deploy/...           strict decoding of the Kubernetes manifests,
+#   6. deploy/debian/lintian.sh       the .deb for amd64 and arm64, built and
+#                                     checked by lintian: no errors or warnings
+#   7. deploy/debian/dist-test.sh     `make dist` twice, from two clones: every
+#                                     file byte-identical
+#   8. go test ./deploy/...           strict decoding of the Kubernetes manifests,
 #                                     the example configs against internal/config,
 #                                     unit/Dockerfile/config consistency, and the
 #                                     metric names of the alerts and the dashboard
 #                                     against a scrape of a real kvsync run
-#   7. promtool check/test rules      deploy/prometheus: the alerting rules and
+#   9. promtool check/test rules      deploy/prometheus: the alerting rules and
 #                                     their unit tests (promtool from .ci/run)
-#   8. deploy/grafana/gen             the committed dashboard JSON is what its
+#  10. deploy/grafana/gen             the committed dashboard JSON is what its
 #                                     generator (a module of its own) writes
 #
 # Every step runs even when an earlier one failed; the exit status is non-zero
@@ -31,11 +36,11 @@
 # only when the machine cannot boot a container at all, the promtool step only
 # outside CI when promtool is missing) and does not fail the run. Needs root
 # on Debian (apt-get for systemd / systemd-container, podman, buildah, runc,
-# catatonit when missing; chroot, mounts) and loopback only. kvsync is built
-# once, exactly as `make build` builds the binary the Dockerfile copies, and
-# shared by the scripts; image-test.sh and play-test.sh build the image with
-# `make image`, which runs `make build` into bin/ itself, as a user's build
-# does.
+# catatonit and lintian when missing; chroot, mounts) and loopback only.
+# kvsync is built once, exactly as `make build` builds the binary the
+# Dockerfile copies, and shared by the scripts; image-test.sh and
+# play-test.sh build the image with `make image`, which runs `make build`
+# into bin/ itself, as a user's build does.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -89,6 +94,8 @@ else
 	step "container/image-test.sh" bash "$here/container/image-test.sh"
 	step "kubernetes/play-test.sh" bash "$here/kubernetes/play-test.sh"
 fi
+step "debian/lintian.sh" bash "$here/debian/lintian.sh"
+step "debian/dist-test.sh" bash "$here/debian/dist-test.sh"
 step "go test ./deploy/..." go test -count=1 ./deploy/...
 
 # .ci/run puts promtool on PATH. A developer without it gets a skip, CI a
