@@ -28,6 +28,7 @@ type Metrics struct {
 	QueueDepth      prometheus.Gauge
 	InflightUploads prometheus.Gauge
 	Watches         prometheus.Gauge
+	Unwatched       prometheus.Gauge
 	WatcherOverflow prometheus.Counter
 	FilesSkipped    *prometheus.CounterVec // reason
 	FullSyncs       *prometheus.CounterVec // trigger
@@ -76,6 +77,9 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		Watches: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kvsync_watched_directories", Help: "Directories with an inotify watch.",
 		}),
+		Unwatched: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kvsync_unwatched_directories", Help: "Directories the kernel refused an inotify watch (fs.inotify.max_user_watches or max_user_instances): only periodic rescans see their changes.",
+		}),
 		WatcherOverflow: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kvsync_watcher_overflows_total", Help: "Kernel event-queue overflows, each answered by a full rescan.",
 		}),
@@ -99,7 +103,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		}, []string{"version", "goversion"}),
 	}
 	reg.MustRegister(m.Uploads, m.UploadBytes, m.Deletes, m.APIRequests, m.APIErrors, m.RequestDuration,
-		m.Retries, m.RateLimitWait, m.RateLimitPauses, m.QueueDepth, m.InflightUploads, m.Watches,
+		m.Retries, m.RateLimitWait, m.RateLimitPauses, m.QueueDepth, m.InflightUploads, m.Watches, m.Unwatched,
 		m.WatcherOverflow, m.FilesSkipped, m.FullSyncs, m.DriftKeys, m.StoreErrors, m.LastSuccess, m.BuildInfo)
 	m.BuildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	for _, r := range UploadResults {

@@ -145,8 +145,8 @@ func TestMetricNamesLint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 19 {
-		t.Errorf("gathered %d metric families, want all 19", len(mfs))
+	if len(mfs) != 20 {
+		t.Errorf("gathered %d metric families, want all 20", len(mfs))
 	}
 	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {

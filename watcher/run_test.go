@@ -543,6 +543,7 @@ func TestRunWatchLimit(t *testing.T) {
 	write(t, root, "top.txt", "t")
 	opts := testOpts(t, root)
 	opts.RescanInterval = -1
+	opts.Metrics = metrics.New(prometheus.NewRegistry(), "test")
 	refuse := func(p string) error {
 		if p != root {
 			return fmt.Errorf("inotify_add_watch %s: %w", p, syscall.ENOSPC)
@@ -577,6 +578,11 @@ func TestRunWatchLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the new directory's file, as a change", changedTo(m, "deep/er/file.txt", "f"))
+	// The refused directories are counted: deep and deep/er; the root is
+	// watched.
+	if w, u := testutil.ToFloat64(opts.Metrics.Watches), testutil.ToFloat64(opts.Metrics.Unwatched); w != 1 || u != 2 {
+		t.Errorf("kvsync_watched_directories %v, kvsync_unwatched_directories %v; want 1 and 2", w, u)
+	}
 	// What comes later there has no event, so only a rescan can see it, and
 	// rescans run only because the watcher degraded to them.
 	write(t, root, "deep/er/later.txt", "l")
@@ -598,6 +604,37 @@ func TestRunWatchLimit(t *testing.T) {
 		st, ok := r.sink.viewOf("top.txt")
 		return ok && st.Hash == sha("t2")
 	})
+	// A refused directory that goes away is no longer counted.
+	if err := os.RemoveAll(filepath.Join(root, "deep")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the removed directories uncounted", func() bool {
+		return testutil.ToFloat64(opts.Metrics.Unwatched) == 0
+	})
+}
+
+// TestWatchGaugesSumSyncs: two watchers (two syncs of one process) share
+// the watched-directories gauge; it counts both trees, whichever changed
+// last.
+func TestWatchGaugesSumSyncs(t *testing.T) {
+	t.Parallel()
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	var rs []*running
+	for _, dirs := range []int{3, 2} {
+		root := t.TempDir()
+		for i := range dirs {
+			write(t, root, fmt.Sprintf("d%d/f.txt", i), "x")
+		}
+		opts := testOpts(t, root)
+		opts.Metrics = m
+		rs = append(rs, start(t, opts, nil))
+	}
+	// Roots and their directories: 4 + 3.
+	waitFor(t, "both trees watched", func() bool { return testutil.ToFloat64(m.Watches) == 7 })
+	if err := os.Mkdir(filepath.Join(rs[0].root, "new"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a new directory in the first tree counted with the second's", func() bool { return testutil.ToFloat64(m.Watches) == 8 })
 }
 
 func TestRunRescanRequest(t *testing.T) {

@@ -82,6 +82,14 @@ type Watcher struct {
 	wmu      sync.Mutex
 	src      eventSource // nil when not watching
 	watched  map[string]struct{}
+	// unwatched holds the directories whose watch the kernel refused
+	// for lack of quota: only rescans see their changes.
+	unwatched map[string]struct{}
+	// srcRefused: Run found no inotify instance to be had.
+	srcRefused bool
+	// gauged are the watched and unwatched counts this watcher last added
+	// to the shared gauges, which every sync's watcher adds its own to.
+	gaugedWatched, gaugedUnwatched int
 	degraded chan struct{} // signalled when the kernel refuses a watch
 	// degradedRescan is the rescan interval's bound while degraded; tests
 	// shorten it to see the fallback work.
@@ -150,6 +158,7 @@ func New(opts Options) (*Watcher, error) {
 		prefetch:  defaultPrefetch,
 		newSource: newFSNotifySource,
 		watched:   make(map[string]struct{}),
+		unwatched: make(map[string]struct{}),
 		degraded:  make(chan struct{}, 1),
 		rescan:    make(chan desired.Trigger, 1),
 
@@ -196,6 +205,11 @@ func (w *Watcher) addWatch(abs string) {
 	w.wmu.Lock()
 	defer w.wmu.Unlock()
 	if w.src == nil {
+		if w.srcRefused {
+			// No inotify instance at all: every directory is unwatched.
+			w.unwatched[abs] = struct{}{}
+			w.setWatchGauge()
+		}
 		return
 	}
 	if _, ok := w.watched[abs]; ok {
@@ -205,9 +219,12 @@ func (w *Watcher) addWatch(abs string) {
 	switch {
 	case err == nil:
 		w.watched[abs] = struct{}{}
+		delete(w.unwatched, abs)
 		w.setWatchGauge()
 	case isGone(err):
 	case isLimit(err):
+		w.unwatched[abs] = struct{}{}
+		w.setWatchGauge()
 		if !w.limitLog {
 			w.limitLog = true
 			w.log.Error("the kernel refused an inotify watch; changes there are seen only by periodic rescans. "+
@@ -229,23 +246,34 @@ func (w *Watcher) addWatch(abs string) {
 func (w *Watcher) dropWatches(abs string) {
 	w.wmu.Lock()
 	defer w.wmu.Unlock()
-	if _, ok := w.watched[abs]; !ok || w.src == nil {
-		return
-	}
 	prefix := abs + string(os.PathSeparator)
-	for d := range w.watched {
-		if d == abs || len(d) > len(prefix) && d[:len(prefix)] == prefix {
-			_ = w.src.Remove(d) // already gone with its directory, usually
-			delete(w.watched, d)
+	below := func(d string) bool { return d == abs || len(d) > len(prefix) && d[:len(prefix)] == prefix }
+	for d := range w.unwatched {
+		if below(d) {
+			delete(w.unwatched, d)
+		}
+	}
+	if _, ok := w.watched[abs]; ok && w.src != nil {
+		for d := range w.watched {
+			if below(d) {
+				_ = w.src.Remove(d) // already gone with its directory, usually
+				delete(w.watched, d)
+			}
 		}
 	}
 	w.setWatchGauge()
 }
 
+// setWatchGauge adds to the shared gauges what changed in this watcher's
+// counts since it last did: several syncs' watchers share them, so none
+// may set them to its own count alone.
 func (w *Watcher) setWatchGauge() {
-	if w.opts.Metrics != nil {
-		w.opts.Metrics.Watches.Set(float64(len(w.watched)))
+	if w.opts.Metrics == nil {
+		return
 	}
+	w.opts.Metrics.Watches.Add(float64(len(w.watched) - w.gaugedWatched))
+	w.opts.Metrics.Unwatched.Add(float64(len(w.unwatched) - w.gaugedUnwatched))
+	w.gaugedWatched, w.gaugedUnwatched = len(w.watched), len(w.unwatched)
 }
 
 // startSource replaces the event source with a fresh one and forgets every
@@ -260,9 +288,12 @@ func (w *Watcher) startSource() eventSource {
 		w.src = nil
 	}
 	clear(w.watched)
+	clear(w.unwatched)
+	w.srcRefused = false
 	w.setWatchGauge()
 	src, err := w.newSource()
 	if err != nil {
+		w.srcRefused = true
 		msg := "cannot start inotify; changes are seen only by periodic rescans"
 		if isLimit(err) {
 			msg += ". Raise sysctl fs.inotify.max_user_instances"
@@ -285,7 +316,9 @@ func (w *Watcher) stopSource() {
 		_ = w.src.Close()
 		w.src = nil
 	}
+	w.srcRefused = false
 	clear(w.watched)
+	clear(w.unwatched)
 	w.setWatchGauge()
 }
 
