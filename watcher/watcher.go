@@ -79,9 +79,9 @@ type Watcher struct {
 	// and refused watches.
 	newSource func() (eventSource, error)
 
-	wmu      sync.Mutex
-	src      eventSource // nil when not watching
-	watched  map[string]struct{}
+	wmu     sync.Mutex
+	src     eventSource // nil when not watching
+	watched map[string]struct{}
 	// unwatched holds the directories whose watch the kernel refused
 	// for lack of quota: only rescans see their changes.
 	unwatched map[string]struct{}
@@ -90,7 +90,7 @@ type Watcher struct {
 	// gauged are the watched and unwatched counts this watcher last added
 	// to the shared gauges, which every sync's watcher adds its own to.
 	gaugedWatched, gaugedUnwatched int
-	degraded chan struct{} // signalled when the kernel refuses a watch
+	degraded                       chan struct{} // signalled when the kernel refuses a watch
 	// degradedRescan is the rescan interval's bound while degraded; tests
 	// shorten it to see the fallback work.
 	degradedRescan time.Duration
