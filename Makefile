@@ -55,6 +55,7 @@ fuzz:
 	bash .ci/fuzz FuzzJSONEscaping ./kvapi $(FUZZFLAGS)
 	bash .ci/fuzz FuzzBulkPairLen ./kvapi $(FUZZFLAGS)
 	bash .ci/fuzz FuzzEmulatorRequest ./internal/emulator $(FUZZFLAGS)
+	bash .ci/fuzz FuzzDecodePlain ./internal/state $(FUZZFLAGS)
 
 deploy-check:
 	bash deploy/ci.sh

@@ -147,6 +147,14 @@ func stampFields(s desired.Stamp) []int64 {
 }
 
 func decode(v []byte) (Record, error) {
+	if r, ok := decodePlain(v); ok {
+		return r, nil
+	}
+	return decodeJSON(v)
+}
+
+// decodeJSON decodes any stored record with encoding/json.
+func decodeJSON(v []byte) (Record, error) {
 	var rec record
 	if err := json.Unmarshal(v, &rec); err != nil {
 		return Record{}, err
@@ -176,4 +184,95 @@ func decode(v []byte) (Record, error) {
 		r.Written = time.Unix(0, rec.Written)
 	}
 	return r, nil
+}
+
+// decodePlain decodes a record in the exact form appendEncoded writes for
+// the usual record (a plain hash, no metadata, no digest), without
+// encoding/json's reflection, which was most of a no-op sync's time spent
+// reading the store. ok is false for anything else, which decode then
+// reads the general way.
+func decodePlain(v []byte) (r Record, ok bool) {
+	p := plainParser{b: v}
+	if !p.lit(`{"h":"`) {
+		return r, false
+	}
+	end := bytes.IndexByte(p.b[p.i:], '"')
+	if end < 0 {
+		return r, false
+	}
+	hash := p.b[p.i : p.i+end]
+	if !plainJSONString(string(hash)) {
+		return r, false
+	}
+	r.Hash = string(hash)
+	p.i += end + 1
+	if p.lit(`,"s":`) && !p.int(&r.Size) {
+		return r, false
+	}
+	if p.lit(`,"t":`) && !p.int(&r.ExpirationTTL) {
+		return r, false
+	}
+	if p.lit(`,"e":`) && !p.int(&r.ExpirationAt) {
+		return r, false
+	}
+	var w int64
+	if p.lit(`,"w":`) {
+		if !p.int(&w) {
+			return r, false
+		}
+		if w != 0 {
+			r.Written = time.Unix(0, w)
+		}
+	}
+	if p.lit(`,"st":[`) {
+		var f [5]int64
+		for i := range f {
+			if i > 0 && !p.lit(",") || !p.int(&f[i]) {
+				return r, false
+			}
+		}
+		if !p.lit("]") {
+			return r, false
+		}
+		r.Stamp = desired.Stamp{Dev: uint64(f[0]), Ino: uint64(f[1]), Size: f[2], Mtime: f[3], Ctime: f[4]}
+	}
+	if p.lit(`,"p":true`) {
+		r.Pending = true
+	}
+	return r, p.lit("}") && p.i == len(p.b)
+}
+
+type plainParser struct {
+	b []byte
+	i int
+}
+
+// lit consumes s if it comes next.
+func (p *plainParser) lit(s string) bool {
+	if !bytes.HasPrefix(p.b[p.i:], []byte(s)) {
+		return false
+	}
+	p.i += len(s)
+	return true
+}
+
+// int consumes a JSON integer (no leading zeros, as JSON requires).
+func (p *plainParser) int(out *int64) bool {
+	j := p.i
+	if j < len(p.b) && p.b[j] == '-' {
+		j++
+	}
+	digits := j
+	for j < len(p.b) && p.b[j] >= '0' && p.b[j] <= '9' {
+		j++
+	}
+	if j-digits > 1 && p.b[digits] == '0' {
+		return false
+	}
+	n, err := strconv.ParseInt(string(p.b[p.i:j]), 10, 64)
+	if err != nil {
+		return false
+	}
+	*out, p.i = n, j
+	return true
 }

@@ -807,6 +807,12 @@ func TestAppendEncodedMatchesEncode(t *testing.T) {
 			if !equalRecord(back, w) || back.Pending != w.Pending {
 				t.Errorf("decoded %+v, want %+v", back, w)
 			}
+			if plain, ok := decodePlain(want); ok {
+				general, err := decodeJSON(want)
+				if err != nil || !equalRecord(plain, general) {
+					t.Errorf("decodePlain %+v, encoding/json %+v (%v)", plain, general, err)
+				}
+			}
 			if !equalRecord(back, tc.r) && (tc.r.Digest != ([16]byte{}) || !tc.r.Stamp.IsZero()) {
 				t.Errorf("decoded %+v, want the record stored %+v", back, tc.r)
 			}
