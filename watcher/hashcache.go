@@ -20,6 +20,29 @@ type fileID struct {
 	mtime, ctime int64
 }
 
+// cachedHash returns the hash of a resolved file when its stat proves it
+// unchanged: from the watcher's cache, else from the sink's record of the
+// key (Options.Recorded), which persists that cache across processes.
+func (w *Watcher) cachedHash(key, rel string, r resolved) (string, int64, beneath.Identity, desired.Stamp, bool) {
+	s := w.st
+	id, idOK := fileIDOf(r.info)
+	if !idOK {
+		return "", 0, beneath.Identity{}, desired.Stamp{}, false
+	}
+	if e, ok := s.hashes[rel]; ok && e.id == id {
+		bid, _ := beneath.IdentityOf(r.info)
+		return e.hash, id.size, bid, id.stamp(), true
+	}
+	delete(s.hashes, rel)
+	if w.opts.Recorded != nil {
+		if stamp, sum, ok := w.opts.Recorded(key); ok && !stamp.IsZero() && stamp == id.stamp() {
+			bid, _ := beneath.IdentityOf(r.info)
+			return sum, id.size, bid, stamp, true
+		}
+	}
+	return "", 0, beneath.Identity{}, desired.Stamp{}, false
+}
+
 // stamp is id as the sink persists it.
 func (id fileID) stamp() desired.Stamp {
 	return desired.Stamp{Dev: id.dev, Ino: id.ino, Size: id.size, Mtime: id.mtime, Ctime: id.ctime}
@@ -31,8 +54,8 @@ type hashEntry struct {
 }
 
 // hash returns the content hash of a resolved file and the identity of the
-// file it read (see desired.State.File), from the cache when its identity
-// proves it unchanged, else by streaming it through SHA-256.
+// file it read (see desired.State.File) by streaming it through SHA-256;
+// the caller asked cachedHash first.
 //
 // A file written or replaced while it is read is not an error: its hash
 // is returned but never cached. Holding such a file back would keep a file
@@ -41,26 +64,12 @@ type hashEntry struct {
 // re-evaluates the file, and the uploader records the hash of the bytes it
 // actually sends, not this one.
 //
-// A hash vouched for by a stamp (desired.Stamp) comes back with it: from
-// the cache, from the sink's record of the key (Options.Recorded), which
-// persists the cache across processes, or from a read of a file whose
-// times are old enough to be trusted.
-func (w *Watcher) hash(key, rel string, r resolved) (string, int64, beneath.Identity, desired.Stamp, error) {
+// A hash comes back with a stamp (desired.Stamp) when the file's times
+// were old enough to be trusted.
+func (w *Watcher) hash(rel string, r resolved) (string, int64, beneath.Identity, desired.Stamp, error) {
 	s := w.st
 	var none beneath.Identity
 	var noStamp desired.Stamp
-	id, idOK := fileIDOf(r.info)
-	if e, ok := s.hashes[rel]; ok && idOK && e.id == id {
-		bid, _ := beneath.IdentityOf(r.info)
-		return e.hash, id.size, bid, id.stamp(), nil
-	}
-	delete(s.hashes, rel)
-	if idOK && w.opts.Recorded != nil {
-		if stamp, sum, ok := w.opts.Recorded(key); ok && !stamp.IsZero() && stamp == id.stamp() {
-			bid, _ := beneath.IdentityOf(r.info)
-			return sum, id.size, bid, stamp, nil
-		}
-	}
 	f, err := w.open(r.root, r.rel)
 	if err != nil {
 		if isGone(err) || errors.Is(err, beneath.ErrSymlink) {

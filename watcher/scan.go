@@ -174,6 +174,13 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 		w.noteSkip(rel, reasonTooLarge, true, "holding back file: too large", "size", r.info.Size())
 		return desired.State{Key: key, Path: r.path, Size: r.info.Size(), Err: err}, true
 	}
+	if sum, size, id, stamp, ok := w.cachedHash(key, rel, r); ok {
+		// Known unchanged by its stat: no need to ask whether the sink
+		// needs the hash, which costs the same lookup again.
+		delete(w.st.skipped, rel)
+		st.Hash, st.Size, st.File, st.Stamp = sum, size, id, stamp
+		return st, true
+	}
 	if w.opts.NeedHash != nil && !w.opts.NeedHash(key) {
 		// Not opened, so neither cached: the sink reads it anyway, and
 		// publishes it only if it is still the file lstat saw.
@@ -182,7 +189,7 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 		st.File, _ = beneath.IdentityOf(r.info)
 		return st, true
 	}
-	hash, size, id, stamp, err := w.hash(key, rel, r)
+	hash, size, id, stamp, err := w.hash(rel, r)
 	switch {
 	case err == nil:
 	case isGone(err):
