@@ -1,7 +1,6 @@
 package watcher
 
 import (
-	"bytes"
 	"context"
 	"io/fs"
 	"path/filepath"
@@ -89,10 +88,12 @@ func (w *Watcher) evalOne(ctx context.Context, rel string, rootErr error, forced
 	}
 	sort.Strings(gone)
 	for _, krel := range gone {
-		old := s.known.states[krel]
 		s.known.remove(krel)
 		delete(s.hashes, krel)
-		out = append(out, desired.State{Key: old.Key, Deleted: true})
+		// Known, it had a valid key; the key is a function of the path.
+		if key, err := KeyFor(w.opts.Prefix, krel); err == nil {
+			out = append(out, desired.State{Key: key, Deleted: true})
+		}
 	}
 	keys := make([]string, 0, len(res.found))
 	for krel := range res.found {
@@ -105,7 +106,7 @@ func (w *Watcher) evalOne(ctx context.Context, rel string, rootErr error, forced
 		// content, which the event may have changed: it is always emitted.
 		// So is one the sink asked for again (Recheck).
 		_, force := forced[krel]
-		if old, ok := s.known.states[krel]; ok && !force && !unhashed(st) && sameState(old, st) {
+		if !force && !unhashed(st) && s.known.same(krel, st) {
 			continue
 		}
 		s.known.set(krel, st)
@@ -130,18 +131,4 @@ func (w *Watcher) dirPathSkip(rel string) metrics.SkipReason {
 		}
 	}
 	return w.opts.dirSkip(rel)
-}
-
-// sameState reports whether emitting b after a would tell the sink nothing.
-func sameState(a, b desired.State) bool {
-	errText := func(e error) string {
-		if e == nil {
-			return ""
-		}
-		return e.Error()
-	}
-	return a.Key == b.Key && a.Path == b.Path && a.Root == b.Root && a.Rel == b.Rel && a.File == b.File &&
-		a.Deleted == b.Deleted && a.Hash == b.Hash &&
-		a.Size == b.Size && bytes.Equal(a.Metadata, b.Metadata) && a.Expiration.Equal(b.Expiration) &&
-		errText(a.Err) == errText(b.Err)
 }

@@ -105,7 +105,11 @@ func (w *Watcher) hash(rel string, r resolved) (string, int64, beneath.Identity,
 	if after, err := f.Stat(); err == nil && beforeOK {
 		aid, _ := fileIDOf(after)
 		if aid == before && before.size == n && before.stamp().Settled(w.opts.Now()) {
-			s.hashes[rel] = hashEntry{id: before, hash: sum}
+			// A sink that records stamps is the cache (Options.Recorded):
+			// an entry per file here as well would grow with the tree.
+			if w.opts.Recorded == nil {
+				s.hashes[rel] = hashEntry{id: before, hash: sum}
+			}
 			stamp = before.stamp()
 		}
 	}

@@ -57,7 +57,7 @@ func newScanState() *scanState {
 	return &scanState{
 		hashes:     make(map[string]hashEntry),
 		sidecars:   make(map[string]sidecarEntry),
-		known:      knownSet{states: make(map[string]desired.State), dirs: make(map[string]int)},
+		known:      knownSet{states: make(map[string]fingerprint), dirs: make(map[string]int)},
 		skipped:    make(map[string]skipEntry),
 		linkTarget: make(map[string]string),
 		buf:        make([]byte, 64<<10),
