@@ -95,7 +95,7 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 		inTree := present.has(key)
 		if l != nil {
 			inStore[key] = struct{}{}
-			if rk, ok := l.keys[key]; ok && rk.marked && (!rk.ours || rk.expiring) {
+			if rk, ok := l.get(key); ok && rk.marked && (!rk.ours || rk.expiring) {
 				if !rk.ours && !inTree {
 					disowned = append(disowned, key)
 				}
@@ -124,7 +124,8 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 		// what they hold. Keys of the tree get their records as they are
 		// found unchanged or written.
 		listed := map[string]state.Record{}
-		for key, rk := range l.keys {
+		for _, lk := range l.keys {
+			key, rk := lk.name, lk.remoteKey
 			if !rk.ours || rk.expiring {
 				continue
 			}

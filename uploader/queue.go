@@ -86,7 +86,8 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 		// The listing is the truth for a full sync that has one.
 		same, kind := e.compareRemote(p.remote, st)
 		if same && !e.busy(key) {
-			e.adopt(p, st, p.remote.keys[key])
+			rk, _ := p.remote.get(key)
+			e.adopt(p, st, rk)
 			e.countUpload(metrics.UploadUnchanged, 0)
 			p.rep.Unchanged++
 			return nil
