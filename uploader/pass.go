@@ -238,7 +238,20 @@ func (e *Engine) finishPass(p *pass) {
 	e.watchedDeletes, e.watchedKept = 0, 0
 	e.noteCaughtUp()
 	e.broadcast()
+	// A full sync looked up every key, so the whole store is resident;
+	// between full syncs only changed keys are, so let it go.
+	if r, ok := e.o.Store.(pageReleaser); ok {
+		if err := r.ReleasePages(); err != nil {
+			e.log.Debug("releasing the state store's pages failed", "err", err)
+		}
+	}
 }
+
+// pageReleaser is a Store whose pages can be dropped from the process's
+// resident set (*state.Store).
+type pageReleaser interface{ ReleasePages() error }
+
+var _ pageReleaser = (*state.Store)(nil)
 
 // adoptedBatch bounds the records a pass adopts in one store transaction.
 const adoptedBatch = 1000

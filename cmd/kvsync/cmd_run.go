@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,6 +60,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			return
 		}
 		ready.Store(true)
+		// The initial sync's snapshots and batches are garbage now, but an
+		// idle daemon allocates too little for the collector to run for
+		// minutes: collect once and hand the pages back, so the steady RSS
+		// is what watching the tree keeps, from the start.
+		debug.FreeOSMemory()
 		a.log.Info("initial sync done; watching for changes", "syncs", len(a.units))
 		if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 			a.log.Warn("systemd readiness notification failed", "err", err)

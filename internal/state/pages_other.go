@@ -1,0 +1,6 @@
+//go:build !linux
+
+package state
+
+// ReleasePages does nothing where the process's mappings cannot be read.
+func (s *Store) ReleasePages() error { return nil }
