@@ -8,13 +8,14 @@
 //
 // Subcommands:
 //
-//	gen      --dir D --files N --size BYTES [--seed S] [--sidecar-every K]
+//	gen      --dir D --files N --size BYTES [--seed S] [--sidecar-every K] [--dirs A,B]
 //	treeinfo --dir D
 //	pairs    --dir D --out FILE.json
 //	filelist --dir D --out FILE.tsv
 //	measure  --out FILE -- command [args...]
 //	stats    --url STATS_URL [--account A --namespace N] [--save FILE] [--before FILE]
 //	         (authenticates with $KVSYNC_EMULATOR_TOKEN)
+//	freeport (prints a free TCP port on 127.0.0.1)
 package main
 
 import (
@@ -26,6 +27,7 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -44,12 +46,13 @@ const sidecarSuffix = ".meta.json"
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool gen|treeinfo|pairs|filelist|measure|stats [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchtool gen|treeinfo|pairs|filelist|measure|stats|freeport [flags]")
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
 		"gen": cmdGen, "treeinfo": cmdTreeInfo, "pairs": cmdPairs,
 		"filelist": cmdFileList, "measure": cmdMeasure, "stats": cmdStats,
+		"freeport": cmdFreePort,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {
@@ -76,17 +79,47 @@ type genSpec struct {
 	files, size   int
 	seed          uint64
 	sidecarsEvery int
+	dirs          dirLayout
 }
 
 func (g genSpec) String() string {
-	return fmt.Sprintf("benchtool-tree v1 files=%d size=%d seed=%d sidecar-every=%d", g.files, g.size, g.seed, g.sidecarsEvery)
+	s := fmt.Sprintf("benchtool-tree v1 files=%d size=%d seed=%d sidecar-every=%d", g.files, g.size, g.seed, g.sidecarsEvery)
+	// The default layout is left out of the stamp, so that trees generated
+	// before --dirs existed are still recognised as cached.
+	if g.dirs != defaultDirs {
+		s += fmt.Sprintf(" dirs=%s", g.dirs)
+	}
+	return s
 }
 
-// relPath spreads files over two directory levels (16 x 32 directories at
-// most), so that trees look like sites, not one flat directory.
-func relPath(i int) string {
-	return fmt.Sprintf("d%02d/e%02d/f%06d.txt", i%16, (i/16)%32, i)
+// dirLayout is the fan-out of the two directory levels: top directories,
+// and leaf directories under each.
+type dirLayout struct{ top, leaf int }
+
+// defaultDirs is 16 x 32 = 512 leaf directories (528 below the root).
+var defaultDirs = dirLayout{16, 32}
+
+func (d dirLayout) String() string { return fmt.Sprintf("%d,%d", d.top, d.leaf) }
+
+// Set parses "A,B" for flag.Value.
+func (d *dirLayout) Set(s string) error {
+	var a, b int
+	if n, err := fmt.Sscanf(s, "%d,%d", &a, &b); err != nil || n != 2 || a < 1 || b < 1 || a > 100 || b > 100 {
+		return fmt.Errorf("want A,B with 1 <= A, B <= 100, got %q", s)
+	}
+	*d = dirLayout{a, b}
+	return nil
 }
+
+// path spreads files over two directory levels (top x leaf directories at
+// most), so that trees look like sites, not one flat directory. Names are
+// two digits wide, hence at most 100 per level.
+func (d dirLayout) path(i int) string {
+	return fmt.Sprintf("d%02d/e%02d/f%06d.txt", i%d.top, (i/d.top)%d.leaf, i)
+}
+
+// relPath is a file's path in the default layout.
+func relPath(i int) string { return defaultDirs.path(i) }
 
 // alphabet keeps values printable, so they are plain JSON strings for
 // wrangler and identical bytes for every uploader.
@@ -114,6 +147,8 @@ func cmdGen(args []string) error {
 	fl.IntVar(&g.size, "size", 0, "bytes per file")
 	fl.Uint64Var(&g.seed, "seed", 1, "content seed")
 	fl.IntVar(&g.sidecarsEvery, "sidecar-every", 0, "give every K-th file a "+sidecarSuffix+" sidecar; 0 = none")
+	g.dirs = defaultDirs
+	fl.Var(&g.dirs, "dirs", "A,B: A top directories with B leaf directories each (files spread round-robin)")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -141,7 +176,7 @@ func cmdGen(args []string) error {
 			defer wg.Done()
 			buf := make([]byte, g.size)
 			for i := range jobs {
-				p := filepath.Join(*dir, filepath.FromSlash(relPath(i)))
+				p := filepath.Join(*dir, filepath.FromSlash(g.dirs.path(i)))
 				d := filepath.Dir(p)
 				mkdirMu.Lock()
 				if !made[d] {
@@ -361,7 +396,8 @@ func writeFile(path string, size int, fill func(*bufio.Writer) error) error {
 
 // cmdMeasure runs a command and records its wall time and the peak RSS
 // (ru_maxrss of wait4: the largest resident set of the process or of any
-// descendant it waited for). The command's exit status is passed through.
+// descendant it waited for) and CPU time. The command's exit status is passed
+// through.
 func cmdMeasure(args []string) error {
 	fl := flag.NewFlagSet("measure", flag.ContinueOnError)
 	out := fl.String("out", "", "file to write WALL_S, RSS_KIB and RC to")
@@ -392,10 +428,15 @@ func cmdMeasure(args []string) error {
 		}
 	}
 	rss := int64(0)
+	// CPU time (user + system) of the process and the descendants it waited
+	// for: its own work, apart from the time it spent waiting on a server or
+	// a rate limiter, or for a core on a shared machine.
+	cpu := 0.0
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		rss = ru.Maxrss // KiB on Linux
+		cpu = time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime)).Seconds()
 	}
-	rec := fmt.Sprintf("WALL_S=%.3f\nRSS_KIB=%d\nRC=%d\n", wall.Seconds(), rss, rc)
+	rec := fmt.Sprintf("WALL_S=%.3f\nRSS_KIB=%d\nCPU_S=%.3f\nRC=%d\n", wall.Seconds(), rss, cpu, rc)
 	if err := os.WriteFile(*out, []byte(rec), 0o644); err != nil {
 		return err
 	}
@@ -486,20 +527,46 @@ func cmdStats(args []string) error {
 			return fmt.Errorf("%s: %w", *before, err)
 		}
 	}
-	bulk := 0
+	bulk, lists := 0, 0
 	for _, r := range now.Requests {
-		if r.Op == "bulk_put" {
+		switch r.Op {
+		case "bulk_put":
 			bulk += r.Count
+		case "list":
+			lists += r.Count
 		}
 	}
 	for _, r := range base.Requests {
-		if r.Op == "bulk_put" {
+		switch r.Op {
+		case "bulk_put":
 			bulk -= r.Count
+		case "list":
+			lists -= r.Count
 		}
 	}
-	fmt.Printf("REQUESTS=%d\nWRITES=%d\nBULK_WRITES=%d\nR429=%d\n", now.Total-base.Total, now.Writes-base.Writes, bulk, now.RateLimited-base.RateLimited)
+	fmt.Printf("REQUESTS=%d\nWRITES=%d\nBULK_WRITES=%d\nLISTS=%d\nR429=%d\n", now.Total-base.Total, now.Writes-base.Writes, bulk, lists, now.RateLimited-base.RateLimited)
 	if now.Namespace != nil {
 		fmt.Printf("KEYS=%d\nVALUE_BYTES=%d\nMETA_KEYS=%d\n", now.Namespace.Keys, now.Namespace.ValueBytes, now.Namespace.MetadataKeys)
 	}
+	return nil
+}
+
+// cmdFreePort prints a TCP port that was free on 127.0.0.1 a moment ago, for
+// a server that must be given a fixed address (kvsync run's --metrics-listen,
+// polled for /readyz). Another process could take it in between; on this
+// loopback-only benchmark that is unlikely, and the server then fails loudly.
+func cmdFreePort(args []string) error {
+	if len(args) != 0 {
+		return errors.New("usage: freeport")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		return err
+	}
+	fmt.Println(port)
 	return nil
 }

@@ -86,6 +86,23 @@ func TestGenDeterministicAndCached(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Error("a tree with other flags was not regenerated")
 	}
+	// --dirs changes the layout and the stamp; the default layout's stamp is
+	// the one trees had before the flag existed, so they stay cached.
+	capture(t, func() error {
+		return cmdGen([]string{"--dir", a, "--files", "5", "--size", "10", "--dirs", "2,3"})
+	})
+	if _, err := os.Stat(filepath.Join(a, "d01", "e00", "f000001.txt")); err != nil {
+		t.Errorf("--dirs 2,3: %v", err)
+	}
+	if stamp, _ := os.ReadFile(a + ".done"); !strings.HasSuffix(string(stamp), " dirs=2,3") {
+		t.Errorf("stamp with --dirs: %q", stamp)
+	}
+	capture(t, func() error {
+		return cmdGen([]string{"--dir", a, "--files", "5", "--size", "10"})
+	})
+	if stamp, _ := os.ReadFile(a + ".done"); string(stamp) != "benchtool-tree v1 files=5 size=10 seed=1 sidecar-every=0" {
+		t.Errorf("stamp of the default layout: %q", stamp)
+	}
 	if out := capture(t, func() error { return cmdTreeInfo([]string{"--dir", a}) }); out != "TREE_FILES=5\nTREE_BYTES=50\nTREE_SIDECARS=0\n" {
 		t.Errorf("treeinfo after regeneration: %q", out)
 	}
@@ -208,7 +225,7 @@ func TestStatsAgainstEmulator(t *testing.T) {
 	got := capture(t, func() error {
 		return cmdStats([]string{"--url", statsURL, "--account", "acc", "--namespace", "ns", "--before", before})
 	})
-	want := "REQUESTS=2\nWRITES=1\nBULK_WRITES=1\nR429=0\nKEYS=3\nVALUE_BYTES=6\nMETA_KEYS=1\n"
+	want := "REQUESTS=2\nWRITES=1\nBULK_WRITES=1\nLISTS=1\nR429=0\nKEYS=3\nVALUE_BYTES=6\nMETA_KEYS=1\n"
 	if got != want {
 		t.Errorf("stats:\n%s\nwant:\n%s", got, want)
 	}
