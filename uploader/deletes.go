@@ -68,13 +68,6 @@ type candidate struct {
 // to expire. Under the keep policy only the store's keys are candidates:
 // a key kept is no longer managed, though its mark stays.
 func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string, error) {
-	if !s.Complete {
-		reason := s.Reason
-		if reason == "" {
-			reason = "part of the tree could not be read"
-		}
-		return nil, fmt.Sprintf("snapshot incomplete (%s); keys absent from it are not deleted", reason), nil
-	}
 	// The snapshot's keys, sorted (a watcher's snapshot already is): a
 	// slice of the states' own strings, 16 bytes a key, where a set would
 	// cost several times that for the length of the pass.
@@ -86,6 +79,19 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 	}
 	if !slices.IsSorted(present) {
 		slices.Sort(present)
+	}
+	if !s.Complete {
+		if l != nil {
+			// Nothing is deleted, but what the listing says is this
+			// sync's is kept, for the full syncs that follow without a
+			// listing to delete when their snapshot is whole.
+			e.recordListed(l, present)
+		}
+		reason := s.Reason
+		if reason == "" {
+			reason = "part of the tree could not be read"
+		}
+		return nil, fmt.Sprintf("snapshot incomplete (%s); keys absent from it are not deleted", reason), nil
 	}
 	var cands []candidate
 	var disowned []string
@@ -159,6 +165,31 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 		return nil, fmt.Sprintf("the tree has no files but %d keys under prefix %q were written by kvsync (a volume not mounted yet?); nothing deleted", recorded, e.o.Prefix), nil
 	}
 	return cands, "", nil
+}
+
+// recordListed records in the store, as listed, the keys l shows as this
+// sync's that the store has no record of and the snapshot does not hold
+// (see candidates).
+func (e *Engine) recordListed(l *listing, present keySet) {
+	if e.o.DryRun {
+		return
+	}
+	listed := map[string]state.Record{}
+	for _, lk := range l.keys {
+		if !lk.ours || lk.expiring || present.has(lk.name) {
+			continue
+		}
+		if _, ok, err := e.o.Store.Get(e.o.Scope, lk.name); err != nil || ok {
+			continue
+		}
+		listed[lk.name] = state.Record{Digest: lk.digest, ExpirationAt: lk.expiration, Written: e.o.Now()}
+	}
+	if len(listed) == 0 {
+		return
+	}
+	if err := e.o.Store.PutBatch(e.o.Scope, listed); err != nil {
+		e.storeErr(metrics.StoreRecord)
+	}
 }
 
 // keySet is a sorted set of keys.

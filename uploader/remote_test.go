@@ -454,3 +454,30 @@ func TestListedKeysComparedLater(t *testing.T) {
 		t.Fatalf("requests %v -> %v; want one write (b.txt) and a.txt, unchanged, left alone", before, got)
 	}
 }
+
+// TestIncompleteListedPassKeepsTrack: the first full sync of a daemon with
+// an empty store lists the namespace, but part of its tree cannot be read,
+// so it deletes nothing. The keys the listing showed as this sync's are
+// still recorded, and the next whole snapshot, with no listing, deletes the
+// one whose file is gone.
+func TestIncompleteListedPassKeepsTrack(t *testing.T) {
+	kv := newFakeKV(t)
+	tr := newTree(t)
+	a, gone := tr.write("a", "a"), tr.write("gone", "g")
+	syncFresh(t, kv, nil, a, gone)
+	tr.remove("gone")
+	e := listedEngine(t, kv, newMemStore(), true, func(o *Options) { o.ListInterval = time.Hour })
+	partial := complete(a)
+	partial.Complete, partial.Reason = false, "a directory could not be read"
+	rep, _ := e.SyncOnce(context.Background(), partial)
+	if rep.Deleted != 0 || !strings.Contains(rep.DeletesRefused, "snapshot incomplete") {
+		t.Fatalf("incomplete snapshot: %+v; want nothing deleted", rep)
+	}
+	rep, err := e.SyncOnce(context.Background(), complete(a))
+	if err != nil || rep.Deleted != 1 || kv.count(kvapi.OpList) != 2 {
+		t.Fatalf("next full sync: %+v, %v, %d listings; want gone deleted without listing again", rep, err, kv.count(kvapi.OpList))
+	}
+	if _, ok := kv.get(testPrefix + "gone"); ok {
+		t.Fatal("the removed file's key is still in KV")
+	}
+}
