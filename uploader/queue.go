@@ -97,6 +97,9 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 				e.noteDrift(p, key, kind)
 			}
 		}
+		if !same {
+			e.claim(p, key)
+		}
 		force = !same
 	}
 	if !force && !e.busy(key) && (p == nil || p.remote != nil && st.Deleted || p.remote == nil && (!p.unrecorded || st.Deleted)) {

@@ -280,21 +280,27 @@ func adopt(st desired.State, rk remoteKey, now time.Time) state.Record {
 	return rec
 }
 
-// claim records a held-back key that the listing says this sync wrote and
-// the store does not know, as an intent mark: its file may go away before
-// the next listing, and the daemon, which compares changes with the store
-// alone between listings, must still know the key is its to delete. A
-// key that is written or found unchanged gets its record by that.
+// claim records, as an intent mark, a key the listing says this sync
+// wrote that the store does not know and that this pass will not find
+// unchanged: a held-back key, or one about to be written again. Its file
+// may go away before the next listing (the write then never happens:
+// the file vanished), and the daemon, which compares changes with the
+// store alone between listings, must still know the key is its to
+// delete. A mark of a key written meanwhile costs at most a redundant
+// write. mu is held.
 func (e *Engine) claim(p *pass, key string) {
 	rk, ok := p.remote.get(key)
-	if !ok || !rk.ours || rk.expiring {
+	if !ok || !rk.ours || rk.expiring || e.o.DryRun {
 		return
 	}
 	if _, had, err := e.o.Store.Get(e.o.Scope, key); err != nil || had {
 		return
 	}
-	if err := e.o.Store.PutBatch(e.o.Scope, map[string]state.Record{key: {Pending: true, Written: e.o.Now()}}); err != nil {
-		e.storeErr(metrics.StoreIntent)
-		e.log.Warn("recording a held-back key as this sync's failed; the next listing finds it again", "key", key, "err", err)
+	if p.adopted == nil {
+		p.adopted = make(map[string]state.Record)
+	}
+	p.adopted[key] = state.Record{Pending: true, Written: e.o.Now()}
+	if len(p.adopted) >= adoptedBatch {
+		e.flushAdopted(p)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -479,5 +481,28 @@ func TestIncompleteListedPassKeepsTrack(t *testing.T) {
 	}
 	if _, ok := kv.get(testPrefix + "gone"); ok {
 		t.Fatal("the removed file's key is still in KV")
+	}
+}
+
+// TestVanishedKeyStaysOurs: a new daemon's listing shows a key as this
+// sync's with other content than its file now has; the file vanishes
+// before it is sent, and its deletion comes as an event, which the daemon
+// compares with its store alone. The key must still be found its own.
+func TestVanishedKeyStaysOurs(t *testing.T) {
+	kv := newFakeKV(t)
+	tr := newTree(t)
+	syncFresh(t, kv, nil, tr.write("v.txt", "old"))
+	changed := tr.write("v.txt", "new")
+	e := listedEngine(t, kv, newMemStore(), true, func(o *Options) { o.ListInterval = time.Hour })
+	e.beforeRead = func([]desired.State) { os.Remove(filepath.Join(tr.root, "v.txt")) }
+	if _, err := e.SyncOnce(context.Background(), complete(changed)); err != nil {
+		t.Logf("sync with the file vanishing: %v", err)
+	}
+	e.beforeRead = nil
+	running(t, e)
+	e.Changed([]desired.State{{Key: testPrefix + "v.txt", Deleted: true}})
+	waitIdle(t, e)
+	if _, ok := kv.get(testPrefix + "v.txt"); ok {
+		t.Fatal("the key of a file that vanished before it was sent is still in KV after its deletion")
 	}
 }
