@@ -58,18 +58,7 @@ fail() { log "FAIL: $*"; failures+=("$*"); }
 [ "$(id -u)" -eq 0 ] || die "needs root (podman storage, containers as uid $uid)"
 for c in curl cmp tar; do command -v "$c" >/dev/null || die "$c is required"; done
 
-tmp=$(mktemp -d)
-chmod 0755 "$tmp"
-emu_pid=
-cleanup() {
-	set +e
-	podman_teardown
-	if [ -n "$emu_pid" ]; then kill "$emu_pid" 2>/dev/null; wait "$emu_pid" 2>/dev/null; fi
-	if grep -q " $tmp/" /proc/mounts; then log "leaving $tmp: still mounted"; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-
-podman_setup "$tmp/podman"
+podman_scratch
 
 # --- build --------------------------------------------------------------------
 base_image "$base_ref"

@@ -91,6 +91,24 @@ podman_teardown() {
 	if [ -n "${podman_made_varlib:-}" ]; then rm -rf /var/lib/containers; fi
 }
 
+# podman_scratch: the test's temporary directory ($tmp) with podman's
+# storage under it, and an EXIT trap that stops the pods, then the emulator
+# ($emu_pid, when the test started one), and removes it all.
+podman_scratch() {
+	tmp=$(mktemp -d)
+	chmod 0755 "$tmp"
+	emu_pid=
+	trap podman_scratch_cleanup EXIT
+	podman_setup "$tmp/podman"
+}
+
+podman_scratch_cleanup() {
+	set +e
+	podman_teardown
+	if [ -n "$emu_pid" ]; then kill "$emu_pid" 2>/dev/null; wait "$emu_pid" 2>/dev/null; fi
+	if grep -q " $tmp/" /proc/mounts; then log "leaving $tmp: still mounted"; else rm -rf "$tmp"; fi
+}
+
 base_image() {
 	local name=$1 root=$podman_dir/base-root
 	local ca=/etc/ssl/certs/ca-certificates.crt

@@ -52,18 +52,7 @@ fail() { log "FAIL: $*"; failures+=("$*"); }
 [ "$(id -u)" -eq 0 ] || die "needs root (podman storage, containers as uid $uid)"
 command -v curl >/dev/null || die "curl is required"
 
-tmp=$(mktemp -d)
-chmod 0755 "$tmp"
-emu_pid=
-cleanup() {
-	set +e
-	podman_teardown
-	if [ -n "$emu_pid" ]; then kill "$emu_pid" 2>/dev/null; wait "$emu_pid" 2>/dev/null; fi
-	if grep -q " $tmp/" /proc/mounts; then log "leaving $tmp: still mounted"; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-
-podman_setup "$tmp/podman"
+podman_scratch
 busybox=/bin/busybox
 # Debian's busybox package is linked dynamically; busybox-static replaces it.
 if ! [ -x "$busybox" ] || ldd "$busybox" >/dev/null 2>&1; then
