@@ -96,11 +96,11 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 	var cands []candidate
 	var disowned []string
 	recorded := 0
-	inStore := map[string]struct{}{}
+	var inStore keySet // in the store's order, which bbolt's is already
 	err := e.o.Store.ForEach(e.o.Scope, e.o.Prefix, func(key string, r state.Record) error {
 		inTree := present.has(key)
 		if l != nil {
-			inStore[key] = struct{}{}
+			inStore = append(inStore, key)
 			if rk, ok := l.get(key); ok && rk.marked && (!rk.ours || rk.expiring) {
 				if !rk.ours && !inTree {
 					disowned = append(disowned, key)
@@ -117,6 +117,9 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 	if err != nil {
 		e.storeErr(metrics.StoreRead)
 		return nil, "", fmt.Errorf("listing recorded keys under prefix %q: %w", e.o.Prefix, err)
+	}
+	if !slices.IsSorted(inStore) {
+		slices.Sort(inStore)
 	}
 	if len(disowned) > 0 {
 		e.log.Info("keys kvsync recorded now carry another sync's record in KV; they are no longer this sync's", "keys", len(disowned), "first", disowned[0])
@@ -135,7 +138,7 @@ func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string
 			if !rk.ours || rk.expiring {
 				continue
 			}
-			if _, ok := inStore[key]; ok {
+			if inStore.has(key) {
 				continue
 			}
 			recorded++

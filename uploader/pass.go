@@ -263,10 +263,16 @@ func (e *Engine) adopt(p *pass, st desired.State, rk remoteKey) {
 		e.restamp(p, st, rec)
 		return
 	}
+	e.stage(p, st.Key, adopt(st, rk, e.o.Now()))
+}
+
+// stage adds a record the pass writes to the store in batches
+// (flushAdopted), not one transaction a key. mu is held.
+func (e *Engine) stage(p *pass, key string, rec state.Record) {
 	if p.adopted == nil {
 		p.adopted = make(map[string]state.Record)
 	}
-	p.adopted[st.Key] = adopt(st, rk, e.o.Now())
+	p.adopted[key] = rec
 	if len(p.adopted) >= adoptedBatch {
 		e.flushAdopted(p)
 	}

@@ -146,13 +146,7 @@ func (e *Engine) restamp(p *pass, st desired.State, rec state.Record) {
 	}
 	rec.Stamp = st.Stamp
 	if p != nil {
-		if p.adopted == nil {
-			p.adopted = make(map[string]state.Record)
-		}
-		p.adopted[st.Key] = rec
-		if len(p.adopted) >= adoptedBatch {
-			e.flushAdopted(p)
-		}
+		e.stage(p, st.Key, rec)
 		return
 	}
 	if err := e.o.Store.PutBatch(e.o.Scope, map[string]state.Record{st.Key: rec}); err != nil {

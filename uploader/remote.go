@@ -296,11 +296,5 @@ func (e *Engine) claim(p *pass, key string) {
 	if _, had, err := e.o.Store.Get(e.o.Scope, key); err != nil || had {
 		return
 	}
-	if p.adopted == nil {
-		p.adopted = make(map[string]state.Record)
-	}
-	p.adopted[key] = state.Record{Pending: true, Written: e.o.Now()}
-	if len(p.adopted) >= adoptedBatch {
-		e.flushAdopted(p)
-	}
+	e.stage(p, key, state.Record{Pending: true, Written: e.o.Now()})
 }
