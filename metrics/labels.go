@@ -81,41 +81,52 @@ var syncTriggers = []desired.Trigger{
 }
 
 // Upload counts one key's write and, when bytes > 0, the bytes sent.
-func (m *Metrics) Upload(r UploadResult, bytes int64) {
-	m.Uploads.WithLabelValues(string(r)).Inc()
+func (s *Sync) Upload(r UploadResult, bytes int64) {
+	s.Uploads.WithLabelValues(string(r)).Inc()
 	if bytes > 0 {
-		m.UploadBytes.WithLabelValues(string(r)).Add(float64(bytes))
+		s.UploadBytes.WithLabelValues(string(r)).Add(float64(bytes))
 	}
 }
 
 // Delete counts n keys whose file went away.
-func (m *Metrics) Delete(r DeleteResult, n int) {
-	m.Deletes.WithLabelValues(string(r)).Add(float64(n))
+func (s *Sync) Delete(r DeleteResult, n int) {
+	s.Deletes.WithLabelValues(string(r)).Add(float64(n))
 }
 
 // Skip counts a file that is not published.
-func (m *Metrics) Skip(r SkipReason) {
-	m.FilesSkipped.WithLabelValues(string(r)).Inc()
+func (s *Sync) Skip(r SkipReason) {
+	s.FilesSkipped.WithLabelValues(string(r)).Inc()
 }
 
 // Drift counts n keys found drifted as k.
-func (m *Metrics) Drift(k DriftKind, n int) {
-	m.DriftKeys.WithLabelValues(string(k)).Add(float64(n))
+func (s *Sync) Drift(k DriftKind, n int) {
+	s.DriftKeys.WithLabelValues(string(k)).Add(float64(n))
 }
 
-// Skipped is how many files were not published for r.
+// Skipped is how many files of this sync were not published for r.
+func (s *Sync) Skipped(r SkipReason) float64 {
+	return counterValue(s.FilesSkipped.WithLabelValues(string(r)))
+}
+
+// Uploaded is how many keys' writes of this sync ended as r.
+func (s *Sync) Uploaded(r UploadResult) float64 {
+	return counterValue(s.Uploads.WithLabelValues(string(r)))
+}
+
+// Skipped is how many files of every sync were not published for r.
 func (m *Metrics) Skipped(r SkipReason) float64 {
-	return counterValue(m.FilesSkipped.WithLabelValues(string(r)))
+	return sumWhere(m.FilesSkipped, "reason", string(r))
 }
 
-// Uploaded is how many keys' writes ended as r.
+// Uploaded is how many keys' writes of every sync ended as r.
 func (m *Metrics) Uploaded(r UploadResult) float64 {
-	return counterValue(m.Uploads.WithLabelValues(string(r)))
+	return sumWhere(m.Uploads, "result", string(r))
 }
 
-// UploadedBytes is how many bytes the writes that ended as r sent.
+// UploadedBytes is how many bytes the writes of every sync that ended as r
+// sent.
 func (m *Metrics) UploadedBytes(r UploadResult) float64 {
-	return counterValue(m.UploadBytes.WithLabelValues(string(r)))
+	return sumWhere(m.UploadBytes, "result", string(r))
 }
 
 // counterValue reads a counter back: the progress line and the exit status
@@ -126,6 +137,28 @@ func counterValue(c prometheus.Counter) float64 {
 		return 0
 	}
 	return d.Counter.GetValue()
+}
+
+// sumWhere adds up the counters of v whose label is value, over every sync.
+func sumWhere(v *prometheus.CounterVec, label, value string) float64 {
+	ch := make(chan prometheus.Metric)
+	go func() {
+		v.Collect(ch)
+		close(ch)
+	}()
+	var sum float64
+	for c := range ch {
+		var d dto.Metric
+		if err := c.Write(&d); err != nil || d.Counter == nil {
+			continue
+		}
+		for _, lp := range d.GetLabel() {
+			if lp.GetName() == label && lp.GetValue() == value {
+				sum += d.Counter.GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 // StoreOp labels kvsync_state_store_errors_total: what kvsync was doing
@@ -144,8 +177,8 @@ const (
 var StoreOps = []StoreOp{StoreRead, StoreIntent, StoreRecord, StoreForget}
 
 // StoreError counts one failure of the state store at op.
-func (m *Metrics) StoreError(op StoreOp) {
-	m.StoreErrors.WithLabelValues(string(op)).Inc()
+func (s *Sync) StoreError(op StoreOp) {
+	s.StoreErrors.WithLabelValues(string(op)).Inc()
 }
 
 // DriftKind labels kvsync_drift_keys_total: how a key of the tree that the

@@ -135,18 +135,10 @@ func gather(t *testing.T, g prometheus.Gatherer) []*dto.MetricFamily {
 }
 
 func TestMetricNamesLint(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m := New(reg, "v1.2.3")
-	// Touch every collector so even label sets New does not initialise are
-	// present and linted.
-	m.APIErrors.WithLabelValues("put", "10001").Inc()
-	m.RateLimitWait.Observe(0.1)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(mfs) != 20 {
-		t.Errorf("gathered %d metric families, want all 20", len(mfs))
+	reg, all := everySeries(t)
+	mfs := gather(t, reg)
+	if len(mfs) != all {
+		t.Errorf("gathered %d metric families, want all %d registered", len(mfs), all)
 	}
 	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {
@@ -159,7 +151,7 @@ func TestMetricNamesLint(t *testing.T) {
 
 func TestHandler(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	New(reg, "v9")
+	New(reg, "v9").Sync("site")
 	var ready atomic.Bool
 	srv := httptest.NewServer(NewHandler(ServerOptions{Gatherer: reg, Ready: ready.Load}))
 	defer srv.Close()
@@ -194,14 +186,15 @@ func TestHandler(t *testing.T) {
 		t.Fatalf("/metrics = %d", code)
 	}
 	for _, want := range []string{
-		`kvsync_uploads_total{result="failed"} 0`,
-		`kvsync_deletes_total{result="kept"} 0`,
+		`kvsync_uploads_total{result="failed",sync="site"} 0`,
+		`kvsync_deletes_total{result="kept",sync="site"} 0`,
 		`kvsync_api_retries_total{op="put",reason="rate_limited"} 0`,
 		`kvsync_api_requests_total{code="200",op="bulk_put"} 0`,
-		`kvsync_files_skipped_total{reason="too_large"} 0`,
-		`kvsync_full_syncs_total{trigger="startup"} 0`,
+		`kvsync_files_skipped_total{reason="too_large",sync="site"} 0`,
+		`kvsync_full_syncs_total{sync="site",trigger="startup"} 0`,
 		`kvsync_rate_limit_pauses_total 0`,
-		`kvsync_watcher_overflows_total 0`,
+		`kvsync_watcher_overflows_total{sync="site"} 0`,
+		`kvsync_files_held_back{sync="site"} 0`,
 		`kvsync_build_info{goversion="go`,
 	} {
 		if !strings.Contains(body, want) {

@@ -10,6 +10,7 @@ package ratelimit
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"time"
 
@@ -52,7 +53,8 @@ type LimiterOptions struct {
 	MaxPause time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Metrics, if not nil, observes RateLimitWait and RateLimitPauses.
+	// Metrics, if not nil, observes RateLimitWait and RateLimitPauses, and
+	// its budget gauges read this limiter (Metrics.WatchLimiter).
 	Metrics *metrics.Metrics
 }
 
@@ -82,13 +84,29 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Limiter{
+	l := &Limiter{
 		bucket:   rate.NewLimiter(o.Rate, o.Burst),
 		maxPause: o.MaxPause,
 		now:      o.Now,
 		m:        o.Metrics,
 	}
+	o.Metrics.WatchLimiter(l)
+	return l
 }
+
+// Tokens is how many requests the bucket admits now without waiting: +Inf
+// when it is disabled, below 0 while requests wait for tokens already
+// promised to them.
+func (l *Limiter) Tokens() float64 {
+	if l.bucket.Limit() == rate.Inf {
+		// The bucket keeps no count then (rate.Limiter reads NaN at times).
+		return math.Inf(1)
+	}
+	return l.bucket.TokensAt(l.now())
+}
+
+// Now is the limiter's clock.
+func (l *Limiter) Now() time.Time { return l.now() }
 
 // Wait blocks until any pause is over and a token is available, or ctx is
 // done. The time spent is observed in RateLimitWait.

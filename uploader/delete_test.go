@@ -86,7 +86,7 @@ func TestDeleteSafety(t *testing.T) {
 				kv.putErr = func(string) error { return tc.putErr }
 			}
 			reg := prometheus.NewRegistry()
-			m := metrics.New(reg, "test")
+			m := metrics.New(reg, "test").Sync("test")
 			e, logs := newTestEngine(t, kv, store, func(o *Options) {
 				o.Metrics = m
 				o.RetryBackoff = time.Hour
@@ -338,7 +338,7 @@ func TestChangedDeletionsCappedUntilFullSync(t *testing.T) {
 	const n, limit = 5, 3
 	store, kv := seeded(t, n)
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, "test")
+	m := metrics.New(reg, "test").Sync("test")
 	e, logs := newTestEngine(t, kv, store, func(o *Options) { o.MaxDeletes = limit; o.Metrics = m })
 	running(t, e)
 	key := func(i int) string { return fmt.Sprintf("%sold%d", testPrefix, i) }

@@ -149,6 +149,7 @@ func New(o Options) (*Engine, error) {
 	if o.Metrics != nil {
 		o.Metrics.QueueDepth.Set(0)
 		o.Metrics.InflightUploads.Set(0)
+		o.Metrics.HeldBack.Set(0)
 	}
 	return e, nil
 }

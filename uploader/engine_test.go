@@ -322,7 +322,7 @@ func TestBackpressure(t *testing.T) {
 		}
 	}
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, "test")
+	m := metrics.New(reg, "test").Sync("test")
 	e, _ := newTestEngine(t, kv, newMemStore(), func(o *Options) {
 		o.Concurrency = 1
 		o.QueueSize = 2
@@ -476,7 +476,7 @@ func TestPermanentAndRetryableErrors(t *testing.T) {
 			return nil
 		}
 		reg := prometheus.NewRegistry()
-		m := metrics.New(reg, "test")
+		m := metrics.New(reg, "test").Sync("test")
 		store := newMemStore()
 		e, _ := newTestEngine(t, kv, store, func(o *Options) { o.Metrics = m })
 		running(t, e)
@@ -617,7 +617,7 @@ func TestMetrics(t *testing.T) {
 	tr := newTree(t)
 	a, b := tr.write("a", "aaaa"), tr.write("b", "bb")
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, "test")
+	m := metrics.New(reg, "test").Sync("test")
 	store := newMemStore()
 	store.PutBatch(testScope, map[string]state.Record{testPrefix + "old": {Hash: "h"}})
 	kv := newFakeKV(t)
@@ -747,7 +747,7 @@ func TestLastSuccessTracksCaughtUp(t *testing.T) {
 	a := tr.write("a", "a")
 	b := tr.write("b", "b")
 	kv := newFakeKV(t)
-	m := metrics.New(prometheus.NewRegistry(), "test")
+	m := metrics.New(prometheus.NewRegistry(), "test").Sync("test")
 	var mu sync.Mutex
 	now := time.Unix(1_800_000_000, 0)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }

@@ -172,8 +172,9 @@ type Options struct {
 	DryRun bool
 	// Logger receives the engine's log; nil discards.
 	Logger *slog.Logger
-	// Metrics receives the counters; nil counts nothing.
-	Metrics *metrics.Metrics
+	// Metrics receives this sync's series (metrics.Metrics.Sync); nil
+	// counts nothing.
+	Metrics *metrics.Sync
 	// Now is the clock for expirations and record times; default time.Now.
 	Now func() time.Time
 }

@@ -77,6 +77,7 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 	clear(e.rejected) // a full sync retries what failed permanently
 	clear(e.held)     // and states its held-back keys afresh
 	clear(e.rechecked)
+	e.gauges()
 	e.mu.Unlock()
 
 	interrupted := error(nil)

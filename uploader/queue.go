@@ -55,6 +55,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 			e.claim(p, key)
 		}
 		e.held[key] = true
+		e.gauges()
 		e.holdBack(st)
 		if p != nil {
 			p.rep.add(st, outcome{kind: outHeldBack, err: st.Err})
@@ -65,7 +66,10 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 		e.log.Error("key outside the configured prefix ignored", "key", key, "path", st.Path, "prefix", e.o.Prefix)
 		return nil
 	}
-	delete(e.held, key)
+	if e.held[key] {
+		delete(e.held, key)
+		e.gauges()
+	}
 	if p == nil {
 		if r, ok := e.rejected[key]; ok {
 			if sameIntent(r, st) {
@@ -295,5 +299,6 @@ func (e *Engine) gauges() {
 	if m := e.o.Metrics; m != nil {
 		m.QueueDepth.Set(float64(e.size()))
 		m.InflightUploads.Set(float64(e.jobs))
+		m.HeldBack.Set(float64(len(e.held)))
 	}
 }

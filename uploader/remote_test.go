@@ -246,7 +246,7 @@ func TestDriftRestored(t *testing.T) {
 	}
 
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, "test")
+	m := metrics.New(reg, "test").Sync("test")
 	listing := listedEngine(t, kv, st, false, func(o *Options) { o.Metrics = m })
 	rep, err := listing.SyncOnce(context.Background(), complete(a, b, c, d))
 	if err != nil {

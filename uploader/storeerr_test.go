@@ -30,7 +30,7 @@ func TestStateStoreErrorsCounted(t *testing.T) {
 			st := newMemStore()
 			st.putErr, st.getErr = tc.putErr, tc.getErr
 			reg := prometheus.NewRegistry()
-			m := metrics.New(reg, "test")
+			m := metrics.New(reg, "test").Sync("test")
 			e, _ := newTestEngine(t, kv, st, func(o *Options) { o.Metrics = m; o.RetryBackoff = 1 << 40 })
 			tr := newTree(t)
 			rep, err := e.SyncOnce(context.Background(), complete(tr.write("a.txt", "a")))

@@ -237,7 +237,7 @@ func testSwapBeforeSync(t *testing.T) {
 						t.Fatalf("scan: %d states, complete %v, %v", len(snap.States), snap.Complete, err)
 					}
 					sw.swap(t, tr)
-					m := metrics.New(prometheus.NewRegistry(), "test")
+					m := metrics.New(prometheus.NewRegistry(), "test").Sync("test")
 					e, _ := newTestEngine(t, client, newMemStore(), func(o *Options) { o.BulkThreshold = wp.threshold; o.Metrics = m })
 					rep, err := e.SyncOnce(context.Background(), snap)
 					if got := m.Skipped(metrics.SkipChanged); got != 1 {

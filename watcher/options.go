@@ -117,8 +117,9 @@ type Options struct {
 	MaxFileSize int64
 	// Logger receives warnings about skipped files; default slog.Default().
 	Logger *slog.Logger
-	// Metrics may be nil.
-	Metrics *metrics.Metrics
+	// Metrics receives this sync's series (metrics.Metrics.Sync); nil
+	// counts nothing.
+	Metrics *metrics.Sync
 	// Now is the clock, default time.Now. The hash cache uses it to tell
 	// files written "just now", whose timestamps cannot yet prove they are
 	// unchanged, from settled ones.

@@ -184,7 +184,7 @@ func TestRunBurst10000(t *testing.T) {
 	root := t.TempDir()
 	reg := prometheus.NewRegistry()
 	opts := testOpts(t, root)
-	opts.Metrics = metrics.New(reg, "test")
+	opts.Metrics = metrics.New(reg, "test").Sync("test")
 	r := start(t, opts, nil)
 	// Ten new top-level trees, three levels deep, created as fast as
 	// possible; directories appear and fill before their watches land.
@@ -316,7 +316,7 @@ func TestRunTooLarge(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	opts := testOpts(t, root)
 	opts.MaxFileSize = 10
-	opts.Metrics = metrics.New(reg, "test")
+	opts.Metrics = metrics.New(reg, "test").Sync("test")
 	opened := &countingOpen{}
 	r := start(t, opts, func(w *Watcher) { w.open = opened.open })
 	m := r.sink.mark()
@@ -409,7 +409,7 @@ func TestRunSidecar(t *testing.T) {
 	root := t.TempDir()
 	reg := prometheus.NewRegistry()
 	opts := testOpts(t, root)
-	opts.Metrics = metrics.New(reg, "test")
+	opts.Metrics = metrics.New(reg, "test").Sync("test")
 	write(t, root, "doc.txt", "D")
 	r := start(t, opts, nil)
 	withMeta := func(meta string) desired.State {
@@ -510,7 +510,7 @@ func TestRunOverflowRescans(t *testing.T) {
 	write(t, root, "a.txt", "a")
 	reg := prometheus.NewRegistry()
 	opts := testOpts(t, root)
-	opts.Metrics = metrics.New(reg, "test")
+	opts.Metrics = metrics.New(reg, "test").Sync("test")
 	sources := make(chan *ctlSource, 4)
 	r := start(t, opts, func(w *Watcher) { w.newSource = wrapSource(nil, sources) })
 	first := <-sources
@@ -543,7 +543,7 @@ func TestRunWatchLimit(t *testing.T) {
 	write(t, root, "top.txt", "t")
 	opts := testOpts(t, root)
 	opts.RescanInterval = -1
-	opts.Metrics = metrics.New(prometheus.NewRegistry(), "test")
+	opts.Metrics = metrics.New(prometheus.NewRegistry(), "test").Sync("test")
 	refuse := func(p string) error {
 		if p != root {
 			return fmt.Errorf("inotify_add_watch %s: %w", p, syscall.ENOSPC)
@@ -613,28 +613,74 @@ func TestRunWatchLimit(t *testing.T) {
 	})
 }
 
-// TestWatchGaugesSumSyncs: two watchers (two syncs of one process) share
-// the watched-directories gauge; it counts both trees, whichever changed
-// last.
-func TestWatchGaugesSumSyncs(t *testing.T) {
+// TestWatchGaugesPerSync: two syncs of one process, each with its own
+// series of the watched-directories gauge. The issue's scenario: 6
+// directories in all, then mkdir of two in the second tree, then one in the
+// first; the gauge once showed only the sync updated last (5, then 4, where
+// 9 were watched). Each sync's value and their sum must be right after every
+// step, and a stopped sync's series drops to 0 without touching the other.
+func TestWatchGaugesPerSync(t *testing.T) {
 	t.Parallel()
-	m := metrics.New(prometheus.NewRegistry(), "test")
-	var rs []*running
-	for _, dirs := range []int{3, 2} {
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, "test")
+	rs := map[string]*running{}
+	for name, dirs := range map[string]int{"a": 2, "b": 2} {
 		root := t.TempDir()
 		for i := range dirs {
 			write(t, root, fmt.Sprintf("d%d/f.txt", i), "x")
 		}
 		opts := testOpts(t, root)
-		opts.Metrics = m
-		rs = append(rs, start(t, opts, nil))
+		opts.Metrics = m.Sync(name)
+		rs[name] = start(t, opts, nil)
 	}
-	// Roots and their directories: 4 + 3.
-	waitFor(t, "both trees watched", func() bool { return testutil.ToFloat64(m.Watches) == 7 })
-	if err := os.Mkdir(filepath.Join(rs[0].root, "new"), 0o755); err != nil {
+	watched := func(a, b int) func() bool {
+		return func() bool {
+			return testutil.CollectAndCompare(m.Watches, strings.NewReader(fmt.Sprintf(`
+# HELP kvsync_watched_directories Directories of a sync with an inotify watch.
+# TYPE kvsync_watched_directories gauge
+kvsync_watched_directories{sync="a"} %d
+kvsync_watched_directories{sync="b"} %d
+`, a, b))) == nil && gaugeSum(t, reg, "kvsync_watched_directories") == float64(a+b)
+		}
+	}
+	mkdir := func(sync string, names ...string) {
+		for _, n := range names {
+			if err := os.Mkdir(filepath.Join(rs[sync].root, n), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Roots and their directories: 3 + 3.
+	waitFor(t, "a=3 b=3, 6 in all", watched(3, 3))
+	mkdir("b", "x1", "x2")
+	waitFor(t, "a=3 b=5, 8 in all", watched(3, 5))
+	mkdir("a", "y1")
+	waitFor(t, "a=4 b=5, 9 in all", watched(4, 5))
+	if err := os.Remove(filepath.Join(rs["b"].root, "x1")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a new directory in the first tree counted with the second's", func() bool { return testutil.ToFloat64(m.Watches) == 8 })
+	waitFor(t, "a=4 b=4 after rmdir in b", watched(4, 4))
+	rs["a"].stop(t)
+	waitFor(t, "a=0 b=4 once a stopped", watched(0, 4))
+}
+
+// gaugeSum adds up every series of the family name in reg: what
+// sum(name) shows in Prometheus.
+func gaugeSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, mt := range mf.GetMetric() {
+				sum += mt.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 func TestRunRescanRequest(t *testing.T) {

@@ -113,7 +113,7 @@ func TestScanInvalidKeys(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	opts := testOpts(t, root)
-	opts.Metrics = metrics.New(reg, "test")
+	opts.Metrics = metrics.New(reg, "test").Sync("test")
 	got := scanKeys(t, opts)
 	if keysOf(got) != "d/"+long+",ok.txt" {
 		t.Fatalf("keys = %s", keysOf(got))

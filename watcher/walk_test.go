@@ -91,7 +91,7 @@ func scanWith(t *testing.T, opts Options, prefetch int) scanOutcome {
 		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr { return dropTime(a) },
 	}))
 	reg := prometheus.NewRegistry()
-	opts.Metrics = metrics.New(reg, "test")
+	opts.Metrics = metrics.New(reg, "test").Sync("test")
 	w, err := New(opts)
 	if err != nil {
 		t.Fatal(err)

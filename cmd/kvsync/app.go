@@ -296,7 +296,7 @@ func (a *app) newUnit(s config.Sync, dryRun bool, cf *commonFlags) (*unit, error
 		// watcher, when Run runs it, evaluates the path again.
 		Recheck: w.Recheck,
 		Logger:  a.log.With("sync", s.Name),
-		Metrics: a.m,
+		Metrics: a.m.Sync(s.Name),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("sync %q: %w", s.Name, err)
@@ -328,7 +328,7 @@ func watcherOptions(s config.Sync, logger *slog.Logger, m *metrics.Metrics) watc
 		AllowSymlinksOutside: s.FollowSymlinksOutside,
 		RecordInMetadata:     s.RecordInMetadata,
 		Logger:               logger.With("sync", s.Name),
-		Metrics:              m,
+		Metrics:              m.Sync(s.Name),
 	}
 }
 
