@@ -99,7 +99,8 @@ func NewLimiter(o LimiterOptions) *Limiter {
 // promised to them.
 func (l *Limiter) Tokens() float64 {
 	if l.bucket.Limit() == rate.Inf {
-		// The bucket keeps no count then (rate.Limiter reads NaN at times).
+		// No budget is counted then; rate.Limiter would read its burst,
+		// which looks like a nearly spent bucket.
 		return math.Inf(1)
 	}
 	return l.bucket.TokensAt(l.now())
