@@ -293,6 +293,9 @@ func (s *supervisor) reload(ctx context.Context, cf *commonFlags) {
 			log.Error("reload: sync stopped before its queue drained; its replacement rescans", "sync", name, "err", err)
 		}
 		if _, ok := next[name]; !ok {
+			// Its series would otherwise export its last values for
+			// good, like a sync that is there and stuck.
+			s.app.m.ForgetSync(name)
 			log.Info("reload: sync removed", "sync", name)
 		}
 	}

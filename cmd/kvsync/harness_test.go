@@ -504,20 +504,31 @@ func (e *kvEnv) barrier(t testing.TB, d *kvsyncProc) (markers map[string]kvEntry
 	return markers, len(markers)
 }
 
-// gauge reads one unlabelled gauge from a scrape of d's /metrics.
+// gauge reads a gauge from a scrape of d's /metrics: the sum of its series,
+// which for a per-sync gauge adds up every sync.
 func (d *kvsyncProc) gauge(name string) float64 {
 	d.t.Helper()
+	var sum float64
+	found := false
 	for _, line := range strings.Split(d.scrape(), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			var f float64
-			if _, err := fmt.Sscan(v, &f); err != nil {
-				d.t.Fatalf("metric %s: %q: %v", name, line, err)
-			}
-			return f
+		v, ok := strings.CutPrefix(line, name+" ")
+		if !ok && strings.HasPrefix(line, name+"{") {
+			_, v, ok = strings.Cut(line, "} ")
 		}
+		if !ok {
+			continue
+		}
+		var f float64
+		if _, err := fmt.Sscan(v, &f); err != nil {
+			d.t.Fatalf("metric %s: %q: %v", name, line, err)
+		}
+		sum += f
+		found = true
 	}
-	d.t.Fatalf("metric %s not in the scrape", name)
-	return 0
+	if !found {
+		d.t.Fatalf("metric %s not in the scrape", name)
+	}
+	return sum
 }
 
 // with returns want plus extra.
