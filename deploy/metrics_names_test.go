@@ -458,6 +458,12 @@ func checkRefs(r promqlRefs, scrape []series) []string {
 				missing = append(missing, fmt.Sprintf("label %s of %s", m.label, sel.metric))
 				continue
 			}
+			if v := varRE.FindString(m.value); v != "" && v == m.value {
+				// A dashboard variable (sync=~"$sync"): Grafana fills
+				// it with values read from the scrape itself, so the
+				// label being there is all it needs.
+				continue
+			}
 			var match func(string) bool
 			switch m.op {
 			case "=":
@@ -518,6 +524,9 @@ kvsync_y{a="x y",b="}"} 7
 		{`kvsync_x_total{code="500"}`, 1},
 		{`kvsync_x_total{code=~"5.."}`, 1},
 		{`kvsync_x_total{code!="500", op!~"get"}`, 0},
+		{`kvsync_x_total{op=~"$op"}`, 0},
+		{`kvsync_x_total{sync=~"$sync"}`, 1},
+		{`kvsync_x_total{op=~"$op|x"}`, 1},
 		{`sum by (cfcode) (kvsync_x_total)`, 1},
 	} {
 		r, err := parsePromQL(tc.expr)

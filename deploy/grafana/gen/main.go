@@ -23,8 +23,13 @@ import (
 )
 
 // sel is the label selector every query carries, so that one dashboard
-// serves a fleet: pick the job, then one or all daemons.
-const sel = `job=~"$job", instance=~"$instance"`
+// serves a fleet: pick the job, then one or all daemons. syncSel narrows the
+// per-sync series further to the syncs picked; the API series are per
+// account and carry no sync label.
+const (
+	sel     = `job=~"$job", instance=~"$instance"`
+	syncSel = sel + `, sync=~"$sync"`
+)
 
 // tokenBudget is Cloudflare's request budget per 5-minute window
 // (kvapi.AccountBudget, api.budget's default); the budget panel is relative
@@ -68,6 +73,9 @@ func build() (dashboard.Dashboard, error) {
 	rate := func(metric, by string) string {
 		return fmt.Sprintf(`sum by (%s) (rate(%s{%s}[$__rate_interval]))`, by, metric, sel)
 	}
+	syncRate := func(metric, by string) string {
+		return fmt.Sprintf(`sum by (sync, %s) (rate(%s{%s}[$__rate_interval]))`, by, metric, syncSel)
+	}
 	return dashboard.NewDashboardBuilder("kvsync").
 		Uid("kvsync").
 		Description("kvsync publishing a directory tree to Workers KV: writes, API health, rate limits and sync freshness.").
@@ -89,10 +97,16 @@ func build() (dashboard.Dashboard, error) {
 			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
 			Sort(dashboard.VariableSortAlphabeticalAsc).
 			Multi(true).IncludeAll(true).AllValue(".*")).
+		WithVariable(dashboard.NewQueryVariableBuilder("sync").
+			Label("Sync").Datasource(ds).
+			Query(dashboard.StringOrMap{String: cog.ToPtr(fmt.Sprintf(`label_values(kvsync_queue_depth{%s}, sync)`, sel))}).
+			Refresh(dashboard.VariableRefreshOnTimeRangeChanged).
+			Sort(dashboard.VariableSortAlphabeticalAsc).
+			Multi(true).IncludeAll(true).AllValue(".*")).
 		WithRow(dashboard.NewRowBuilder("Freshness").Id(id.next())).
 		WithPanel(stat.NewPanelBuilder().Id(id.next()).
 			Title("Since last successful sync").
-			Description("Age of kvsync_last_successful_sync_timestamp_seconds: how long KV has not been known to hold the whole tree. " +
+			Description("Age of kvsync_last_successful_sync_timestamp_seconds, per sync: how long KV has not been known to hold the sync's whole tree. " +
 				"An idle tree ages it up to rescan_interval (1h by default); KvsyncNotSynced fires past 2h. Empty until the first clean sync.").
 			Datasource(ds).Unit("s").Height(6).Span(8).
 			ColorMode(common.BigValueColorModeBackground).
@@ -100,32 +114,32 @@ func build() (dashboard.Dashboard, error) {
 			Thresholds(steps("green",
 				dashboard.Threshold{Value: cog.ToPtr(3600.0 * 1.25), Color: "orange"},
 				dashboard.Threshold{Value: cog.ToPtr(3600.0 * 2), Color: "red"})).
-			WithTarget(query(fmt.Sprintf(`time() - (kvsync_last_successful_sync_timestamp_seconds{%s} > 0)`, sel), "{{instance}}").RefId("A").Instant())).
+			WithTarget(query(fmt.Sprintf(`time() - (kvsync_last_successful_sync_timestamp_seconds{%s} > 0)`, syncSel), "{{instance}} {{sync}}").RefId("A").Instant())).
 		WithPanel(stat.NewPanelBuilder().Id(id.next()).
 			Title("Queue depth").
 			Description("Keys waiting to be written or deleted (kvsync_queue_depth).").
 			Datasource(ds).Unit("short").Height(6).Span(8).
 			GraphMode(common.BigValueGraphModeArea).
 			Thresholds(steps("green")).
-			WithTarget(query(fmt.Sprintf(`sum(kvsync_queue_depth{%s})`, sel), "queued").RefId("A"))).
+			WithTarget(query(fmt.Sprintf(`sum(kvsync_queue_depth{%s})`, syncSel), "queued").RefId("A"))).
 		WithPanel(stat.NewPanelBuilder().Id(id.next()).
-			Title("Files held back (1h)").
-			Description("Files newly held back in the last hour, whose keys kvsync neither writes nor deletes; the log names each file.").
+			Title("Files held back").
+			Description("Files held back now (kvsync_files_held_back): unreadable, an invalid sidecar, changed since the scan. Their keys are neither written nor deleted until the file changes or the next full sync; the log names each file.").
 			Datasource(ds).Unit("short").Height(6).Span(8).
 			ColorMode(common.BigValueColorModeBackground).
 			GraphMode(common.BigValueGraphModeNone).
 			Thresholds(steps("green", dashboard.Threshold{Value: cog.ToPtr(1.0), Color: "orange"})).
-			WithTarget(query(fmt.Sprintf(`sum(increase(kvsync_files_skipped_total{%s, reason=~"too_large|key_invalid|bad_metadata|unreadable"}[1h]))`, sel), "held back").RefId("A").Instant())).
+			WithTarget(query(fmt.Sprintf(`sum(kvsync_files_held_back{%s})`, syncSel), "held back").RefId("A").Instant())).
 		WithRow(dashboard.NewRowBuilder("Writes").Id(id.next())).
-		WithPanel(graph(id.next(), "Uploads", "ops", "Keys written per second, by result (kvsync_uploads_total).",
-			query(rate("kvsync_uploads_total", "result"), "{{result}}"))).
-		WithPanel(graph(id.next(), "Bytes uploaded", "Bps", "Value bytes sent in writes per second, by result (kvsync_upload_bytes_total).",
-			query(rate("kvsync_upload_bytes_total", "result"), "{{result}}"))).
-		WithPanel(graph(id.next(), "Queue and in-flight", "short", "Keys waiting (kvsync_queue_depth) and writes or deletes in flight (kvsync_inflight_uploads).",
-			query(fmt.Sprintf(`sum(kvsync_queue_depth{%s})`, sel), "queued"),
-			query(fmt.Sprintf(`sum(kvsync_inflight_uploads{%s})`, sel), "in flight"))).
-		WithPanel(graph(id.next(), "Deletes", "ops", "Keys whose file went away, by what was done (kvsync_deletes_total).",
-			query(rate("kvsync_deletes_total", "result"), "{{result}}"))).
+		WithPanel(graph(id.next(), "Uploads", "ops", "Keys written per second, by sync and result (kvsync_uploads_total).",
+			query(syncRate("kvsync_uploads_total", "result"), "{{sync}} {{result}}"))).
+		WithPanel(graph(id.next(), "Bytes uploaded", "Bps", "Value bytes sent in writes per second, by sync and result (kvsync_upload_bytes_total).",
+			query(syncRate("kvsync_upload_bytes_total", "result"), "{{sync}} {{result}}"))).
+		WithPanel(graph(id.next(), "Queue and in-flight", "short", "Keys waiting (kvsync_queue_depth) and writes or deletes in flight (kvsync_inflight_uploads), by sync.",
+			query(fmt.Sprintf(`sum by (sync) (kvsync_queue_depth{%s})`, syncSel), "{{sync}} queued"),
+			query(fmt.Sprintf(`sum by (sync) (kvsync_inflight_uploads{%s})`, syncSel), "{{sync}} in flight"))).
+		WithPanel(graph(id.next(), "Deletes", "ops", "Keys whose file went away, by sync and what was done (kvsync_deletes_total).",
+			query(syncRate("kvsync_deletes_total", "result"), "{{sync}} {{result}}"))).
 		WithRow(dashboard.NewRowBuilder("Workers KV API").Id(id.next())).
 		WithPanel(graph(id.next(), "API latency", "s", "Request latency by operation, 50th and 99th percentile (kvsync_api_request_duration_seconds).",
 			query(fmt.Sprintf(`histogram_quantile(0.5, sum by (le, op) (rate(kvsync_api_request_duration_seconds_bucket{%s}[$__rate_interval])))`, sel), "p50 {{op}}"),
@@ -153,6 +167,15 @@ func build() (dashboard.Dashboard, error) {
 				{Id: "unit", Value: "short"},
 				{Id: "custom.axisPlacement", Value: "right"},
 				{Id: "custom.drawStyle", Value: "bars"},
+			})).
+		WithPanel(graph(id.next(), "Token bucket and 429 pause", "short",
+			"Requests the account's token bucket admits now without waiting (kvsync_rate_limit_tokens, 0 while requests wait for a token), "+
+				"and the seconds left of the pause of every request after a 429 (kvsync_rate_limit_paused_until_timestamp_seconds, right axis).",
+			query(fmt.Sprintf(`clamp_min(kvsync_rate_limit_tokens{%s}, 0)`, sel), "{{instance}} tokens"),
+			query(fmt.Sprintf(`clamp_min(kvsync_rate_limit_paused_until_timestamp_seconds{%s} - time(), 0)`, sel), "{{instance}} paused")).
+			OverrideByRegexp(".* paused", []dashboard.DynamicConfigValue{
+				{Id: "unit", Value: "s"},
+				{Id: "custom.axisPlacement", Value: "right"},
 			})).
 		Build()
 }
