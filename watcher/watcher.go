@@ -264,9 +264,10 @@ func (w *Watcher) dropWatches(abs string) {
 	w.setWatchGauge()
 }
 
-// setWatchGauge adds to the shared gauges what changed in this watcher's
-// counts since it last did: several syncs' watchers share them, so none
-// may set them to its own count alone.
+// setWatchGauge adds to the sync's gauges what changed in this watcher's
+// counts since it last did, rather than setting them: the series are the
+// sync's, not the watcher's, and outlive it when a reload replaces it, so
+// a watcher accounts only for the watches it holds.
 func (w *Watcher) setWatchGauge() {
 	if w.opts.Metrics == nil {
 		return
