@@ -124,7 +124,7 @@ func build() (dashboard.Dashboard, error) {
 			WithTarget(query(fmt.Sprintf(`sum(kvsync_queue_depth{%s})`, syncSel), "queued").RefId("A"))).
 		WithPanel(stat.NewPanelBuilder().Id(id.next()).
 			Title("Files held back").
-			Description("Files held back now (kvsync_files_held_back): unreadable, an invalid sidecar, changed since the scan. Their keys are neither written nor deleted until the file changes or the next full sync; the log names each file.").
+			Description("Files held back now (kvsync_files_held_back): too large, unreadable, an invalid sidecar, changed since the scan. Their keys are neither written nor deleted until the file changes or the next full sync; the log names each file.").
 			Datasource(ds).Unit("short").Height(6).Span(8).
 			ColorMode(common.BigValueColorModeBackground).
 			GraphMode(common.BigValueGraphModeNone).
