@@ -29,6 +29,7 @@ import (
 	"github.com/kvsync/kvsync/internal/emulator"
 	"github.com/kvsync/kvsync/internal/testkit"
 	"github.com/kvsync/kvsync/metrics"
+	"github.com/kvsync/kvsync/uploader"
 )
 
 // The docs test: what the READMEs and the example configs tell a user to
@@ -954,5 +955,141 @@ func copyTree(t *testing.T, src, dst string) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// goTestBenchRE is a `go test ... -bench <regexp> ... <package>` line.
+var goTestBenchRE = regexp.MustCompile(`go test [^\n` + "`" + `]*?-bench (\S+)[^\n` + "`" + `]*? (\./[\w./-]*)`)
+
+// TestDocsBenchRegexesSelectWhatTheyName: a -bench regexp in the docs that
+// names one benchmark (FullSync10kx1KiB) selects that one only, not also
+// the benchmarks whose names it begins (FullSync10kx1KiBBatches), whose
+// profile would be mixed in; one that names a group (FullSync) is left
+// alone. The benchmarks are read from the packages' test files.
+func TestDocsBenchRegexesSelectWhatTheyName(t *testing.T) {
+	seen := 0
+	for _, file := range docFiles(t) {
+		d := readDoc(t, file)
+		text := d.prose
+		for _, b := range d.blocks {
+			text += "\n" + b.body
+		}
+		for _, m := range goTestBenchRE.FindAllStringSubmatch(text, -1) {
+			seen++
+			pattern := strings.Trim(m[1], `'"`)
+			re, err := regexp.Compile(strings.Split(pattern, "/")[0])
+			if err != nil {
+				t.Errorf("%s: -bench %s: %v", d.name, m[1], err)
+				continue
+			}
+			benches := benchmarksIn(t, filepath.Join(repoRoot, m[2]))
+			if len(benches) == 0 {
+				t.Errorf("%s: -bench %s: %s has no benchmark", d.name, m[1], m[2])
+				continue
+			}
+			core := strings.TrimPrefix(strings.Trim(pattern, "^$"), "Benchmark")
+			var matched []string
+			for _, b := range benches {
+				if re.MatchString(b) {
+					matched = append(matched, b)
+				}
+			}
+			if len(matched) == 0 {
+				t.Errorf("%s: -bench %s selects no benchmark of %s", d.name, m[1], m[2])
+			}
+			if slices.Contains(benches, "Benchmark"+core) && len(matched) > 1 {
+				t.Errorf("%s: -bench %s names Benchmark%s but also selects %v: anchor it, '^Benchmark%s$'", d.name, m[1], core, matched, core)
+			}
+		}
+	}
+	if seen < 3 {
+		t.Fatalf("found %d go test -bench lines: the test no longer reads the docs", seen)
+	}
+}
+
+// benchmarksIn lists the top-level benchmarks of the package in dir.
+func benchmarksIn(t *testing.T, dir string) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*_test.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	fset := token.NewFileSet()
+	for _, f := range files {
+		af, err := parser.ParseFile(fset, f, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, decl := range af.Decls {
+			if fd, ok := decl.(*ast.FuncDecl); ok && fd.Recv == nil && strings.HasPrefix(fd.Name.Name, "Benchmark") {
+				names = append(names, fd.Name.Name)
+			}
+		}
+	}
+	return names
+}
+
+// bulkKeysRE is a sentence about bulk requests that gives their keys.
+var bulkKeysRE = regexp.MustCompile(`(?i)\bbulk\b[^.;:]*?\b([\d,]+) keys\b`)
+
+// TestDocsBulkSize: what the docs say a bulk write carries is what the
+// engine sends (uploader.DefaultBulkMaxPairs).
+func TestDocsBulkSize(t *testing.T) {
+	want := strconv.Itoa(uploader.DefaultBulkMaxPairs)
+	seen := 0
+	for _, file := range docFiles(t) {
+		d := readDoc(t, file)
+		// Comments and wrapped lines read as one text.
+		text := regexp.MustCompile(`\n\s*#?\s*`).ReplaceAllString(d.prose, " ")
+		for _, m := range bulkKeysRE.FindAllStringSubmatch(text, -1) {
+			seen++
+			if strings.ReplaceAll(m[1], ",", "") != want {
+				t.Errorf("%s: %q: kvsync's bulk writes carry %s keys", d.name, m[0], want)
+			}
+		}
+	}
+	if seen < 2 {
+		t.Fatalf("found %d sentences on the keys of a bulk write: the test no longer reads the docs", seen)
+	}
+}
+
+// TestDocsDetachedContainersOutwaitTheDrain: a `docker run -d` of the
+// daemon gives Docker a stop timeout longer than kvsync's drain (the
+// default of `kvsync run --drain-timeout`, read from its help): Docker's
+// own 10 s would kill it mid-drain.
+func TestDocsDetachedContainersOutwaitTheDrain(t *testing.T) {
+	help, _ := kvsyncOutput("run", "-h")
+	m := regexp.MustCompile(`-drain-timeout duration\n[^\n]*\(default (\S+)\)`).FindStringSubmatch(help)
+	if m == nil {
+		t.Fatalf("kvsync run -h gives no default for --drain-timeout:\n%s", help)
+	}
+	drain, err := time.ParseDuration(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, file := range docFiles(t) {
+		d := readDoc(t, file)
+		for _, b := range d.blocks {
+			for _, l := range joinContinued(b.body) {
+				words := shellWords(l)
+				if len(words) < 3 || words[1] != "run" || words[0] != "docker" && words[0] != "podman" || !slices.Contains(words, "-d") {
+					continue
+				}
+				seen++
+				i := slices.Index(words, "--stop-timeout")
+				if i < 0 || i+1 >= len(words) {
+					t.Errorf("%s:%d: %q has no --stop-timeout: Docker's 10 s cut kvsync's %s drain short", d.name, b.line, l, drain)
+					continue
+				}
+				if n, err := strconv.Atoi(words[i+1]); err != nil || time.Duration(n)*time.Second <= drain {
+					t.Errorf("%s:%d: --stop-timeout %s is not longer than kvsync's %s drain", d.name, b.line, words[i+1], drain)
+				}
+			}
+		}
+	}
+	if seen < 2 {
+		t.Fatalf("found %d detached docker runs: the test no longer reads the docs", seen)
 	}
 }
