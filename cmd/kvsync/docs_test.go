@@ -39,7 +39,7 @@ import (
 // from internal/config's yaml tags, environment variables from the calls of
 // the packages linked into the binary that read one.
 //
-// The docs may say two things to this test, in an HTML comment (in YAML, a
+// The docs may say three things to this test, in an HTML comment (in YAML, a
 // comment line) of the form "docs-test: ...":
 //   - "docs-test: skip: <why>" right before a ```sh block of README.md:
 //     the block is not run (it needs root, systemd, docker, a release...);
@@ -69,9 +69,11 @@ func docFiles(t *testing.T) []string {
 // doc is one document cut into what the test reads.
 type doc struct {
 	name string
-	// code holds the lines of fenced code blocks (Markdown) or the whole
-	// file (YAML); prose the lines outside them; spans the inline code
-	// spans of the prose (Markdown) or the comments (YAML).
+	// blocks are the fenced code blocks (Markdown) or the whole file
+	// (YAML); prose is the text outside them (in YAML, the comments);
+	// spans are the prose's inline code (in YAML, also a comment's
+	// indented example lines); foreign the names the doc declares
+	// another tool's.
 	blocks  []codeBlock
 	spans   []string
 	prose   string
@@ -163,9 +165,7 @@ func readDoc(t *testing.T, file string) doc {
 // binarySurface is what the binary says it takes.
 type binarySurface struct {
 	commands map[string]map[string]bool // subcommand -> its flags
-	topFlags map[string]bool            // flags kvsync takes before a command
 	fields   map[string]bool            // config paths: "api.token_file", "syncs.dir", ...
-	leaves   map[string]bool            // every field's own name
 	sections map[string]bool            // fields that hold fields: "api", "syncs", ...
 	env      map[string]bool            // environment variables the code reads
 	labels   map[string]bool            // metric label names and values
@@ -190,8 +190,7 @@ func kvsyncOutput(args ...string) (string, int) {
 
 func surfaceOf(t *testing.T) binarySurface {
 	t.Helper()
-	s := binarySurface{commands: map[string]map[string]bool{}, topFlags: map[string]bool{},
-		fields: map[string]bool{}, leaves: map[string]bool{}, sections: map[string]bool{}}
+	s := binarySurface{commands: map[string]map[string]bool{}, fields: map[string]bool{}, sections: map[string]bool{}}
 	help, code := kvsyncOutput("--help")
 	if code != 0 {
 		t.Fatalf("kvsync --help: exit %d", code)
@@ -296,7 +295,6 @@ func (s *binarySurface) walkFields(typ reflect.Type, prefix string) {
 		}
 		p := prefix + name
 		s.fields[p] = true
-		s.leaves[name] = true
 		et := f.Type
 		for et.Kind() == reflect.Slice || et.Kind() == reflect.Pointer {
 			et = et.Elem()
@@ -852,6 +850,9 @@ func TestReadmeShellExamplesRun(t *testing.T) {
 // listens where the example says; a port taken by something else fails the
 // test in CI and skips it elsewhere.
 func runDaemonExample(t *testing.T, cmd *exec.Cmd, work string) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is needed to follow the example's curl line (Debian package curl)")
+	}
 	for _, addr := range []string{"127.0.0.1:8787", "127.0.0.1:9464"} {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
