@@ -122,9 +122,9 @@ func (p *progress) settled() float64 {
 	return n + p.m.Skipped(metrics.SkipUnreadable) + p.m.Skipped(metrics.SkipChanged)
 }
 
-// snapshot is where the run is.
+// progressState is where the run is.
 type progressState struct {
-	scanning     bool // no pass has begun
+	scanning     bool // no pass has begun: listing the namespace, scanning the tree
 	done, total  int
 	failed       int
 	bytes        int64
@@ -182,7 +182,7 @@ func (s progressState) percent() int {
 func (p *progress) line() string {
 	s := p.state()
 	if s.scanning {
-		return fmt.Sprintf("kvsync: scanning  %s", s.elapsed.Round(100*time.Millisecond))
+		return fmt.Sprintf("kvsync: listing and scanning  %s", s.elapsed.Round(100*time.Millisecond))
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "kvsync: %d of %d files (%d%%)  %s", s.done, s.total, s.percent(), config.HumanSize(s.bytes))
@@ -204,7 +204,7 @@ func (p *progress) line() string {
 func (p *progress) logPlain() {
 	s := p.state()
 	if s.scanning {
-		p.log.Info("sync progress: scanning", "elapsed", s.elapsed.Round(time.Second))
+		p.log.Info("sync progress: listing and scanning", "elapsed", s.elapsed.Round(time.Second))
 		return
 	}
 	attrs := []any{"done", s.done, "total", s.total, "percent", s.percent(), "bytes", s.bytes,

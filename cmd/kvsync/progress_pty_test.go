@@ -87,7 +87,7 @@ func screenLines(t *testing.T, out []byte) []string {
 	return lines
 }
 
-var progressLineRE = regexp.MustCompile(`^kvsync: (scanning|\d+ of \d+ files \(\d+%\))`)
+var progressLineRE = regexp.MustCompile(`^kvsync: (listing and scanning|\d+ of \d+ files \(\d+%\))`)
 
 // TestProgressLineOnTerminal runs `kvsync sync` on a pseudo-terminal while
 // it logs (debug level, and a held-back file) and checks the screen a person

@@ -118,7 +118,7 @@ func TestProgressLine(t *testing.T) {
 	defer p.stop()
 
 	clk.add(500 * time.Millisecond)
-	if got, want := p.line(), "kvsync: scanning  500ms"; got != want {
+	if got, want := p.line(), "kvsync: listing and scanning  500ms"; got != want {
 		t.Errorf("before a pass: %q, want %q", got, want)
 	}
 	// A write counted before the pass began (another sync's) is not its.
