@@ -173,7 +173,8 @@ type binarySurface struct {
 
 var (
 	commandLineRE = regexp.MustCompile(`^  ([a-z][a-z0-9-]*)\s{2,}\S`)
-	flagLineRE    = regexp.MustCompile(`^\s+--?([a-zA-Z0-9][a-zA-Z0-9-]*)`)
+	flagLineRE    = regexp.MustCompile(`^\s+--?[a-zA-Z0-9]`)
+	flagNameRE    = regexp.MustCompile(`(?:^|[\s,])--?([a-zA-Z0-9][a-zA-Z0-9-]*)`)
 )
 
 func kvsyncOutput(args ...string) (string, int) {
@@ -211,7 +212,17 @@ func surfaceOf(t *testing.T) binarySurface {
 		// -h and --help are what printed this; every command takes them.
 		flags := map[string]bool{"h": true, "help": true}
 		for _, fl := range strings.Split(out, "\n") {
-			if fm := flagLineRE.FindStringSubmatch(fl); fm != nil {
+			// "  -name type", or "  -n, --name type": the names come before
+			// the usage, which follows a tab or two spaces.
+			if !flagLineRE.MatchString(fl) {
+				continue
+			}
+			head := strings.TrimSpace(fl)
+			if i := strings.IndexAny(head, "\t"); i >= 0 {
+				head = head[:i]
+			}
+			head, _, _ = strings.Cut(head, "  ")
+			for _, fm := range flagNameRE.FindAllStringSubmatch(head, -1) {
 				flags[fm[1]] = true
 			}
 		}
