@@ -803,6 +803,7 @@ func TestReadmeShellExamplesRun(t *testing.T) {
 			if strings.TrimSpace(reason) == "" {
 				t.Errorf("README.md:%d: a block skipped without a reason", b.line)
 			}
+			t.Logf("README.md:%d not run: %s", b.line, strings.TrimSpace(reason))
 			skipped++
 			continue
 		}
@@ -850,8 +851,10 @@ func TestReadmeShellExamplesRun(t *testing.T) {
 	if ran == 0 {
 		t.Error("no shell block of README.md ran")
 	}
-	if skipped > 4 {
-		t.Errorf("%d shell blocks skipped: keep the skipped ones few", skipped)
+	// More skipped than run: the examples have drifted away from what a
+	// user can try on their machine, or the markers are used too freely.
+	if skipped > 2*ran {
+		t.Errorf("%d shell blocks skipped, %d run: keep the skipped ones few", skipped, ran)
 	}
 }
 
