@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -25,14 +26,16 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *dryRun {
 		return plan(ctx, &cf, stdout, stderr)
 	}
-	a, err := newApp(ctx, &cf, stderr, false)
+	// The logger and the progress line share the terminal (console).
+	con := newConsole(stderr, os.Getenv)
+	a, err := newApp(ctx, &cf, con, false)
 	if err != nil {
 		return err
 	}
 	defer a.close()
 
 	start := time.Now()
-	prog := startProgress(stderr, a.m)
+	prog := startProgress(con, a.m, a.log)
 	var total uploader.Report
 	var runErr error
 	var listed uploader.ListInfo
@@ -48,6 +51,7 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			runErr = errors.Join(runErr, fmt.Errorf("sync %q: scanning %s: %w", u.cfg.Name, u.cfg.Dir, err))
 			continue
 		}
+		prog.begin(snap)
 		rep, err := u.engine.SyncOnce(ctx, snap)
 		addReport(&total, rep)
 		if !snap.Complete {

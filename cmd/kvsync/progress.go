@@ -2,52 +2,88 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"os"
+	"log/slog"
+	"math"
+	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/term"
-
 	"github.com/kvsync/kvsync/internal/config"
+	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/metrics"
 )
 
-// progress redraws one status line on a terminal while a sync runs. It reads
-// the same counters /metrics exports, so it cannot disagree with them.
+const (
+	// progressRedraw is how often the line on a terminal is redrawn.
+	progressRedraw = 200 * time.Millisecond
+	// progressPlainEvery is how often a run whose stderr is not a terminal
+	// (CI, a pipe, a journal) logs where it is: often enough to show a long
+	// publish is moving, rarely enough not to bury the log.
+	progressPlainEvery = 5 * time.Second
+)
+
+// progress tells a person where a sync is: on a terminal, one line the
+// console redraws (done of total, percentage, rate, ETA); elsewhere a log
+// record every few seconds. It counts from the same counters /metrics
+// exports, so it cannot disagree with them. The total is what the scans
+// found: each sync's scan adds its files when its pass begins.
 type progress struct {
+	con   *console
+	m     *metrics.Metrics
+	log   *slog.Logger
+	now   func() time.Time
+	start time.Time
+
+	mu sync.Mutex
+	// begun is when the first pass began: the rate counts from there, not
+	// from the first scan, which sends nothing.
+	begun time.Time
+	// finished counts the files of the passes that ended; total includes
+	// the pass in progress, whose own files are cur.
+	finished, total int
+	cur             passProgress
+
 	stopOnce sync.Once
 	done     chan struct{}
-	finished chan struct{}
+	exited   chan struct{}
 }
 
-func startProgress(w io.Writer, m *metrics.Metrics) *progress {
-	p := &progress{done: make(chan struct{}), finished: make(chan struct{})}
-	f, ok := w.(*os.File)
-	if !ok || !term.IsTerminal(int(f.Fd())) {
-		close(p.finished)
-		return p
+// passProgress is one sync's pass: its files, those of them the scan
+// already held back (the engine reports no metric for those), and the
+// counters as they stood when it began.
+type passProgress struct {
+	files, held int
+	base        float64
+}
+
+// startProgress starts telling where the sync is, on con when it is a
+// terminal, through log otherwise. stop ends it.
+func startProgress(con *console, m *metrics.Metrics, log *slog.Logger) *progress {
+	return startProgressEvery(con, m, log, time.Now, progressRedraw, progressPlainEvery)
+}
+
+func startProgressEvery(con *console, m *metrics.Metrics, log *slog.Logger, now func() time.Time, redraw, plain time.Duration) *progress {
+	p := &progress{con: con, m: m, log: log, now: now, start: now(), done: make(chan struct{}), exited: make(chan struct{})}
+	every := plain
+	if con.tty {
+		every = redraw
 	}
 	go func() {
-		defer close(p.finished)
-		t := time.NewTicker(200 * time.Millisecond)
+		defer close(p.exited)
+		t := time.NewTicker(every)
 		defer t.Stop()
-		start := time.Now()
-		draw := func() {
-			ok := m.Uploaded(metrics.UploadSuccess)
-			failed := m.Uploaded(metrics.UploadFailed)
-			same := m.Uploaded(metrics.UploadUnchanged)
-			bytes := m.UploadedBytes(metrics.UploadSuccess)
-			fmt.Fprintf(f, "\r\033[K%6.0f written  %6.0f unchanged  %4.0f failed  %9s  %5.1fs",
-				ok, same, failed, config.HumanSize(int64(bytes)), time.Since(start).Seconds())
-		}
 		for {
 			select {
 			case <-t.C:
-				draw()
+				if con.tty {
+					con.setStatus(p.line())
+				} else {
+					p.logPlain()
+				}
 			case <-p.done:
-				draw()
-				fmt.Fprint(f, "\n")
+				if con.tty {
+					con.finishStatus(p.line())
+				}
 				return
 			}
 		}
@@ -55,7 +91,133 @@ func startProgress(w io.Writer, m *metrics.Metrics) *progress {
 	return p
 }
 
+// begin starts counting a sync's pass over snap, once its scan is done.
+// The pass before it, if any, is over: its files count as done whatever
+// became of them (written, failed, vanished), as the summary reports.
+func (p *progress) begin(snap desired.Snapshot) {
+	held := 0
+	for _, st := range snap.States {
+		if st.Err != nil {
+			held++
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.begun.IsZero() {
+		p.begun = p.now()
+	}
+	p.finished += p.cur.files
+	p.cur = passProgress{files: len(snap.States), held: held, base: p.settled()}
+	p.total += len(snap.States)
+}
+
+// settled counts every file whose pass decided its fate: written,
+// unchanged, failed, rejected, or held back by the engine (unreadable, or
+// not the file the scan saw). Files the scan held back are not among them.
+func (p *progress) settled() float64 {
+	var n float64
+	for _, r := range []metrics.UploadResult{metrics.UploadSuccess, metrics.UploadUnchanged, metrics.UploadFailed, metrics.UploadRejected} {
+		n += p.m.Uploaded(r)
+	}
+	return n + p.m.Skipped(metrics.SkipUnreadable) + p.m.Skipped(metrics.SkipChanged)
+}
+
+// progressState is where the run is.
+type progressState struct {
+	scanning     bool // no pass has begun: listing the namespace, scanning the tree
+	done, total  int
+	failed       int
+	bytes        int64
+	elapsed, ran time.Duration // since start; since the first pass began
+}
+
+func (p *progress) state() progressState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	s := progressState{
+		scanning: p.begun.IsZero(),
+		total:    p.total,
+		failed:   int(p.m.Uploaded(metrics.UploadFailed) + p.m.Uploaded(metrics.UploadRejected)),
+		bytes:    int64(p.m.UploadedBytes(metrics.UploadSuccess)),
+		elapsed:  now.Sub(p.start),
+	}
+	if !s.scanning {
+		s.ran = now.Sub(p.begun)
+		cur := p.cur.held + int(p.settled()-p.cur.base)
+		s.done = p.finished + min(max(cur, 0), p.cur.files)
+	}
+	return s
+}
+
+// rate is files a second since the first pass began; 0 while unknown.
+func (s progressState) rate() float64 {
+	if s.ran <= 0 || s.done == 0 {
+		return 0
+	}
+	return float64(s.done) / s.ran.Seconds()
+}
+
+// eta is the time left at the rate so far; false while it cannot be told.
+func (s progressState) eta() (time.Duration, bool) {
+	r := s.rate()
+	if r == 0 {
+		return 0, false
+	}
+	left := float64(s.total-s.done) / r
+	if left > float64(math.MaxInt64/int64(time.Second)) {
+		return 0, false
+	}
+	return (time.Duration(left * float64(time.Second))).Round(time.Second), true
+}
+
+func (s progressState) percent() int {
+	if s.total == 0 {
+		return 100
+	}
+	return s.done * 100 / s.total
+}
+
+// line is the terminal's status line.
+func (p *progress) line() string {
+	s := p.state()
+	if s.scanning {
+		return fmt.Sprintf("kvsync: listing and scanning  %s", s.elapsed.Round(100*time.Millisecond))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "kvsync: %d of %d files (%d%%)  %s", s.done, s.total, s.percent(), config.HumanSize(s.bytes))
+	if s.failed > 0 {
+		fmt.Fprintf(&b, "  %d failed", s.failed)
+	}
+	if r := s.rate(); r > 0 {
+		fmt.Fprintf(&b, "  %.0f files/s", r)
+	}
+	if eta, ok := s.eta(); ok && s.done < s.total {
+		fmt.Fprintf(&b, "  ETA %s", eta)
+	}
+	fmt.Fprintf(&b, "  %s", s.elapsed.Round(100*time.Millisecond))
+	return b.String()
+}
+
+// logPlain is the line every few seconds where there is no terminal: a log
+// record, so a JSON log stays JSON.
+func (p *progress) logPlain() {
+	s := p.state()
+	if s.scanning {
+		p.log.Info("sync progress: listing and scanning", "elapsed", s.elapsed.Round(time.Second))
+		return
+	}
+	attrs := []any{"done", s.done, "total", s.total, "percent", s.percent(), "bytes", s.bytes,
+		"failed", s.failed, "files_per_second", math.Round(s.rate())}
+	if eta, ok := s.eta(); ok {
+		attrs = append(attrs, "eta", eta)
+	}
+	p.log.Info("sync progress", attrs...)
+}
+
+// stop draws the last state on a terminal, leaving it as an ordinary
+// line, and ends the progress.
 func (p *progress) stop() {
 	p.stopOnce.Do(func() { close(p.done) })
-	<-p.finished
+	<-p.exited
 }
