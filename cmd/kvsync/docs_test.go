@@ -241,11 +241,12 @@ func surfaceOf(t *testing.T) binarySurface {
 }
 
 // metricLabels are the label names of kvsync's metrics and the values of
-// those New starts at zero: prose names them in snake_case like fields.
+// those a sync's series start at zero: prose names them in snake_case like fields.
 func metricLabels(t *testing.T) map[string]bool {
 	t.Helper()
 	reg := &describingRegistry{Registry: prometheus.NewRegistry()}
-	metrics.New(reg, "test")
+	// A sync's series start at zero with every value of their labels.
+	metrics.New(reg, "test").Sync("docs")
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

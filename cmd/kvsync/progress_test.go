@@ -111,6 +111,7 @@ func snapshotOf(files, held int) desired.Snapshot {
 // counters /metrics exports, across two syncs' passes.
 func TestProgressLine(t *testing.T) {
 	m := metrics.New(prometheus.NewRegistry(), "test")
+	ms := m.Sync("site")
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
 	var b bytes.Buffer
 	// Redraws every hour: the test draws by calling line itself.
@@ -122,11 +123,11 @@ func TestProgressLine(t *testing.T) {
 		t.Errorf("before a pass: %q, want %q", got, want)
 	}
 	// A write counted before the pass began (another sync's) is not its.
-	m.Upload(metrics.UploadSuccess, 1)
+	ms.Upload(metrics.UploadSuccess, 1)
 	p.begin(snapshotOf(10, 1))
-	m.Upload(metrics.UploadSuccess, 2<<10)
-	m.Upload(metrics.UploadSuccess, 1<<10)
-	m.Upload(metrics.UploadUnchanged, 0)
+	ms.Upload(metrics.UploadSuccess, 2<<10)
+	ms.Upload(metrics.UploadSuccess, 1<<10)
+	ms.Upload(metrics.UploadUnchanged, 0)
 	clk.add(2 * time.Second)
 	// 1 held back by the scan + 3 settled = 4 of 10 in 2 s: 2 a second,
 	// 6 left: 3 s.
@@ -134,8 +135,8 @@ func TestProgressLine(t *testing.T) {
 		t.Errorf("during the first pass:\n got %q\nwant %q", got, want)
 	}
 	// An unreadable file the engine held back is settled too.
-	m.Skip(metrics.SkipUnreadable)
-	m.Upload(metrics.UploadFailed, 0)
+	ms.Skip(metrics.SkipUnreadable)
+	ms.Upload(metrics.UploadFailed, 0)
 	clk.add(time.Second)
 	if got, want := p.line(), "kvsync: 6 of 10 files (60%)  3.0 KiB  1 failed  2 files/s  ETA 2s  3.5s"; got != want {
 		t.Errorf("with a failure:\n got %q\nwant %q", got, want)
@@ -144,10 +145,10 @@ func TestProgressLine(t *testing.T) {
 	// became of the rest (vanished files have no counter).
 	p.begin(snapshotOf(5, 0))
 	for i := 0; i < 5; i++ {
-		m.Upload(metrics.UploadSuccess, 1)
+		ms.Upload(metrics.UploadSuccess, 1)
 	}
 	// More settled than the pass holds (a retry counted twice) is capped.
-	m.Upload(metrics.UploadSuccess, 1)
+	ms.Upload(metrics.UploadSuccess, 1)
 	clk.add(time.Second + 500*time.Millisecond)
 	if got, want := p.line(), "kvsync: 15 of 15 files (100%)  3.0 KiB  1 failed  3 files/s  5s"; got != want {
 		t.Errorf("second pass done:\n got %q\nwant %q", got, want)
@@ -159,12 +160,13 @@ func TestProgressLine(t *testing.T) {
 // ever drawn.
 func TestProgressLoggedWhenNotTerminal(t *testing.T) {
 	m := metrics.New(prometheus.NewRegistry(), "test")
+	ms := m.Sync("site")
 	var out testkit.Buffer
 	con := newConsole(&out, func(string) string { return "xterm" })
 	log := slog.New(slog.NewJSONHandler(con, nil))
 	p := startProgressEvery(con, m, log, time.Now, time.Millisecond, 10*time.Millisecond)
 	p.begin(snapshotOf(4, 0))
-	m.Upload(metrics.UploadSuccess, 10)
+	ms.Upload(metrics.UploadSuccess, 10)
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), `"done":1,"total":4,"percent":25`) {
 		if time.Now().After(deadline) {
