@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 
@@ -300,9 +299,6 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 	if snap.States == nil {
 		snap.States = []desired.State{}
 	}
-	// The walk lists each directory in name order, which is nearly but
-	// not quite key order ("a/b" comes before "a-c").
-	slices.SortFunc(snap.States, func(a, b desired.State) int { return strings.Compare(a.Key, b.Key) })
 	return snap, done
 }
 
