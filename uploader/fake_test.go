@@ -380,10 +380,14 @@ func (m *memStore) DeleteBatch(scope string, keys []string) error {
 }
 
 func (m *memStore) ForEach(scope, prefix string, fn func(string, state.Record) error) error {
+	return m.ForEachFrom(scope, prefix, "", fn)
+}
+
+func (m *memStore) ForEachFrom(scope, prefix, from string, fn func(string, state.Record) error) error {
 	m.mu.Lock()
 	var keys []string
 	for k := range m.recs[scope] {
-		if strings.HasPrefix(k, prefix) {
+		if strings.HasPrefix(k, prefix) && k >= from {
 			keys = append(keys, k)
 		}
 	}

@@ -181,6 +181,10 @@ type ListInfo struct {
 func (e *Engine) Published(key string) bool {
 	e.mu.Lock()
 	l := e.prepared
+	if l == nil {
+		// Taken by the full sync whose scan is asking (startPass, Plan).
+		l = e.walking
+	}
 	e.mu.Unlock()
 	if l == nil {
 		return false

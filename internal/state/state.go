@@ -230,9 +230,19 @@ func (s *Store) DeleteBatch(scope string, keys []string) (err error) {
 }
 
 // ForEach calls fn for every key of scope that starts with prefix, in byte
-// order, inside one read transaction; fn must not call the Store's write
-// methods. An error from fn stops the iteration and is returned.
+// order (bbolt's order, bytes.Compare, which is Go's string order), inside
+// one read transaction; fn must not call the Store's write methods. An
+// error from fn stops the iteration and is returned.
 func (s *Store) ForEach(scope, prefix string, fn func(key string, r Record) error) (err error) {
+	return s.ForEachFrom(scope, prefix, "", fn)
+}
+
+// ForEachFrom is ForEach from the first key at or after from: a reader
+// that takes a scope a batch at a time, each in a read transaction of its
+// own, goes on where the last batch stopped, so that no transaction stays
+// open for the length of a full sync (which would keep bbolt from reusing
+// the pages its writes free).
+func (s *Store) ForEachFrom(scope, prefix, from string, fn func(key string, r Record) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer s.guard(&err)
 	return s.db.View(func(tx *bolt.Tx) error {
@@ -241,8 +251,12 @@ func (s *Store) ForEach(scope, prefix string, fn func(key string, r Record) erro
 			return nil
 		}
 		p := []byte(prefix)
+		start := p
+		if from > prefix {
+			start = []byte(from)
+		}
 		c := b.Cursor()
-		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		for k, v := c.Seek(start); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 			r, derr := decode(v)
 			if derr != nil {
 				return fmt.Errorf("state file %s: scope %q key %q: %w: %v", s.path, scope, k, ErrCorrupt, derr)

@@ -1,0 +1,141 @@
+package uploader
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/internal/state"
+)
+
+// walkOf is a streamed snapshot, as the watcher's Run and Stream hand
+// over: the states in the order given, then complete and reason.
+func walkOf(states []desired.State, complete bool, reason string) desired.Snapshot {
+	return desired.Snapshot{Trigger: desired.TriggerManual, Walk: func(yield func(desired.State) bool) (bool, string) {
+		for _, st := range states {
+			if !yield(st) {
+				return false, desired.ErrStopped.Error()
+			}
+		}
+		return complete, reason
+	}}
+}
+
+// The merge finds exactly the recorded keys no file maps to, across the
+// store's read batches and where byte order and a directory's order
+// differ ("a-b" < "a/x" < "a0"), whether the tree comes as States or
+// streamed; an incomplete or unordered walk deletes nothing.
+func TestMergeCandidates(t *testing.T) {
+	recorded := []string{"a-b", "a/x", "a/y", "a0", "a.c", "b"}
+	for i := range 2*storeBatch + 7 {
+		recorded = append(recorded, fmt.Sprintf("m/%05d", i))
+	}
+	gone := map[string]bool{"a-b": true, "a/y": true, "b": true, "m/00000": true, "m/00512": true, "m/00513": true, fmt.Sprintf("m/%05d", 2*storeBatch+6): true}
+	var tree []desired.State
+	var wantGone []string
+	for _, k := range recorded {
+		if gone[k] {
+			wantGone = append(wantGone, testPrefix+k)
+			continue
+		}
+		tree = append(tree, desired.State{Key: testPrefix + k, Hash: "h", Size: 1})
+	}
+	tree = append(tree, desired.State{Key: testPrefix + "a/new", Hash: "n", Size: 1})
+	slices.SortFunc(tree, func(a, b desired.State) int { return strings.Compare(a.Key, b.Key) })
+	slices.Sort(wantGone)
+	unordered := slices.Clone(tree)
+	unordered[0], unordered[1] = unordered[1], unordered[0]
+	shuffled := slices.Clone(tree)
+	slices.Reverse(shuffled)
+
+	tests := []struct {
+		name    string
+		snap    desired.Snapshot
+		refused string // "" when wantGone is planned
+	}{
+		{"states", complete(tree...), ""},
+		{"states out of order", complete(shuffled...), ""},
+		{"streamed", walkOf(tree, true, ""), ""},
+		{"streamed incomplete", walkOf(tree, false, "permission denied: /srv/m"), "snapshot incomplete (permission denied: /srv/m)"},
+		{"streamed out of order", walkOf(unordered, true, ""), "did not come in byte order"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := newMemStore()
+			recs := map[string]state.Record{}
+			for _, k := range recorded {
+				recs[testPrefix+k] = state.Record{Hash: "h", Size: 1, Written: time.Unix(1, 0)}
+			}
+			recs["other/"+"z"] = state.Record{Hash: "h"} // outside the prefix
+			if err := store.PutBatch(testScope, recs); err != nil {
+				t.Fatal(err)
+			}
+			e, _ := newTestEngine(t, newFakeKV(t), store, func(o *Options) { o.DryRun = true })
+			rep, err := e.Plan(context.Background(), tc.snap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.refused != "" {
+				if !strings.Contains(rep.DeletesRefused, tc.refused) || len(rep.WouldDelete) > 0 {
+					t.Fatalf("refused %q, would delete %d; want refused %q", rep.DeletesRefused, len(rep.WouldDelete), tc.refused)
+				}
+				return
+			}
+			if rep.DeletesRefused != "" {
+				t.Fatalf("deletes refused: %s", rep.DeletesRefused)
+			}
+			if !slices.Equal(rep.WouldDelete, wantGone) {
+				t.Errorf("would delete %v, want %v", rep.WouldDelete, wantGone)
+			}
+			if want := []string{testPrefix + "a/new"}; !slices.Equal(rep.WouldWrite, want) {
+				t.Errorf("would write %v, want %v", rep.WouldWrite, want)
+			}
+		})
+	}
+}
+
+// A full sync fed a streamed walk deletes the keys whose files are gone
+// once the walk ended complete, and nothing when it ended incomplete;
+// the engine never holds the walk's states (it takes them one by one).
+func TestStreamedPassDeletes(t *testing.T) {
+	for _, whole := range []bool{true, false} {
+		t.Run(fmt.Sprintf("complete=%v", whole), func(t *testing.T) {
+			store, kv := seeded(t, 3)
+			tr := newTree(t)
+			e, _ := newTestEngine(t, kv, store, nil)
+			keep := store.recs[testScope][testPrefix+"old1"]
+			keepState := tr.write("old1", "old")
+			keepState.Hash = keep.Hash
+			rep, err := e.SyncOnce(context.Background(), walkOf([]desired.State{keepState, tr.write("z", "z")}, whole, "a directory vanished"))
+			if whole {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rep.Deleted != 2 || rep.Incomplete != "" {
+					t.Fatalf("deleted %d (incomplete %q), want old0 and old2", rep.Deleted, rep.Incomplete)
+				}
+				for _, k := range []string{"old0", "old2"} {
+					if _, ok := kv.get(testPrefix + k); ok {
+						t.Errorf("%s still in KV", k)
+					}
+				}
+				return
+			}
+			if rep.Deleted != 0 || rep.Incomplete != "a directory vanished" || !strings.Contains(rep.DeletesRefused, "snapshot incomplete") {
+				t.Fatalf("deleted %d, incomplete %q, refused %q; want nothing deleted from an incomplete walk", rep.Deleted, rep.Incomplete, rep.DeletesRefused)
+			}
+			if err == nil {
+				t.Fatal("an incomplete walk's sync reported no error")
+			}
+			for _, k := range []string{"old0", "old2"} {
+				if _, ok := kv.get(testPrefix + k); !ok {
+					t.Errorf("%s deleted by an incomplete walk", k)
+				}
+			}
+		})
+	}
+}
