@@ -115,9 +115,10 @@ type Engine struct {
 	// walking is the listing of the full sync whose scan runs now: the
 	// scan is read as the sync goes (desired.Snapshot.Walk), so it asks
 	// Published after the sync took the prepared listing.
-	walking    *listing
-	lastList   time.Time
-	listedOnce bool
+	walking      *listing
+	walkingMerge *merge // that sync's merge (Recorded)
+	lastList     time.Time
+	listedOnce   bool
 
 	// beforeRead, when set, is called by a write job with the states
 	// whose files it is about to open, before it opens any. Tests change
@@ -318,8 +319,8 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 	}
 	m := e.newMerge(l)
 	var failed error
-	e.walkWith(l)
-	defer e.walkWith(nil)
+	e.walkWith(l, m)
+	defer e.walkWith(nil, nil)
 	complete, reason := s.Each(func(st desired.State) bool {
 		if failed = ctx.Err(); failed != nil {
 			return false
@@ -379,11 +380,11 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 	return rep, nil
 }
 
-// walkWith makes l the listing Published answers from while a full
-// sync's scan runs (nil once it ended).
-func (e *Engine) walkWith(l *listing) {
+// walkWith makes l the listing Published answers from, and m the merge
+// Recorded asks, while a full sync's scan runs (nil once it ended).
+func (e *Engine) walkWith(l *listing, m *merge) {
 	e.mu.Lock()
-	e.walking = l
+	e.walking, e.walkingMerge = l, m
 	e.mu.Unlock()
 }
 

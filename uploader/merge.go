@@ -3,7 +3,9 @@ package uploader
 import (
 	"errors"
 	"fmt"
+	"sync"
 
+	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/state"
 	"github.com/kvsync/kvsync/metrics"
 )
@@ -32,6 +34,8 @@ type storeCursor struct {
 	scope, prefix string
 	buf           []recordAt
 	i             int
+	// version is the store's Version before buf was read (versioned).
+	version uint64
 	// next is where the next batch starts; done: no batch is left.
 	next string
 	done bool
@@ -53,6 +57,9 @@ func (c *storeCursor) peek() (recordAt, bool) {
 		return recordAt{}, false
 	}
 	c.buf, c.i = c.buf[:0], 0
+	if v, ok := c.s.(versioned); ok {
+		c.version = v.Version()
+	}
 	err := c.s.ForEachFrom(c.scope, c.prefix, c.next, func(k string, r state.Record) error {
 		if len(c.buf) == storeBatch {
 			c.next = k
@@ -75,10 +82,17 @@ func (c *storeCursor) peek() (recordAt, bool) {
 	return recordAt{}, false
 }
 
+// versioned is a Store that says when records read earlier may have
+// changed (*state.Store).
+type versioned interface{ Version() uint64 }
+
+var _ versioned = (*state.Store)(nil)
+
 // merge is one full sync's join of its tree with the store and the
-// listing (see above). Only the goroutine offering the pass's states
-// touches it.
+// listing (see above). The goroutine offering the pass's states drives
+// it; mu guards it, since the scan asks Recorded of it on its way.
 type merge struct {
+	mu    sync.Mutex
 	e     *Engine
 	l     *listing // nil: the store alone
 	store storeCursor
@@ -103,23 +117,69 @@ func (e *Engine) newMerge(l *listing) *merge {
 	return &merge{e: e, l: l, store: storeCursor{s: e.o.Store, scope: e.o.Scope, prefix: e.o.Prefix, next: e.o.Prefix}}
 }
 
+// merged is what the merge found in the store for a key of the tree: its
+// record, if any, and whether that is still what the store holds (no
+// write began since it was read), so the offer need not read it again.
+type merged struct {
+	key string
+	rec state.Record
+	ok  bool
+	// read: the store can say whether it changed since version.
+	read    bool
+	version uint64
+}
+
 // tree takes the next key of the tree, which must not come before the
 // last one.
-func (m *merge) tree(key string) {
+func (m *merge) tree(key string) merged {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.started && key <= m.last {
 		if key < m.last {
 			m.unordered = true
 		}
-		return // a key twice: seen
+		return merged{} // a key twice: seen
 	}
 	m.started, m.last = true, key
 	m.present++
-	m.upTo(key, false)
+	m.upTo(key, false, false)
+	s, ok := m.store.peek()
+	if ok = ok && s.key == key; !ok {
+		s.rec = state.Record{}
+	}
+	_, read := m.e.o.Store.(versioned)
+	read = read && m.store.err == nil
+	version := m.store.version
+	m.upTo(key, false, true)
+	return merged{key: key, rec: s.rec, ok: ok, read: read, version: version}
 }
 
-// upTo visits the keys of the store and the listing up to key, or all
-// that are left at the end; only key itself is in the tree.
-func (m *merge) upTo(key string, end bool) {
+// lookup returns the store's record of key, which the scan is about to
+// hand over: every key of the store and the listing before it is absent
+// from the tree, since the tree comes in order, so the merge moves up to
+// it (and not past it: the file may still turn out gone). known is false
+// when the merge cannot tell (key is not ahead of it).
+func (m *merge) lookup(key string) (rec state.Record, ok, known bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.started && key <= m.last {
+		return rec, false, false
+	}
+	m.upTo(key, false, false)
+	if m.store.err != nil {
+		return rec, false, false
+	}
+	s, sok := m.store.peek()
+	if sok && s.key == key {
+		return s.rec, true, true
+	}
+	return rec, false, true
+}
+
+// upTo visits the keys of the store and the listing before key, and key
+// itself when include is set (it is in the tree), or all that are left at
+// the end.
+func (m *merge) upTo(key string, end, include bool) {
 	for {
 		s, sok := m.store.peek()
 		var lk *listedKey
@@ -137,7 +197,7 @@ func (m *merge) upTo(key string, end bool) {
 		default:
 			return
 		}
-		if !end && k > key {
+		if !end && (k > key || k == key && !include) {
 			return
 		}
 		inStore, inList := sok && s.key == k, lk != nil && lk.name == k
@@ -205,8 +265,10 @@ func (m *merge) visit(key string, absent, inStore bool, rec state.Record, inList
 // ended, and returns the keys a complete walk implies are gone, or says
 // why none may be deleted.
 func (m *merge) finish(complete bool, reason string) ([]candidate, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	e := m.e
-	m.upTo("", true)
+	m.upTo("", true, false)
 	if m.store.err != nil {
 		e.storeErr(metrics.StoreRead)
 		return nil, "", fmt.Errorf("listing recorded keys under prefix %q: %w", e.o.Prefix, m.store.err)
@@ -241,4 +303,45 @@ func (m *merge) finish(complete bool, reason string) ([]candidate, string, error
 		return nil, fmt.Sprintf("the tree has no files but %d keys under prefix %q were written by kvsync (a volume not mounted yet?); nothing deleted", m.recorded, e.o.Prefix), nil
 	}
 	return m.cands, "", nil
+}
+
+// recordOf returns key's record in the store: the one the pass's merge just
+// found for it (none, too), while no write began since it was read, else
+// a read of the store. mu is held.
+func (e *Engine) recordOf(p *pass, key string) (state.Record, bool, error) {
+	if p != nil && p.merged.key == key && p.merged.read {
+		if v := e.o.Store.(versioned); v.Version() == p.merged.version {
+			return p.merged.rec, p.merged.ok, nil
+		}
+	}
+	return e.o.Store.Get(e.o.Scope, key)
+}
+
+// Recorded returns the stamp the store records for key and the hash it
+// vouches for, for the watcher's hash cache (watcher.Options.Recorded);
+// ok is false when there is no record with a hash. While a full sync's
+// scan asks, its merge answers, which reads the store in order a batch per
+// transaction; otherwise (an event, a scan read whole) the store is read.
+// A stamp read earlier is still true of the file it describes, whatever
+// was written to the key since, so the merge's records need not be
+// current here.
+func (e *Engine) Recorded(key string) (stamp desired.Stamp, hash string, ok bool) {
+	e.mu.Lock()
+	m := e.walkingMerge
+	e.mu.Unlock()
+	var rec state.Record
+	known := false
+	if m != nil {
+		rec, ok, known = m.lookup(key)
+	}
+	if !known {
+		var err error
+		if rec, ok, err = e.o.Store.Get(e.o.Scope, key); err != nil {
+			return stamp, "", false
+		}
+	}
+	if !ok || rec.Hash == "" {
+		return stamp, "", false
+	}
+	return rec.Stamp, rec.Hash, true
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -137,5 +138,114 @@ func TestStreamedPassDeletes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// versionedStore is a memStore that says when it was written, as
+// *state.Store does, so a pass may use the records its merge read.
+type versionedStore struct {
+	*memStore
+	version atomic.Uint64
+}
+
+func (s *versionedStore) Version() uint64 { return s.version.Load() }
+
+func (s *versionedStore) PutBatch(scope string, recs map[string]state.Record) error {
+	s.version.Add(1)
+	defer s.version.Add(1)
+	return s.memStore.PutBatch(scope, recs)
+}
+
+// The record the merge read for a key stands in for a read of the store
+// only while nothing was written since: a record written between the
+// merge and the offer is the one the offer sees.
+func TestRecordOfCurrent(t *testing.T) {
+	store := &versionedStore{memStore: newMemStore()}
+	old := state.Record{Hash: "old", Size: 1}
+	if err := store.PutBatch(testScope, map[string]state.Record{testPrefix + "a": old, testPrefix + "b": old}); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := newTestEngine(t, newFakeKV(t), store, nil)
+	m := e.newMerge(nil)
+	p := &pass{}
+
+	p.merged = m.tree(testPrefix + "a")
+	store.gets.Store(0)
+	if rec, ok, err := e.recordOf(p, testPrefix+"a"); err != nil || !ok || rec.Hash != "old" {
+		t.Fatalf("recordOf(a) = %+v %v %v, want the merged record", rec, ok, err)
+	}
+	if n := store.gets.Load(); n != 0 {
+		t.Errorf("recordOf read the store %d times for a current merged record, want 0", n)
+	}
+
+	p.merged = m.tree(testPrefix + "b")
+	if err := store.PutBatch(testScope, map[string]state.Record{testPrefix + "b": {Hash: "new", Size: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	if rec, ok, err := e.recordOf(p, testPrefix+"b"); err != nil || !ok || rec.Hash != "new" {
+		t.Fatalf("recordOf(b) after a write = %+v %v %v, want the new record", rec, ok, err)
+	}
+
+	p.merged = m.tree(testPrefix + "c") // not in the store
+	if _, ok, err := e.recordOf(p, testPrefix+"c"); err != nil || ok {
+		t.Fatalf("recordOf(c) = %v %v, want no record", ok, err)
+	}
+}
+
+// While a streamed full sync runs, Recorded answers the scan from the
+// pass's merge (no lookup per file), for keys present, absent and past
+// the store's batches alike, and from the store otherwise.
+func TestRecordedDuringWalk(t *testing.T) {
+	store := newMemStore()
+	recs := map[string]state.Record{}
+	var keys []string
+	for i := range storeBatch + 10 {
+		k := fmt.Sprintf("%sf%05d", testPrefix, i)
+		keys = append(keys, k)
+		recs[k] = state.Record{Hash: "h" + k, Size: 1, Stamp: desired.Stamp{Ino: uint64(i + 1)}, Written: time.Unix(1, 0)}
+	}
+	recs[testPrefix+"f00003"] = state.Record{Pending: true} // no hash: not vouched for
+	if err := store.PutBatch(testScope, recs); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := newTestEngine(t, newFakeKV(t), store, func(o *Options) { o.DryRun = true })
+	if _, _, ok := e.Recorded(keys[1]); !ok {
+		t.Fatal("Recorded outside a full sync found nothing")
+	}
+	walk := desired.Snapshot{Walk: func(yield func(desired.State) bool) (bool, string) {
+		gets := int64(0)
+		for i, k := range keys {
+			before := store.gets.Load()
+			stamp, hash, ok := e.Recorded(k)
+			gets += store.gets.Load() - before
+			switch {
+			case i == 3 && ok:
+				t.Errorf("Recorded(%s) vouched for a record without a hash", k)
+			case i != 3 && (!ok || hash != "h"+k || stamp.Ino != uint64(i+1)):
+				t.Errorf("Recorded(%s) = %+v %q %v", k, stamp, hash, ok)
+			}
+			if i%2 == 0 { // the others are gone before they are handed over
+				if !yield(desired.State{Key: k, Hash: "x"}) {
+					return false, ""
+				}
+			}
+			// A file after it, with no record.
+			before = store.gets.Load()
+			if _, _, ok := e.Recorded(k + "-new"); ok {
+				t.Errorf("Recorded(%s-new) found a record", k)
+			}
+			gets += store.gets.Load() - before
+		}
+		if n := gets; n != 0 {
+			t.Errorf("the scan's Recorded read the store %d times, want 0", n)
+		}
+		return true, ""
+	}}
+	rep, err := e.Plan(context.Background(), walk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (len(keys) + 1) / 2; len(rep.WouldDelete) != len(keys)-want {
+		t.Errorf("would delete %d keys, want the %d never handed over", len(rep.WouldDelete), len(keys)-want)
 	}
 }

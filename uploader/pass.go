@@ -44,6 +44,9 @@ type pass struct {
 	adopted map[string]state.Record
 	drift   map[metrics.DriftKind]int
 	drifted []string // the first few, for the log
+	// merged is what the merge found in the store for the key being
+	// offered (Engine.record).
+	merged merged
 }
 
 // startPass offers every state of s as one pass, as the scan hands them
@@ -79,7 +82,7 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 	interrupted := error(nil)
 	var inTree []string // only for reconcile's count
 	n := 0
-	e.walkWith(remote)
+	e.walkWith(remote, m)
 	complete, reason := s.Each(func(st desired.State) bool {
 		if st.Deleted {
 			return true // a deletion in a snapshot is a key absent from it: the merge finds it
@@ -87,18 +90,20 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 		if n++; n%releaseEvery == 0 {
 			e.releasePages()
 		}
-		m.tree(st.Key)
+		found := m.tree(st.Key)
 		if treeKeys != nil {
 			inTree = append(inTree, st.Key)
 		}
 		e.mu.Lock()
+		p.merged = found
 		if err := e.offer(ctx, st, p); err != nil {
 			interrupted = err
 		}
+		p.merged = merged{}
 		e.mu.Unlock()
 		return interrupted == nil
 	})
-	e.walkWith(nil)
+	e.walkWith(nil, nil)
 	if treeKeys != nil {
 		treeKeys <- inTree
 	}
@@ -298,7 +303,7 @@ const adoptedBatch = 1000
 // adopt notes that the listing vouches for st's key, recording it in the
 // store unless the store already says as much. mu is held.
 func (e *Engine) adopt(p *pass, st desired.State, rk remoteKey) {
-	if rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
+	if rec, ok, err := e.recordOf(p, st.Key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
 		e.restamp(p, st, rec)
 		return
 	}

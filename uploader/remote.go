@@ -297,7 +297,7 @@ func (e *Engine) claim(p *pass, key string) {
 	if !ok || !rk.ours || rk.expiring || e.o.DryRun {
 		return
 	}
-	if _, had, err := e.o.Store.Get(e.o.Scope, key); err != nil || had {
+	if _, had, err := e.recordOf(p, key); err != nil || had {
 		return
 	}
 	e.stage(p, key, state.Record{Pending: true, Written: e.o.Now()})
