@@ -45,7 +45,7 @@ type pass struct {
 	drift   map[metrics.DriftKind]int
 	drifted []string // the first few, for the log
 	// merged is what the merge found in the store for the key being
-	// offered (Engine.record).
+	// offered (Engine.recordOf).
 	merged merged
 }
 
@@ -107,11 +107,11 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 	if treeKeys != nil {
 		treeKeys <- inTree
 	}
-	p.rep.Incomplete = ""
+	incomplete := ""
 	if !complete {
-		p.rep.Incomplete = reason
+		incomplete = reason
 		if reason == "" {
-			p.rep.Incomplete = "part of the tree could not be read"
+			incomplete = "part of the tree could not be read"
 		}
 	}
 	cands, refused, err := m.finish(complete, reason)
@@ -128,7 +128,7 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 		e.log.Warn("full sync will delete nothing", "trigger", s.Trigger, "reason", refused)
 	}
 	e.mu.Lock()
-	p.cands, p.rep.DeletesRefused = cands, refused
+	p.cands, p.rep.DeletesRefused, p.rep.Incomplete = cands, refused, incomplete
 	e.flushAdopted(p)
 	p.sealed = true
 	e.filling--

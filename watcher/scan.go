@@ -227,9 +227,9 @@ var (
 // walk, incomplete. With commit, what it hands over becomes the last
 // emitted state (Run), as it goes, and a scan that ran to the end forgets
 // the paths it did not find; without, the scan only reports (Scan). done
-// is false when ctx ended during the scan: then nothing more is
-// committed, and the paths it did not reach still count as unemitted when
-// Run flushes them.
+// is false when ctx ended during the scan or yield stopped it: then
+// nothing more is committed, and the paths it did not reach still count
+// as unemitted when Run flushes them.
 func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, commit bool, yield func(desired.State) bool) (complete bool, reason string, done bool) {
 	if w.opts.Metrics != nil {
 		w.opts.Metrics.FullSyncs.WithLabelValues(string(trigger)).Inc()
@@ -273,8 +273,9 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 	}}
 	w.walk(wctx, s.root, "", root, watch, res)
 	// Checked once, under mu: the caller must see the same answer that
-	// decided the commit.
-	done = ctx.Err() == nil
+	// decided the commit. A walk its consumer stopped did not reach
+	// every path either.
+	done = ctx.Err() == nil && !res.stopped
 	if res.stopped {
 		res.fail("", desired.ErrStopped)
 	}
@@ -303,7 +304,7 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 			}
 		}
 	}
-	if commit && done && !res.stopped {
+	if commit && done {
 		for rel, e := range s.known.states {
 			if e.gen != s.known.gen && !res.covered(rel) {
 				s.known.remove(rel)
