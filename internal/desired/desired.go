@@ -188,6 +188,8 @@ func (s Snapshot) Collect() Snapshot {
 type Sink interface {
 	// Snapshot delivers the result of a full scan. Keys the sink knows under
 	// this tree's prefix that are absent from a complete snapshot are gone.
+	// A snapshot with a Walk is the scan itself: the sink reads it (Each)
+	// before it returns, or the scan does not run.
 	Snapshot(s Snapshot)
 	// Changed delivers the states of keys that changed, after debouncing.
 	Changed(states []State)
