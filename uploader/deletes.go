@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/desired"
@@ -52,155 +51,11 @@ func (e *Engine) allowWatchedDelete(st desired.State) bool {
 
 // candidate is a key of this sync's absent from a full sync's snapshot:
 // recorded in the store, or (remote) only shown as this sync's by the
-// listing.
+// listing. A pass finds them by a merge (merge.go).
 type candidate struct {
 	key    string
 	rec    state.Record
 	remote bool
-}
-
-// candidates lists the keys a complete snapshot implies are gone, or says
-// why none may be deleted. With a listing l, a key is this sync's when its
-// record in KV says so, or when the store has a record of it and KV shows
-// no mark at all (a key written by a kvsync from before records in
-// metadata); a key whose mark is another's is not, and the store's record
-// of it is dropped. A key kept until it expires (delete: expire) is left
-// to expire. Under the keep policy only the store's keys are candidates:
-// a key kept is no longer managed, though its mark stays.
-func (e *Engine) candidates(s desired.Snapshot, l *listing) ([]candidate, string, error) {
-	// The snapshot's keys, sorted (a watcher's snapshot already is): a
-	// slice of the states' own strings, 16 bytes a key, where a set would
-	// cost several times that for the length of the pass.
-	present := make(keySet, 0, len(s.States))
-	for _, st := range s.States {
-		if !st.Deleted {
-			present = append(present, st.Key)
-		}
-	}
-	if !slices.IsSorted(present) {
-		slices.Sort(present)
-	}
-	if !s.Complete {
-		if l != nil {
-			// Nothing is deleted, but what the listing says is this
-			// sync's is kept, for the full syncs that follow without a
-			// listing to delete when their snapshot is whole.
-			e.recordListed(l, present)
-		}
-		reason := s.Reason
-		if reason == "" {
-			reason = "part of the tree could not be read"
-		}
-		return nil, fmt.Sprintf("snapshot incomplete (%s); keys absent from it are not deleted", reason), nil
-	}
-	var cands []candidate
-	var disowned []string
-	recorded := 0
-	var inStore keySet // in the store's order, which bbolt's is already
-	err := e.o.Store.ForEach(e.o.Scope, e.o.Prefix, func(key string, r state.Record) error {
-		inTree := present.has(key)
-		if l != nil {
-			inStore = append(inStore, key)
-			if rk, ok := l.get(key); ok && rk.marked && (!rk.ours || rk.expiring) {
-				if !rk.ours && !inTree {
-					disowned = append(disowned, key)
-				}
-				return nil
-			}
-		}
-		recorded++
-		if !inTree {
-			cands = append(cands, candidate{key: key, rec: r})
-		}
-		return nil
-	})
-	if err != nil {
-		e.storeErr(metrics.StoreRead)
-		return nil, "", fmt.Errorf("listing recorded keys under prefix %q: %w", e.o.Prefix, err)
-	}
-	if !slices.IsSorted(inStore) {
-		slices.Sort(inStore)
-	}
-	if len(disowned) > 0 {
-		e.log.Info("keys kvsync recorded now carry another sync's record in KV; they are no longer this sync's", "keys", len(disowned), "first", disowned[0])
-		e.forget(disowned)
-	}
-	if l != nil {
-		// Keys only the listing knows as this sync's and no file maps to
-		// now are recorded as listed: if they are not deleted in this
-		// pass (a refusal, the keep policy), the daemon, which compares
-		// later changes with its store, still knows them as its own and
-		// what they hold. Keys of the tree get their records as they are
-		// found unchanged or written.
-		listed := map[string]state.Record{}
-		for _, lk := range l.keys {
-			key, rk := lk.name, lk.remoteKey
-			if !rk.ours || rk.expiring {
-				continue
-			}
-			if inStore.has(key) {
-				continue
-			}
-			recorded++
-			if present.has(key) {
-				continue
-			}
-			rec := state.Record{Digest: rk.digest, ExpirationAt: rk.expiration, Written: e.o.Now()}
-			listed[key] = rec
-			if e.o.Delete != DeleteKeep {
-				cands = append(cands, candidate{key: key, rec: rec})
-			}
-		}
-		if len(listed) == 0 || e.o.DryRun {
-			// Nothing to record, or a plan, which changes nothing.
-		} else if err := e.o.Store.PutBatch(e.o.Scope, listed); err != nil {
-			e.storeErr(metrics.StoreRecord)
-			// Unrecorded, they are still this sync's by their record in KV.
-			for i := range cands {
-				if _, ok := listed[cands[i].key]; ok {
-					cands[i].rec, cands[i].remote = state.Record{Pending: true}, true
-				}
-			}
-		}
-		slices.SortFunc(cands, func(a, b candidate) int { return strings.Compare(a.key, b.key) })
-	}
-	if len(present) == 0 && recorded > 0 {
-		return nil, fmt.Sprintf("the tree has no files but %d keys under prefix %q were written by kvsync (a volume not mounted yet?); nothing deleted", recorded, e.o.Prefix), nil
-	}
-	return cands, "", nil
-}
-
-// recordListed records in the store, as listed, the keys l shows as this
-// sync's that the store has no record of and the snapshot does not hold
-// (see candidates).
-func (e *Engine) recordListed(l *listing, present keySet) {
-	if e.o.DryRun {
-		return
-	}
-	listed := map[string]state.Record{}
-	for _, lk := range l.keys {
-		if !lk.ours || lk.expiring || present.has(lk.name) {
-			continue
-		}
-		if _, ok, err := e.o.Store.Get(e.o.Scope, lk.name); err != nil || ok {
-			continue
-		}
-		listed[lk.name] = state.Record{Digest: lk.digest, ExpirationAt: lk.expiration, Written: e.o.Now()}
-	}
-	if len(listed) == 0 {
-		return
-	}
-	if err := e.o.Store.PutBatch(e.o.Scope, listed); err != nil {
-		e.storeErr(metrics.StoreRecord)
-	}
-}
-
-// keySet is a sorted set of keys.
-type keySet []string
-
-func (k keySet) has(key string) bool {
-	_, ok := slices.BinarySearch(k, key)
-	return ok
 }
 
 // takeDeletes collects queued deletions into one bulk request.

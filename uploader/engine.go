@@ -111,9 +111,14 @@ type Engine struct {
 	// prepared is the listing Prepare made for the next full sync;
 	// lastList is when the last listing was made, listedOnce whether one
 	// was (see listDue).
-	prepared   *listing
-	lastList   time.Time
-	listedOnce bool
+	prepared *listing
+	// walking is the listing of the full sync whose scan runs now: the
+	// scan is read as the sync goes (desired.Snapshot.Walk), so it asks
+	// Published after the sync took the prepared listing.
+	walking      *listing
+	walkingMerge *merge // that sync's merge (Recorded)
+	lastList     time.Time
+	listedOnce   bool
 
 	// beforeRead, when set, is called by a write job with the states
 	// whose files it is about to open, before it opens any. Tests change
@@ -313,36 +318,49 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 	} else {
 		rep.List.Skipped = true
 	}
-	for _, st := range s.States {
-		if err := ctx.Err(); err != nil {
-			return rep, err
+	m := e.newMerge(l)
+	var failed error
+	e.walkWith(l, m)
+	defer e.walkWith(nil, nil)
+	complete, reason := s.Each(func(st desired.State) bool {
+		if failed = ctx.Err(); failed != nil {
+			return false
 		}
 		if st.Deleted {
-			continue // absent from the tree: found by candidates below
+			return true // absent from the tree: the merge finds it
 		}
+		m.tree(st.Key)
 		if st.Err != nil {
 			rep.add(st, outcome{kind: outHeldBack, err: st.Err})
-			continue
+			return true
 		}
 		if l != nil {
 			if same, _ := e.compareRemote(l, st); same {
 				rep.Unchanged++
-				continue
+				return true
 			}
 		} else {
 			rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key)
 			if err != nil {
-				return rep, fmt.Errorf("planning key %q: %w", st.Key, err)
+				failed = fmt.Errorf("planning key %q: %w", st.Key, err)
+				return false
 			}
 			if ok && unchanged(st, rec, now) {
 				rep.Unchanged++
-				continue
+				return true
 			}
 		}
 		rep.WouldWrite = append(rep.WouldWrite, st.Key)
 		rep.Bytes += st.Size
+		return true
+	})
+	if failed != nil {
+		return rep, failed
 	}
-	cands, refused, err := e.candidates(s, l)
+	if !complete {
+		rep.Incomplete = reason
+	}
+	cands, refused, err := m.finish(complete, reason)
 	if err != nil {
 		return rep, err
 	}
@@ -361,6 +379,14 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 	slices.Sort(rep.WouldWrite)
 	slices.Sort(rep.WouldDelete)
 	return rep, nil
+}
+
+// walkWith makes l the listing Published answers from, and m the merge
+// Recorded asks, while a full sync's scan runs (nil once it ended).
+func (e *Engine) walkWith(l *listing, m *merge) {
+	e.mu.Lock()
+	e.walking, e.walkingMerge = l, m
+	e.mu.Unlock()
 }
 
 func (e *Engine) logPlan(trigger desired.Trigger, rep Report) {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -323,6 +324,7 @@ type memStore struct {
 	mu     sync.Mutex
 	recs   map[string]map[string]state.Record
 	puts   int
+	gets   atomic.Int64 // Get calls
 	getErr error
 	putErr error // PutBatch fails with it, storing nothing
 }
@@ -330,6 +332,7 @@ type memStore struct {
 func newMemStore() *memStore { return &memStore{recs: map[string]map[string]state.Record{}} }
 
 func (m *memStore) Get(scope, key string) (state.Record, bool, error) {
+	m.gets.Add(1)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.getErr != nil {
@@ -380,10 +383,14 @@ func (m *memStore) DeleteBatch(scope string, keys []string) error {
 }
 
 func (m *memStore) ForEach(scope, prefix string, fn func(string, state.Record) error) error {
+	return m.ForEachFrom(scope, prefix, "", fn)
+}
+
+func (m *memStore) ForEachFrom(scope, prefix, from string, fn func(string, state.Record) error) error {
 	m.mu.Lock()
 	var keys []string
 	for k := range m.recs[scope] {
-		if strings.HasPrefix(k, prefix) {
+		if strings.HasPrefix(k, prefix) && k >= from {
 			keys = append(keys, k)
 		}
 	}

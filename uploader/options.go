@@ -84,6 +84,8 @@ type Store interface {
 	PutBatch(scope string, recs map[string]state.Record) error
 	DeleteBatch(scope string, keys []string) error
 	ForEach(scope, prefix string, fn func(key string, r state.Record) error) error
+	// ForEachFrom is ForEach from the first key at or after from.
+	ForEachFrom(scope, prefix, from string, fn func(key string, r state.Record) error) error
 }
 
 var _ Store = (*state.Store)(nil)

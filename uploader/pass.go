@@ -3,6 +3,7 @@ package uploader
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/desired"
@@ -43,10 +44,16 @@ type pass struct {
 	adopted map[string]state.Record
 	drift   map[metrics.DriftKind]int
 	drifted []string // the first few, for the log
+	// merged is what the merge found in the store for the key being
+	// offered (Engine.recordOf).
+	merged merged
 }
 
-// startPass offers every state of s as one pass and seals it. Deletions
-// wait until its writes are settled (advance).
+// startPass offers every state of s as one pass, as the scan hands them
+// over, and seals it. The states are merged with the store's records and
+// the listing on the way (merge.go), so the pass holds its deletion
+// candidates, not the tree; deletions wait until its writes are settled
+// (advance), and happen only when the scan was complete.
 func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *pass {
 	p := &pass{trigger: s.Trigger, started: time.Now(), done: make(chan struct{})}
 	remote, info, listErr := e.takeListing(ctx)
@@ -55,21 +62,14 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 		p.rep.List.Err = listErr
 		e.log.Warn("full sync could not list the namespace; it compares with the state store alone", "trigger", s.Trigger, "err", listErr)
 	}
-	cands, refused, err := e.candidates(s, remote)
-	if err != nil {
-		refused = "reading the state store failed: " + err.Error() + "; nothing deleted"
-		cands = nil
-	}
-	p.cands, p.rep.DeletesRefused = cands, refused
-	if refused != "" {
-		e.log.Warn("full sync will delete nothing", "trigger", s.Trigger, "reason", refused)
-	}
+	var treeKeys chan<- []string
 	if e.o.Owner == "" {
-		p.listed = e.reconcile(ctx, s)
+		p.listed, treeKeys = e.reconcile(ctx)
 	}
 	if has, err := e.hasRecords(); err == nil {
 		p.unrecorded = !has
 	}
+	m := e.newMerge(remote)
 
 	e.mu.Lock()
 	e.openPasses++
@@ -81,26 +81,56 @@ func (e *Engine) startPass(ctx context.Context, s desired.Snapshot, sync bool) *
 	e.mu.Unlock()
 
 	interrupted := error(nil)
-	for _, st := range s.States {
+	var inTree []string // only for reconcile's count
+	n := 0
+	e.walkWith(remote, m)
+	complete, reason := s.Each(func(st desired.State) bool {
 		if st.Deleted {
-			continue // a deletion in a snapshot is a key absent from it: cands has it
+			return true // a deletion in a snapshot is a key absent from it: the merge finds it
+		}
+		if n++; n%releaseEvery == 0 {
+			e.releasePages()
+		}
+		found := m.tree(st.Key)
+		if treeKeys != nil {
+			inTree = append(inTree, st.Key)
 		}
 		e.mu.Lock()
+		p.merged = found
 		if err := e.offer(ctx, st, p); err != nil {
 			interrupted = err
 		}
+		p.merged = merged{}
 		e.mu.Unlock()
-		if interrupted != nil {
-			break
+		return interrupted == nil
+	})
+	e.walkWith(nil, nil)
+	if treeKeys != nil {
+		treeKeys <- inTree
+	}
+	incomplete := ""
+	if !complete {
+		incomplete = reason
+		if reason == "" {
+			incomplete = "part of the tree could not be read"
 		}
 	}
-	e.mu.Lock()
-	e.flushAdopted(p)
+	cands, refused, err := m.finish(complete, reason)
+	if err != nil {
+		refused = "reading the state store failed: " + err.Error() + "; nothing deleted"
+		cands = nil
+	}
 	if interrupted != nil {
 		// Not every key was offered: absent keys prove nothing now.
-		p.cands = nil
-		p.rep.DeletesRefused = "full sync interrupted before every key was queued (" + interrupted.Error() + "); nothing deleted"
+		cands = nil
+		refused = "full sync interrupted before every key was queued (" + interrupted.Error() + "); nothing deleted"
 	}
+	if refused != "" {
+		e.log.Warn("full sync will delete nothing", "trigger", s.Trigger, "reason", refused)
+	}
+	e.mu.Lock()
+	p.cands, p.rep.DeletesRefused, p.rep.Incomplete = cands, refused, incomplete
+	e.flushAdopted(p)
 	p.sealed = true
 	e.filling--
 	e.poke()
@@ -128,51 +158,53 @@ func (e *Engine) hasRecords() (bool, error) {
 // kvsync's, so they are left alone. Every key of the tree is rewritten
 // anyway, since without records nothing can be compared, so the writes need
 // not wait for the listing (a page per kvapi.MaxListLimit keys, one after
-// the other): it runs beside the pass, and the returned channel, nil when
-// there is nothing to list, is closed once it is logged.
-func (e *Engine) reconcile(ctx context.Context, s desired.Snapshot) <-chan struct{} {
+// the other): it runs beside the pass, which sends the tree's keys, in
+// order, on the returned channel once its walk ended; done, nil when
+// there is nothing to list, is closed once it is logged. Only a sync
+// without records in metadata on a fresh store does this, and only it
+// holds the tree's keys for the length of a walk.
+func (e *Engine) reconcile(ctx context.Context) (done <-chan struct{}, treeKeys chan<- []string) {
 	e.mu.Lock()
 	run := e.o.Reconcile && !e.reconciled
 	e.reconciled = true
 	e.mu.Unlock()
 	if !run {
-		return nil
+		return nil, nil
 	}
-	done := make(chan struct{})
+	d := make(chan struct{})
+	keys := make(chan []string, 1)
 	go func() {
-		defer close(done)
-		e.listForeign(ctx, s)
+		defer close(d)
+		e.listForeign(ctx, keys)
 	}()
-	return done
+	return d, keys
 }
 
 // listForeign lists the namespace under the prefix and logs how many keys
-// the snapshot s does not have.
-func (e *Engine) listForeign(ctx context.Context, s desired.Snapshot) {
-	// Built on the first key listed: a first publish into an empty
-	// namespace, the usual case, then never holds a set of the whole tree
-	// beside the pass's batches.
-	var present map[string]struct{}
-	foreign, listed := 0, 0
+// the tree, whose keys come on treeKeys in order, does not have.
+func (e *Engine) listForeign(ctx context.Context, treeKeys <-chan []string) {
+	var listed []string
 	err := kvapi.ListAll(ctx, e.o.KV, e.o.Namespace, e.o.Prefix, func(k kvapi.KeyInfo) error {
-		listed++
-		if present == nil {
-			present = make(map[string]struct{}, len(s.States))
-			for _, st := range s.States {
-				present[st.Key] = struct{}{}
-			}
-		}
-		if _, ok := present[k.Name]; !ok {
-			foreign++
-		}
+		listed = append(listed, k.Name)
 		return nil
 	})
+	var tree []string
+	select {
+	case tree = <-treeKeys:
+	case <-ctx.Done():
+	}
 	if err != nil {
 		e.log.Warn("state store was fresh; listing the namespace failed, keys of the tree are rewritten anyway", "prefix", e.o.Prefix, "err", err)
 		return
 	}
+	foreign := 0
+	for _, k := range listed {
+		if _, ok := slices.BinarySearch(tree, k); !ok {
+			foreign++
+		}
+	}
 	e.log.Info("state store was fresh: every key of the tree is rewritten; keys in KV but not in the tree are not known to be kvsync's and are left alone",
-		"prefix", e.o.Prefix, "listed", listed, "not_in_tree", foreign, "in_tree", len(s.States))
+		"prefix", e.o.Prefix, "listed", len(listed), "not_in_tree", foreign, "in_tree", len(tree))
 }
 
 // advance moves a pass whose queued keys are all settled to its next phase.
@@ -241,6 +273,18 @@ func (e *Engine) finishPass(p *pass) {
 	e.broadcast()
 	// A full sync looked up every key, so the whole store is resident;
 	// between full syncs only changed keys are, so let it go.
+	e.releasePages()
+}
+
+// releaseEvery is how many states a full sync takes between drops of the
+// store's pages from the process: its merge and lookups touch every page
+// of the file in turn (about 330 bytes a key: 330 MB for a million), and
+// a mapped page once touched counts in the RSS until it is dropped.
+const releaseEvery = 1 << 15
+
+// releasePages drops the store's pages from the resident set, when the
+// store can (*state.Store on Linux).
+func (e *Engine) releasePages() {
 	if r, ok := e.o.Store.(pageReleaser); ok {
 		if err := r.ReleasePages(); err != nil {
 			e.log.Debug("releasing the state store's pages failed", "err", err)
@@ -260,7 +304,7 @@ const adoptedBatch = 1000
 // adopt notes that the listing vouches for st's key, recording it in the
 // store unless the store already says as much. mu is held.
 func (e *Engine) adopt(p *pass, st desired.State, rk remoteKey) {
-	if rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
+	if rec, ok, err := e.recordOf(p, st.Key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
 		e.restamp(p, st, rec)
 		return
 	}

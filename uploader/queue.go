@@ -97,7 +97,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 			return nil
 		}
 		if kind != driftNone {
-			if rec, ok, err := e.o.Store.Get(e.o.Scope, key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
+			if rec, ok, err := e.recordOf(p, key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
 				e.noteDrift(p, key, kind)
 			}
 		}
@@ -107,7 +107,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 		force = !same
 	}
 	if !force && !e.busy(key) && (p == nil || p.remote != nil && st.Deleted || p.remote == nil && (!p.unrecorded || st.Deleted)) {
-		rec, ok, err := e.o.Store.Get(e.o.Scope, key)
+		rec, ok, err := e.recordOf(p, key)
 		if err != nil {
 			e.storeErr(metrics.StoreRead)
 			e.log.Warn("reading the state store failed; the key is queued anyway", "key", key, "err", err)

@@ -181,6 +181,10 @@ type ListInfo struct {
 func (e *Engine) Published(key string) bool {
 	e.mu.Lock()
 	l := e.prepared
+	if l == nil {
+		// Taken by the full sync whose scan is asking (startPass, Plan).
+		l = e.walking
+	}
 	e.mu.Unlock()
 	if l == nil {
 		return false
@@ -293,7 +297,7 @@ func (e *Engine) claim(p *pass, key string) {
 	if !ok || !rk.ours || rk.expiring || e.o.DryRun {
 		return
 	}
-	if _, had, err := e.o.Store.Get(e.o.Scope, key); err != nil || had {
+	if _, had, err := e.recordOf(p, key); err != nil || had {
 		return
 	}
 	e.stage(p, key, state.Record{Pending: true, Written: e.o.Now()})

@@ -22,6 +22,9 @@ type Report struct {
 	// DeletesRefused says why nothing was deleted, when deletions were due
 	// but refused.
 	DeletesRefused string
+	// Incomplete says why the scan of the tree was not complete (part of
+	// it could not be read, or the sync was cut short); "" when it was.
+	Incomplete string
 	// List says whether and how the namespace was listed for this sync.
 	List ListInfo
 	// Drift counts keys the state store called unchanged that the listing

@@ -28,10 +28,14 @@ func (s *lookupStore) GetMany(scope string, keys []string) (map[string]state.Rec
 }
 
 func (s *lookupStore) ForEach(scope, prefix string, fn func(string, state.Record) error) error {
+	return s.ForEachFrom(scope, prefix, "", fn)
+}
+
+func (s *lookupStore) ForEachFrom(scope, prefix, from string, fn func(string, state.Record) error) error {
 	if s.hide {
 		return nil
 	}
-	return s.memStore.ForEach(scope, prefix, fn)
+	return s.memStore.ForEachFrom(scope, prefix, from, fn)
 }
 
 // On a first publish the offer looks nothing up: only the worker's check

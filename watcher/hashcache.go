@@ -30,6 +30,10 @@ func (w *Watcher) cachedHash(key, rel string, r resolved) (string, int64, beneat
 		return "", 0, beneath.Identity{}, desired.Stamp{}, false
 	}
 	if e, ok := s.hashes[rel]; ok && e.id == id {
+		if e.gen != s.gen {
+			e.gen = s.gen
+			s.hashes[rel] = e
+		}
 		bid, _ := beneath.IdentityOf(r.info)
 		return e.hash, id.size, bid, id.stamp(), true
 	}
@@ -51,6 +55,7 @@ func (id fileID) stamp() desired.Stamp {
 type hashEntry struct {
 	id   fileID
 	hash string
+	gen  uint64 // the last full scan that used it
 }
 
 // hash returns the content hash of a resolved file and the identity of the
@@ -108,7 +113,7 @@ func (w *Watcher) hash(rel string, r resolved) (string, int64, beneath.Identity,
 			// A sink that records stamps is the cache (Options.Recorded):
 			// an entry per file here as well would grow with the tree.
 			if w.opts.Recorded == nil {
-				s.hashes[rel] = hashEntry{id: before, hash: sum}
+				s.hashes[rel] = hashEntry{id: before, hash: sum, gen: s.gen}
 			}
 			stamp = before.stamp()
 		}

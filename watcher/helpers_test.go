@@ -36,6 +36,7 @@ type recSink struct {
 func newRecSink() *recSink { return &recSink{view: make(map[string]desired.State)} }
 
 func (s *recSink) Snapshot(snap desired.Snapshot) {
+	snap = snap.Collect() // runs the scan, before the lock: Changed may wait on it
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.snapshots = append(s.snapshots, snap)

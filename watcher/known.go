@@ -22,13 +22,24 @@ import (
 // overhead, against 300 and more for a whole desired.State); the key of a
 // path that went away is derived again from the path.
 type knownSet struct {
-	states map[string]fingerprint
+	states map[string]knownEntry
 	dirs   map[string]int
+	// gen is the full scan that set marks its entries with: one that ran
+	// to the end forgets those it did not mark, without a set of the
+	// paths it found.
+	gen uint32
+}
+
+// knownEntry is 16 bytes: a 12-byte fingerprint (a collision between two
+// states of one path has odds of 2^-96) and the scan generation.
+type knownEntry struct {
+	fp  fingerprint
+	gen uint32
 }
 
 // fingerprint stands for a state in sameState's sense: two states with the
 // same fingerprint tell the sink the same thing.
-type fingerprint [16]byte
+type fingerprint [12]byte
 
 // fingerprintOf digests every field sameState compares, each
 // length-prefixed so that no two sequences of fields digest alike.
@@ -82,13 +93,13 @@ func (k *knownSet) set(rel string, st desired.State) {
 			k.dirs[d]++
 		}
 	}
-	k.states[rel] = fingerprintOf(st)
+	k.states[rel] = knownEntry{fingerprintOf(st), k.gen}
 }
 
 // same reports whether st tells the sink nothing new about rel.
 func (k *knownSet) same(rel string, st desired.State) bool {
-	f, ok := k.states[rel]
-	return ok && f == fingerprintOf(st)
+	e, ok := k.states[rel]
+	return ok && e.fp == fingerprintOf(st)
 }
 
 func (k *knownSet) remove(rel string) {

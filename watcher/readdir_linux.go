@@ -11,7 +11,7 @@ import (
 )
 
 // readDirStat lists the directory rel beneath root (abs, for messages) in
-// name order and lstats the entries the walk needs (wantStat) relative to
+// key order (keyOrder) and lstats the entries the walk needs (wantStat) relative to
 // the open directory: an lstat by path walks every component of the path
 // again, which cost more than the stat itself on a tree a few directories
 // deep, and could pass through a directory swapped for a symlink since.

@@ -9,7 +9,7 @@ import (
 )
 
 // readDirStat lists the directory rel beneath root (abs, for messages) in
-// name order and lstats the entries the walk needs (wantStat), each
+// key order (keyOrder) and lstats the entries the walk needs (wantStat), each
 // beneath the root: the portable way. beforeStat, when set, runs between
 // the listing and the stats.
 func readDirStat(ctx context.Context, root *beneath.Root, rel, abs string, beforeStat func()) ([]dirEntry, error) {

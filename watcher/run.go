@@ -339,18 +339,27 @@ func (w *Watcher) emit(scanCtx, evalCtx context.Context, sink desired.Sink, q *w
 		case stop:
 			return
 		case trigger != "":
-			snap, done := w.fullScan(scanCtx, trigger, true, true)
-			if !done {
-				// Abandoned by shutdown; what it would have covered
-				// of the paths goes to the flush.
+			if !g.open() {
+				return
+			}
+			// The sink runs the scan as it reads the snapshot, so the
+			// tree is never held whole (desired.Snapshot.Walk).
+			ran, done := false, false
+			sink.Snapshot(desired.Snapshot{Trigger: trigger, Walk: func(yield func(desired.State) bool) (bool, string) {
+				ran = true
+				complete, reason, d := w.fullScan(scanCtx, trigger, true, true, yield)
+				done = d
+				return complete, reason
+			}})
+			if !ran || !done {
+				// Cut short by shutdown (or never read): what it would
+				// have covered of the paths goes to the flush. What it
+				// handed over is known as emitted, so only the rest is
+				// emitted again.
 				q.addPaths(rels)
 				q.recheck(forced)
 				continue
 			}
-			if !g.open() {
-				return
-			}
-			sink.Snapshot(snap)
 			q.delivered()
 		case len(rels) > 0:
 			states := w.evalPaths(evalCtx, rels, forced)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 
@@ -57,7 +56,7 @@ func newScanState() *scanState {
 	return &scanState{
 		hashes:     make(map[string]hashEntry),
 		sidecars:   make(map[string]sidecarEntry),
-		known:      knownSet{states: make(map[string]fingerprint), dirs: make(map[string]int)},
+		known:      knownSet{states: make(map[string]knownEntry), dirs: make(map[string]int)},
 		skipped:    make(map[string]skipEntry),
 		linkTarget: make(map[string]string),
 		buf:        make([]byte, 64<<10),
@@ -67,12 +66,12 @@ func newScanState() *scanState {
 // scanResult collects what one walk found.
 type scanResult struct {
 	// found maps relative paths to their states when looking them up is
-	// needed (evaluating events); nil in a full scan, which only lists
-	// them in states and rels, in the same order, to keep a large tree's
-	// scan from holding every state twice.
-	found  map[string]desired.State
-	states []desired.State
-	rels   []string
+	// needed (evaluating events); nil in a full scan, which hands each
+	// state to yield as the walk finds it and keeps none.
+	found map[string]desired.State
+	yield func(rel string, st desired.State) bool
+	// stopped: yield returned false; the walk ends without the rest.
+	stopped bool
 	// incomplete holds relative directories that could not be read; keys
 	// below them must not be deleted.
 	incomplete []string
@@ -88,8 +87,9 @@ func (r *scanResult) add(rel string, st desired.State) {
 		r.found[rel] = st
 		return
 	}
-	r.states = append(r.states, st)
-	r.rels = append(r.rels, rel)
+	if !r.stopped && !r.yield(rel, st) {
+		r.stopped = true
+	}
 }
 
 func (r *scanResult) fail(rel string, err error) {
@@ -222,88 +222,96 @@ var (
 	errNotRegular = errors.New("not a regular file")
 )
 
-// fullScan scans the whole tree. With commit, what it found becomes the
-// last emitted state (Run); without, the scan only reports (Scan). done is
-// false when ctx ended during the scan: then nothing is committed, since
-// Run abandons such a scan instead of emitting it, and a path the scan saw
-// must still count as unemitted when Run flushes it.
-func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, commit bool) (snap desired.Snapshot, done bool) {
+// fullScan scans the whole tree and hands each state to yield as the walk
+// finds it, in key byte order (keyOrder); yield returning false stops the
+// walk, incomplete. With commit, what it hands over becomes the last
+// emitted state (Run), as it goes, and a scan that ran to the end forgets
+// the paths it did not find; without, the scan only reports (Scan). done
+// is false when ctx ended during the scan or yield stopped it: then
+// nothing more is committed, and the paths it did not reach still count
+// as unemitted when Run flushes them.
+func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, commit bool, yield func(desired.State) bool) (complete bool, reason string, done bool) {
 	if w.opts.Metrics != nil {
 		w.opts.Metrics.FullSyncs.WithLabelValues(string(trigger)).Inc()
 	}
-	snap = desired.Snapshot{Trigger: trigger}
 	root := w.opts.Root
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err := w.openRoot(); err != nil {
 		if errors.Is(err, syscall.ENOTDIR) {
-			snap.Reason = fmt.Sprintf("root %s is not a directory", root)
+			reason = fmt.Sprintf("root %s is not a directory", root)
 		} else {
-			snap.Reason = fmt.Sprintf("root %s: %v", root, err)
+			reason = fmt.Sprintf("root %s: %v", root, err)
 		}
-		w.log.Warn("scan incomplete: nothing will be deleted", "reason", snap.Reason)
-		return snap, ctx.Err() == nil
+		w.log.Warn("scan incomplete: nothing will be deleted", "reason", reason)
+		return false, reason, ctx.Err() == nil
 	}
 	defer w.closeRoot()
 	s := w.st
 	s.gen++
+	s.known.gen = uint32(s.gen)
 	if real, err := filepath.EvalSymlinks(root); err == nil {
 		s.realRoot = real
 	}
-	res := &scanResult{}
-	w.walk(ctx, s.root, "", root, watch, res)
-	// Checked once, under mu: the caller must see the same answer that
-	// decided the commit.
-	done = ctx.Err() == nil
-	snap.Complete = len(res.incomplete) == 0
-	snap.Reason = strings.Join(res.reasons, "; ")
-
-	// A set of the paths found, only when something must be checked
-	// against it: a one-shot first publish caches nothing and commits
-	// nothing, so it needs none.
-	var found map[string]struct{}
-	if snap.Complete && len(s.hashes)+len(s.sidecars) > 0 || commit && done && len(s.known.states) > 0 {
-		found = make(map[string]struct{}, len(res.rels))
-		for _, rel := range res.rels {
-			found[rel] = struct{}{}
+	// The walk stops at the consumer's word as it does when ctx ends.
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	res := &scanResult{yield: func(rel string, st desired.State) bool {
+		if ctx.Err() != nil {
+			// Abandoned: a state found after that is neither handed
+			// over nor committed, so Run's flush emits it.
+			return false
 		}
+		if commit {
+			s.known.set(rel, st)
+		}
+		if !yield(st) {
+			stop()
+			return false
+		}
+		return true
+	}}
+	w.walk(wctx, s.root, "", root, watch, res)
+	// Checked once, under mu: the caller must see the same answer that
+	// decided the commit. A walk its consumer stopped did not reach
+	// every path either.
+	done = ctx.Err() == nil && !res.stopped
+	if res.stopped {
+		res.fail("", desired.ErrStopped)
 	}
-	if snap.Complete {
+	complete = len(res.incomplete) == 0
+	reason = strings.Join(res.reasons, "; ")
+
+	// What the scan found carries its generation (known.set, and the
+	// caches when used), so no set of the paths found is needed to tell
+	// what went away.
+	gen := s.gen
+	if complete {
 		// Forget what no longer exists, so memory follows the tree.
-		for rel := range s.hashes {
-			if _, ok := found[rel]; !ok {
+		for rel, e := range s.hashes {
+			if e.gen != gen {
 				delete(s.hashes, rel)
 			}
 		}
-		for rel := range s.sidecars {
-			if _, ok := found[strings.TrimSuffix(rel, SidecarSuffix)]; !ok {
+		for rel, e := range s.sidecars {
+			if e.gen != gen {
 				delete(s.sidecars, rel)
 			}
 		}
 		for rel, e := range s.skipped {
-			if e.gen != s.gen {
+			if e.gen != gen {
 				delete(s.skipped, rel)
 			}
 		}
 	}
 	if commit && done {
-		for rel := range s.known.states {
-			if _, ok := found[rel]; !ok && !res.covered(rel) {
+		for rel, e := range s.known.states {
+			if e.gen != s.known.gen && !res.covered(rel) {
 				s.known.remove(rel)
 			}
 		}
-		for i, rel := range res.rels {
-			s.known.set(rel, res.states[i])
-		}
 	}
-	snap.States = res.states
-	if snap.States == nil {
-		snap.States = []desired.State{}
-	}
-	// The walk lists each directory in name order, which is nearly but
-	// not quite key order ("a/b" comes before "a-c").
-	slices.SortFunc(snap.States, func(a, b desired.State) int { return strings.Compare(a.Key, b.Key) })
-	return snap, done
+	return complete, reason, done
 }
 
 // openRoot opens the tree's root for one scan or evaluation; w.mu is held

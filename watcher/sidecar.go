@@ -29,6 +29,7 @@ type sidecarEntry struct {
 	id   fileID
 	meta json.RawMessage
 	err  error
+	gen  uint64 // the last full scan that used it
 }
 
 // Whether a file has a sidecar, when a directory listing already says.
@@ -90,6 +91,10 @@ func (w *Watcher) sidecar(rel string, lst fs.FileInfo) (json.RawMessage, error) 
 	}
 	id, idOK := fileIDOf(src.info)
 	if e, ok := s.sidecars[rel]; ok && idOK && e.id == id {
+		if e.gen != s.gen {
+			e.gen = s.gen
+			s.sidecars[rel] = e
+		}
 		return e.meta, e.err
 	}
 	delete(s.sidecars, rel)
@@ -105,7 +110,7 @@ func (w *Watcher) sidecar(rel string, lst fs.FileInfo) (json.RawMessage, error) 
 	}
 	id, idOK = fileIDOf(read)
 	if idOK && id.stamp().Settled(w.opts.Now()) {
-		s.sidecars[rel] = sidecarEntry{id: id, meta: meta, err: err}
+		s.sidecars[rel] = sidecarEntry{id: id, meta: meta, err: err, gen: s.gen}
 	}
 	return meta, err
 }

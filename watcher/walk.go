@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -41,9 +42,52 @@ type dirEntry struct {
 	err  error
 }
 
-// has reports whether the sorted entries hold name.
+// keyOrder orders the entries of one directory as their keys sort: every
+// key below a directory starts with its name and "/", so a directory sorts
+// as that, and a depth-first walk in this order yields keys in byte order
+// ("a-b" < "a/x" < "a0", where by name alone directory "a" comes first).
+// The store and KV's listings use that order, so a full sync can merge
+// the walk with them instead of holding the whole tree.
+func keyOrder(a, b dirEntry) int { return compareNames(a.name, a.dir, b.name, b.dir) }
+
+// compareNames compares two entry names as keyOrder does, without
+// building name+"/".
+func compareNames(a string, aDir bool, b string, bDir bool) int {
+	n := min(len(a), len(b))
+	if c := strings.Compare(a[:n], b[:n]); c != 0 {
+		return c
+	}
+	return cmp.Compare(sortByte(a, aDir, n), sortByte(b, bDir, n))
+}
+
+// sortByte is the byte at i of name as keyOrder sees it: '/' just past a
+// directory's name, -1 past a file's.
+func sortByte(name string, dir bool, i int) int {
+	switch {
+	case i < len(name):
+		return int(name[i])
+	case dir:
+		return '/'
+	default:
+		return -1
+	}
+}
+
+// find returns the index of the entry called name, a file or a directory,
+// in entries sorted by keyOrder.
+func find(entries []dirEntry, name string) (int, bool) {
+	for _, dir := range []bool{false, true} {
+		i, ok := slices.BinarySearchFunc(entries, name, func(e dirEntry, n string) int { return compareNames(e.name, e.dir, n, dir) })
+		if ok {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// has reports whether entries, sorted by keyOrder, hold name.
 func has(entries []dirEntry, name string) bool {
-	_, ok := slices.BinarySearchFunc(entries, name, func(e dirEntry, n string) int { return strings.Compare(e.name, n) })
+	_, ok := find(entries, name)
 	return ok
 }
 
@@ -57,8 +101,8 @@ func wantStat(entries []dirEntry, i int) bool {
 	return !isSidecar(e.name) || has(entries, strings.TrimSuffix(e.name, SidecarSuffix))
 }
 
-// readNames reads the names and types of f's entries, sorted by name as
-// os.ReadDir does, checking ctx between batches.
+// readNames reads the names and types of f's entries, sorted by keyOrder,
+// checking ctx between batches.
 func readNames(ctx context.Context, f *os.File) ([]dirEntry, error) {
 	var out []dirEntry
 	for {
@@ -76,7 +120,7 @@ func readNames(ctx context.Context, f *os.File) ([]dirEntry, error) {
 			return nil, err
 		}
 	}
-	slices.SortFunc(out, func(a, b dirEntry) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(out, keyOrder)
 	return out, nil
 }
 
@@ -286,7 +330,7 @@ func (wk *walker) dir(d *subdir) {
 			continue // removed since the listing
 		}
 		hint, scInfo := sidecarAbsent, fs.FileInfo(nil)
-		if i, ok := slices.BinarySearchFunc(entries, name+SidecarSuffix, func(e dirEntry, n string) int { return strings.Compare(e.name, n) }); ok {
+		if i, ok := find(entries, name+SidecarSuffix); ok {
 			sc := entries[i]
 			switch {
 			case sc.info != nil:

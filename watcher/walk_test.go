@@ -460,3 +460,74 @@ func TestWalkReplacedEntries(t *testing.T) {
 		})
 	}
 }
+
+// A scan delivers keys in byte order, the order of the state store and of
+// KV's listings, with no sort of its own: each directory is walked as if
+// its name ended in "/", so names with bytes below '/' ('-', '.', ' ',
+// '!') come before the directory they extend, and multibyte names after
+// every ASCII one.
+func TestScanKeyOrder(t *testing.T) {
+	t.Parallel()
+	rels := []string{
+		"a-b", "a/x", "a/y/z", "a/y-1", "a/y.txt", "a/y0", "a0", "a.b/c", "a.c",
+		"a b/c", "a b!", " lead", "!bang", "ab/c", "é/f", "e/f", "e-f", "z", "zz/é", "zz/e/e",
+		"d/d/d/d", "d/d/d-", "d/d-/d", "d/d.", "d0",
+	}
+	for _, prefetch := range []int{0, defaultPrefetch} {
+		t.Run(fmt.Sprintf("prefetch=%d", prefetch), func(t *testing.T) {
+			t.Parallel()
+			root := t.TempDir()
+			for _, r := range rels {
+				write(t, root, r, r)
+			}
+			w, err := New(Options{Root: root, Prefix: "p/"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.prefetch = prefetch
+			snap, err := w.Scan(context.Background(), desired.TriggerManual)
+			if err != nil || !snap.Complete {
+				t.Fatalf("scan: %v %q", err, snap.Reason)
+			}
+			var got []string
+			for _, st := range snap.States {
+				got = append(got, st.Key)
+			}
+			want := make([]string, len(rels))
+			for i, r := range rels {
+				want[i] = "p/" + r
+			}
+			sort.Strings(want)
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("keys in walk order:\n%s\nwant byte order:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+func TestCompareNames(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		a    string
+		aDir bool
+		b    string
+		bDir bool
+		want int
+	}{
+		{"a-b", false, "a", true, -1}, // '-' < '/'
+		{"a", true, "a0", false, -1},  // '/' < '0'
+		{"a", false, "a", true, -1},   // a file "a" before the keys below "a/"
+		{"a", false, "a-b", false, -1},
+		{"a.b", true, "a", true, -1},
+		{"é", false, "z", true, 1},
+		{"b", true, "b", true, 0},
+	} {
+		got := compareNames(tc.a, tc.aDir, tc.b, tc.bDir)
+		if got != tc.want {
+			t.Errorf("compareNames(%q dir=%v, %q dir=%v) = %d, want %d", tc.a, tc.aDir, tc.b, tc.bDir, got, tc.want)
+		}
+		if back := compareNames(tc.b, tc.bDir, tc.a, tc.aDir); back != -tc.want {
+			t.Errorf("compareNames(%q, %q) reversed = %d, want %d", tc.b, tc.a, back, -tc.want)
+		}
+	}
+}

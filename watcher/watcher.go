@@ -171,11 +171,25 @@ func New(opts Options) (*Watcher, error) {
 // error only when ctx ends; an unreadable tree yields an incomplete
 // snapshot instead.
 func (w *Watcher) Scan(ctx context.Context, trigger desired.Trigger) (desired.Snapshot, error) {
-	snap, _ := w.fullScan(ctx, trigger, false, false)
+	snap := w.Stream(ctx, trigger).Collect()
 	if err := ctx.Err(); err != nil {
 		return snap, err
 	}
 	return snap, nil
+}
+
+// Stream is Scan without the states held: the snapshot's Walk runs the
+// scan when its consumer reads it, handing each state over as it is found,
+// in key byte order, so a sync of a large tree merges it with the state
+// store instead of holding it. A scan that ctx cut short is incomplete.
+func (w *Watcher) Stream(ctx context.Context, trigger desired.Trigger) desired.Snapshot {
+	return desired.Snapshot{Trigger: trigger, Walk: func(yield func(desired.State) bool) (bool, string) {
+		complete, reason, _ := w.fullScan(ctx, trigger, false, false, yield)
+		if err := ctx.Err(); err != nil && complete {
+			return false, err.Error()
+		}
+		return complete, reason
+	}}
 }
 
 // Rescan asks a running Run for a full rescan (on SIGHUP, say). Requests

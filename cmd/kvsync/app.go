@@ -252,11 +252,9 @@ func (a *app) newUnit(s config.Sync, dryRun bool, cf *commonFlags) (*unit, error
 		if !u.recordsExist.Load() {
 			return desired.Stamp{}, "", false
 		}
-		rec, ok, err := a.store.Get(scope, key)
-		if err != nil || !ok || rec.Hash == "" {
-			return desired.Stamp{}, "", false
-		}
-		return rec.Stamp, rec.Hash, true
+		// In a full sync, from the engine's merge of the store in key
+		// order rather than a lookup per file.
+		return u.engine.Recorded(key)
 	}
 	var owner kvrecord.Owner
 	if s.RecordInMetadata {

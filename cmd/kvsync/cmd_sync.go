@@ -46,24 +46,21 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: %w", errSyncFailed, u.cfg.Name, err))
 			continue
 		}
-		snap, err := u.watcher.Scan(ctx, desired.TriggerStartup)
-		if err != nil {
-			runErr = errors.Join(runErr, fmt.Errorf("sync %q: scanning %s: %w", u.cfg.Name, u.cfg.Dir, err))
-			continue
-		}
-		prog.begin(snap)
-		rep, err := u.engine.SyncOnce(ctx, snap)
+		// The engine runs the scan as it syncs, so neither holds the
+		// whole tree (desired.Snapshot.Walk); the progress line counts the
+		// files as the walk passes them.
+		rep, err := u.engine.SyncOnce(ctx, prog.track(u.watcher.Stream(ctx, desired.TriggerStartup)))
 		addReport(&total, rep)
-		if !snap.Complete {
-			// What could be read was published; the run still fails, since
-			// part of the tree (maybe all of it) did not reach KV.
-			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: %s could not be read whole: %s", errSyncFailed, u.cfg.Name, u.cfg.Dir, snap.Reason))
-		}
 		if err != nil && ctx.Err() != nil {
 			runErr = errors.Join(runErr, err)
 			break
 		}
-		if rep.DeletesRefused != "" && snap.Complete {
+		if rep.Incomplete != "" {
+			// What could be read was published; the run still fails, since
+			// part of the tree (maybe all of it) did not reach KV.
+			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: %s could not be read whole: %s", errSyncFailed, u.cfg.Name, u.cfg.Dir, rep.Incomplete))
+		}
+		if rep.DeletesRefused != "" && rep.Incomplete == "" {
 			// KV still holds keys of files that are gone: like rclone's
 			// --max-delete, a refused deletion fails the run so CI notices.
 			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: deletes refused: %s", errSyncFailed, u.cfg.Name, rep.DeletesRefused))

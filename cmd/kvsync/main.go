@@ -9,6 +9,8 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/kvsync/kvsync/internal/memlimit"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -18,10 +20,11 @@ var version = "dev"
 // Without one the collector lets the heap grow to twice what is live, and a
 // large first publish would peak at several times its live heap in RSS. The
 // process's RSS is this plus what the heap does not cover: the binary, the
-// state file's mapped pages and stacks. A tree whose live heap outgrows the
-// limit makes the collector run more often, at most half a CPU by the
-// runtime's own cap: set GOMEMLIMIT higher (or "off") for such trees. How
-// the value was chosen, with the figures: bench/README.md, "Memory".
+// state file's mapped pages and stacks. A live heap that outgrows the limit
+// (the daemon's known set of a million files, a listing of a million keys)
+// raises it to half again that heap after each collection
+// (internal/memlimit), rather than make the collector run back to back.
+// How the value was chosen, with the figures: bench/README.md, "Memory".
 const defaultMemoryLimit = 72 << 20
 
 // defaultGCPercent replaces Go's GOGC=100 while the soft limit above caps the
@@ -33,7 +36,7 @@ const defaultGCPercent = 400
 
 func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(defaultMemoryLimit)
+		memlimit.Follow(defaultMemoryLimit)
 		if os.Getenv("GOGC") == "" {
 			debug.SetGCPercent(defaultGCPercent)
 		}

@@ -54,6 +54,9 @@ type progress struct {
 type passProgress struct {
 	files, held int
 	base        float64
+	// walking: the pass is fed by its scan as it goes (track), so files
+	// and the run's total still grow and no share of them can be told.
+	walking bool
 }
 
 // startProgress starts telling where the sync is, on con when it is a
@@ -122,9 +125,44 @@ func (p *progress) settled() float64 {
 	return n + p.m.Skipped(metrics.SkipUnreadable) + p.m.Skipped(metrics.SkipChanged)
 }
 
+// track is begin for a streamed scan (desired.Snapshot.Walk): the engine
+// syncs while the scan finds the files, so the pass counts them as the
+// walk passes them, and the total is final, with a percentage and an ETA,
+// only once the walk has ended.
+func (p *progress) track(snap desired.Snapshot) desired.Snapshot {
+	if snap.Walk == nil {
+		p.begin(snap)
+		return snap
+	}
+	p.begin(desired.Snapshot{})
+	p.mu.Lock()
+	p.cur.walking = true
+	p.mu.Unlock()
+	walk := snap.Walk
+	snap.Walk = func(yield func(desired.State) bool) (bool, string) {
+		defer func() {
+			p.mu.Lock()
+			p.cur.walking = false
+			p.mu.Unlock()
+		}()
+		return walk(func(st desired.State) bool {
+			p.mu.Lock()
+			p.cur.files++
+			p.total++
+			if st.Err != nil {
+				p.cur.held++
+			}
+			p.mu.Unlock()
+			return yield(st)
+		})
+	}
+	return snap
+}
+
 // progressState is where the run is.
 type progressState struct {
 	scanning     bool // no pass has begun: listing the namespace, scanning the tree
+	walking      bool // the current pass's scan is still finding files: total is a floor
 	done, total  int
 	failed       int
 	bytes        int64
@@ -137,6 +175,7 @@ func (p *progress) state() progressState {
 	now := p.now()
 	s := progressState{
 		scanning: p.begun.IsZero(),
+		walking:  p.cur.walking,
 		total:    p.total,
 		failed:   int(p.m.Uploaded(metrics.UploadFailed) + p.m.Uploaded(metrics.UploadRejected)),
 		bytes:    int64(p.m.UploadedBytes(metrics.UploadSuccess)),
@@ -185,14 +224,18 @@ func (p *progress) line() string {
 		return fmt.Sprintf("kvsync: listing and scanning  %s", s.elapsed.Round(100*time.Millisecond))
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "kvsync: %d of %d files (%d%%)  %s", s.done, s.total, s.percent(), config.HumanSize(s.bytes))
+	if s.walking {
+		fmt.Fprintf(&b, "kvsync: %d of %d+ files (scanning)  %s", s.done, s.total, config.HumanSize(s.bytes))
+	} else {
+		fmt.Fprintf(&b, "kvsync: %d of %d files (%d%%)  %s", s.done, s.total, s.percent(), config.HumanSize(s.bytes))
+	}
 	if s.failed > 0 {
 		fmt.Fprintf(&b, "  %d failed", s.failed)
 	}
 	if r := s.rate(); r > 0 {
 		fmt.Fprintf(&b, "  %.0f files/s", r)
 	}
-	if eta, ok := s.eta(); ok && s.done < s.total {
+	if eta, ok := s.eta(); ok && s.done < s.total && !s.walking {
 		fmt.Fprintf(&b, "  ETA %s", eta)
 	}
 	fmt.Fprintf(&b, "  %s", s.elapsed.Round(100*time.Millisecond))
@@ -207,9 +250,14 @@ func (p *progress) logPlain() {
 		p.log.Info("sync progress: listing and scanning", "elapsed", s.elapsed.Round(time.Second))
 		return
 	}
-	attrs := []any{"done", s.done, "total", s.total, "percent", s.percent(), "bytes", s.bytes,
-		"failed", s.failed, "files_per_second", math.Round(s.rate())}
-	if eta, ok := s.eta(); ok {
+	attrs := []any{"done", s.done, "total", s.total}
+	if s.walking {
+		attrs = append(attrs, "scanning", true)
+	} else {
+		attrs = append(attrs, "percent", s.percent())
+	}
+	attrs = append(attrs, "bytes", s.bytes, "failed", s.failed, "files_per_second", math.Round(s.rate()))
+	if eta, ok := s.eta(); ok && !s.walking {
 		attrs = append(attrs, "eta", eta)
 	}
 	p.log.Info("sync progress", attrs...)

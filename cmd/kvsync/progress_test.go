@@ -184,3 +184,40 @@ func TestProgressLoggedWhenNotTerminal(t *testing.T) {
 		}
 	}
 }
+
+// TestProgressTracksAStreamedScan: a pass fed by its scan as it walks
+// counts the files as they pass; while the walk goes on the total is a
+// floor and no percentage or ETA is shown, and once it ends they are.
+func TestProgressTracksAStreamedScan(t *testing.T) {
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	ms := m.Sync("site")
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	var b bytes.Buffer
+	p := startProgressEvery(ttyConsole(&b, 200), m, slog.New(slog.DiscardHandler), clk.now, time.Hour, time.Hour)
+	defer p.stop()
+
+	inner := snapshotOf(4, 1)
+	snap := p.track(desired.Snapshot{Walk: func(yield func(desired.State) bool) (bool, string) {
+		for i, st := range inner.States {
+			if !yield(st) {
+				return false, "stopped"
+			}
+			if i == 2 {
+				ms.Upload(metrics.UploadSuccess, 1<<10)
+				clk.add(time.Second)
+				if got, want := p.line(), "kvsync: 2 of 3+ files (scanning)  1.0 KiB  2 files/s  1s"; got != want {
+					t.Errorf("during the walk:\n got %q\nwant %q", got, want)
+				}
+			}
+		}
+		return true, ""
+	}})
+	n := 0
+	if complete, _ := snap.Each(func(desired.State) bool { n++; return true }); !complete || n != 4 {
+		t.Fatalf("the tracked walk gave %d states (complete %v), want all 4", n, complete)
+	}
+	clk.add(time.Second)
+	if got, want := p.line(), "kvsync: 2 of 4 files (50%)  1.0 KiB  1 files/s  ETA 2s  2s"; got != want {
+		t.Errorf("after the walk:\n got %q\nwant %q", got, want)
+	}
+}

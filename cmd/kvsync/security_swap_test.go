@@ -130,6 +130,9 @@ type swapOnSnapshot struct {
 func (s *swapOnSnapshot) Changed(states []desired.State) { s.engine.Changed(states) }
 
 func (s *swapOnSnapshot) Snapshot(snap desired.Snapshot) {
+	// The scan runs as its snapshot is read: read it whole first, so the
+	// swap comes between the scan and the upload.
+	snap = snap.Collect()
 	first := false
 	s.once.Do(func() { s.swap(); first = true })
 	s.engine.Snapshot(snap)

@@ -5,6 +5,9 @@ package desired
 
 import (
 	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/beneath"
@@ -130,6 +133,54 @@ type Snapshot struct {
 	Complete bool
 	// Reason says why the snapshot is incomplete, for the log.
 	Reason string
+	// Walk, when set, stands for States, Complete and Reason: it runs the
+	// scan itself and calls yield with each state as the scan finds it,
+	// in the keys' byte order, so that no one holds the whole tree; then
+	// it returns whether the scan was complete, and if not why. It runs
+	// at most once. When yield returns false the scan stops, incomplete.
+	// Read a snapshot with Each, which handles both forms.
+	Walk func(yield func(State) bool) (complete bool, reason string)
+}
+
+// Each calls yield with every state of s in the keys' byte order (States
+// out of that order are sorted, in a copy) and returns whether s was
+// complete and, if not, why. A yield that returns false ends it: the
+// snapshot then counts as incomplete, since not every key was seen.
+func (s Snapshot) Each(yield func(State) bool) (complete bool, reason string) {
+	if s.Walk != nil {
+		return s.Walk(yield)
+	}
+	states := s.States
+	if !slices.IsSortedFunc(states, byKey) {
+		states = slices.Clone(states)
+		slices.SortStableFunc(states, byKey)
+	}
+	for _, st := range states {
+		if !yield(st) {
+			return false, ErrStopped.Error()
+		}
+	}
+	return s.Complete, s.Reason
+}
+
+// ErrStopped is why a snapshot whose consumer stopped reading it early is
+// incomplete.
+var ErrStopped = errors.New("the full sync stopped before the scan ended")
+
+func byKey(a, b State) int { return strings.Compare(a.Key, b.Key) }
+
+// Collect reads a snapshot whole: a Snapshot with States, for callers that
+// need every state at once (a check, tests).
+func (s Snapshot) Collect() Snapshot {
+	if s.Walk == nil {
+		return s
+	}
+	out := Snapshot{Trigger: s.Trigger, States: []State{}}
+	out.Complete, out.Reason = s.Walk(func(st State) bool {
+		out.States = append(out.States, st)
+		return true
+	})
+	return out
 }
 
 // Sink consumes what the watcher produces. Implementations must be safe for
@@ -137,6 +188,8 @@ type Snapshot struct {
 type Sink interface {
 	// Snapshot delivers the result of a full scan. Keys the sink knows under
 	// this tree's prefix that are absent from a complete snapshot are gone.
+	// A snapshot with a Walk is the scan itself: the sink reads it (Each)
+	// before it returns, or the scan does not run.
 	Snapshot(s Snapshot)
 	// Changed delivers the states of keys that changed, after debouncing.
 	Changed(states []State)

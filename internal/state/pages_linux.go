@@ -16,8 +16,11 @@ import (
 // the kernel's page cache, and the next lookup maps them in again from
 // there: nothing is read from disk, and nothing is written through the
 // mapping (bbolt writes with pwrite), so dropping them loses nothing.
-func (s *Store) ReleasePages() error {
-	fi, err := os.Stat(s.path)
+func (s *Store) ReleasePages() error { return releasePages(s.path) }
+
+// releasePages drops the pages of every mapping of the file at path.
+func releasePages(path string) error {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return err
 	}

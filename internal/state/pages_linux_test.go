@@ -72,3 +72,27 @@ func mappedRSS(t *testing.T, path string) int {
 	}
 	return total
 }
+
+// Opening a store reads every record (validate), and leaves none of its
+// pages resident: a large store's open does not make a sync's peak RSS.
+func TestOpenLeavesNoPagesResident(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openT(t, path)
+	recs := map[string]Record{}
+	for i := range 20000 {
+		recs[fmt.Sprintf("key/%06d", i)] = Record{Hash: fmt.Sprintf("%064d", i), Size: int64(i)}
+	}
+	if err := s.PutBatch("a/n", recs); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openT(t, path)
+	if kib := mappedRSS(t, path); kib > 256 {
+		t.Fatalf("the state file's mapping holds %d KiB after Open; want its pages dropped", kib)
+	}
+	if r, ok, err := s.Get("a/n", "key/004321"); err != nil || !ok || r.Size != 4321 {
+		t.Fatalf("Get after Open: %+v %v %v", r, ok, err)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -73,6 +74,21 @@ type Store struct {
 	path  string
 	fresh bool
 	now   func() time.Time
+	// version changes before and after every write transaction (Version).
+	version atomic.Uint64
+}
+
+// Version is a number that differs between any two reads with a write
+// transaction begun between them: a reader that kept records from an
+// earlier read knows they are still what a read now would return while
+// Version is unchanged.
+func (s *Store) Version() uint64 { return s.version.Load() }
+
+// update runs a write transaction between two changes of the version.
+func (s *Store) update(fn func(tx *bolt.Tx) error) error {
+	s.version.Add(1)
+	defer s.version.Add(1)
+	return s.db.Update(fn)
 }
 
 // Path is the file the store lives in.
@@ -190,7 +206,7 @@ func (s *Store) PutBatch(scope string, recs map[string]Record) (err error) {
 	kbuf := make([]byte, 0, keyBytes)
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer s.guard(&err)
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists([]byte(scope))
 		if err != nil {
 			return fmt.Errorf("state file %s: scope %q: %w", s.path, scope, err)
@@ -212,7 +228,7 @@ func (s *Store) DeleteBatch(scope string, keys []string) (err error) {
 	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer s.guard(&err)
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(scope))
 		if b == nil {
 			return nil
@@ -230,9 +246,19 @@ func (s *Store) DeleteBatch(scope string, keys []string) (err error) {
 }
 
 // ForEach calls fn for every key of scope that starts with prefix, in byte
-// order, inside one read transaction; fn must not call the Store's write
-// methods. An error from fn stops the iteration and is returned.
+// order (bbolt's order, bytes.Compare, which is Go's string order), inside
+// one read transaction; fn must not call the Store's write methods. An
+// error from fn stops the iteration and is returned.
 func (s *Store) ForEach(scope, prefix string, fn func(key string, r Record) error) (err error) {
+	return s.ForEachFrom(scope, prefix, "", fn)
+}
+
+// ForEachFrom is ForEach from the first key at or after from: a reader
+// that takes a scope a batch at a time, each in a read transaction of its
+// own, goes on where the last batch stopped, so that no transaction stays
+// open for the length of a full sync (which would keep bbolt from reusing
+// the pages its writes free).
+func (s *Store) ForEachFrom(scope, prefix, from string, fn func(key string, r Record) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer s.guard(&err)
 	return s.db.View(func(tx *bolt.Tx) error {
@@ -241,8 +267,12 @@ func (s *Store) ForEach(scope, prefix string, fn func(key string, r Record) erro
 			return nil
 		}
 		p := []byte(prefix)
+		start := p
+		if from > prefix {
+			start = []byte(from)
+		}
 		c := b.Cursor()
-		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		for k, v := c.Seek(start); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 			r, derr := decode(v)
 			if derr != nil {
 				return fmt.Errorf("state file %s: scope %q key %q: %w: %v", s.path, scope, k, ErrCorrupt, derr)
