@@ -155,6 +155,12 @@ func (v *validator) leader(c *Config) {
 	}
 	if le.RenewDeadline >= le.LeaseDuration {
 		v.fail(p+"renew_deadline", ErrConflict, "%s is not shorter than lease_duration (%s): the leader must stop writing before another may take the lease", formatDuration(le.RenewDeadline), formatDuration(le.LeaseDuration))
+	} else if le.RenewDeadline+le.RetryPeriod >= le.LeaseDuration {
+		// client-go's renew loop starts its deadline a retry_period after
+		// the last renewal: the leader stops writing up to renew_deadline
+		// + retry_period after it, which must still be before the lease
+		// can expire for anyone else.
+		v.fail(p+"renew_deadline", ErrConflict, "%s plus retry_period (%s) is not shorter than lease_duration (%s): the leader may still write when another takes the lease", formatDuration(le.RenewDeadline), formatDuration(le.RetryPeriod), formatDuration(le.LeaseDuration))
 	}
 	if float64(le.RenewDeadline) <= leaderJitter*float64(le.RetryPeriod) {
 		v.fail(p+"retry_period", ErrConflict, "%s: renew_deadline (%s) must be longer than %.1f × retry_period (a retry waits up to that, with client-go's jitter)", formatDuration(le.RetryPeriod), formatDuration(le.RenewDeadline), leaderJitter)

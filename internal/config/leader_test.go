@@ -90,6 +90,7 @@ func TestLeaderValidation(t *testing.T) {
 		{"zero lease_duration", enabled("  lease_duration: 0"), "leader_election.lease_duration", ErrInvalid, "must be above 0"},
 		{"negative retry_period", enabled("  retry_period: -1s"), "leader_election.retry_period", ErrInvalid, "must be above 0"},
 		{"renew not shorter than lease", enabled("  lease_duration: 10s", "  renew_deadline: 10s"), "leader_election.renew_deadline", ErrConflict, "not shorter than lease_duration"},
+		{"renew plus retry not shorter than lease", enabled("  lease_duration: 12s", "  renew_deadline: 10s", "  retry_period: 2s"), "leader_election.renew_deadline", ErrConflict, "plus retry_period"},
 		// 2s × 1.2 = 2.4s: client-go refuses a deadline of 2.4s or less.
 		{"retry against jitter", enabled("  renew_deadline: 2400ms", "  retry_period: 2s"), "leader_election.retry_period", ErrConflict, "1.2 × retry_period"},
 		{"bad namespace", y(append(append([]string{}, head...), "leader_election:", "  enabled: true", "  namespace: Apps_1", "  identity: x")...), "leader_election.namespace", ErrInvalid, "not a valid namespace"},
