@@ -165,6 +165,19 @@ func (s *Server) StopAPIServer() {
 	s.api = nil
 }
 
+// KillAPIServer kills the API server with SIGKILL: unlike StopAPIServer's
+// graceful stop, during which it still answers for a while, its port
+// refuses connections from that instant, as a cut network would.
+func (s *Server) KillAPIServer() {
+	s.t.Helper()
+	if s.api == nil {
+		return
+	}
+	s.api.cmd.Process.Kill() //nolint:errcheck // it may have exited already
+	<-s.api.exited
+	s.api = nil
+}
+
 // AdminConfig is a client config authenticating as AdminUser.
 func (s *Server) AdminConfig() *rest.Config {
 	s.t.Helper()

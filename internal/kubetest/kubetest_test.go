@@ -42,11 +42,16 @@ func TestKubeLeaseConflictAndRestart(t *testing.T) {
 		t.Fatalf("update with a stale resourceVersion: %v, want 409 Conflict", err)
 	}
 
-	s.StopAPIServer()
-	if _, err := leases.Get(ctx, "probe", metav1.GetOptions{}); err == nil {
-		t.Fatal("Get succeeded with the API server stopped")
+	for _, stop := range []struct {
+		name string
+		stop func()
+	}{{"stopped", s.StopAPIServer}, {"killed", s.KillAPIServer}} {
+		stop.stop()
+		if _, err := leases.Get(ctx, "probe", metav1.GetOptions{}); err == nil {
+			t.Fatalf("Get succeeded with the API server %s", stop.name)
+		}
+		s.StartAPIServer()
 	}
-	s.StartAPIServer()
 	got, err := leases.Get(ctx, "probe", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
