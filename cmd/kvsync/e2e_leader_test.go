@@ -42,6 +42,8 @@ type leaderEnv struct {
 	*kvEnv
 	kube  *kubetest.Server
 	lease string
+	// api, when set, is added to the api section of the configs.
+	api string
 }
 
 func newLeaderEnv(t *testing.T, o kubetest.Options) *leaderEnv {
@@ -62,6 +64,7 @@ log_level: debug
 api:
   base_url: %s/client/v4
   account_id: %s
+%s
 leader_election:
   enabled: true
   namespace: default
@@ -76,7 +79,7 @@ syncs:
     quiet: 100ms
     max_delay: 1s
     lease_name: %s
-`, filepath.Join(base, "state-"+id), e.srv.URL, testAccount, id, testLease, testRenew, testRetry, leaderSync, root, testNamespace, e.lease)
+`, filepath.Join(base, "state-"+id), e.srv.URL, testAccount, indent(e.api, "  "), id, testLease, testRenew, testRetry, leaderSync, root, testNamespace, e.lease)
 	e.config = filepath.Join(base, id+".yaml")
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
 		e.t.Fatal(err)
@@ -300,6 +303,42 @@ func TestLeaderStopsWritingWhenAPIServerGoes(t *testing.T) {
 	env.kube.StartAPIServer()
 	waitLeader(t, 30*time.Second, d)
 	env.waitConverged(t, expectTree(t, env.root, nil), converge)
+}
+
+// TestLeaderCancelsWaitingWrites: a write waiting in the rate limiter
+// when the term ends is cancelled, not sent when its token comes.
+func TestLeaderCancelsWaitingWrites(t *testing.T) {
+	env := newLeaderEnv(t, kubetest.Options{})
+	// Two tokens: the term's listing and the first sync's bulk write.
+	// The next request waits 50 s for a token.
+	env.api = "rate: 0.02\nburst: 2"
+	makeTree(t, env.root, "v1", 5)
+	d := env.start("a", env.root)
+	waitLeader(t, 60*time.Second, d)
+	env.waitConverged(t, expectTree(t, env.root, nil), converge)
+	writes := env.writeCounts()
+
+	mustWrite(t, filepath.Join(env.root, "page-001.html"), "v2")
+	deadline := time.Now().Add(converge)
+	for d.gauge("kvsync_inflight_uploads") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the change's write did not start waiting for a token")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	env.kube.KillAPIServer()
+	killed := time.Now()
+	waitLog(t, d, "stopped leading", testLease+5*time.Second)
+	for d.gauge("kvsync_inflight_uploads") != 0 {
+		if time.Since(killed) > testLease+10*time.Second {
+			t.Fatal("the waiting write was not cancelled when the term ended")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("the write waiting for a token ended %v after the API server was killed", time.Since(killed).Round(time.Millisecond))
+	if got := env.writesSince(writes, 0); got != "" {
+		t.Errorf("writes reached KV after the term ended: %s", got)
+	}
 }
 
 // TestLeaderRollingUpdate: old pods publish the old tree; new pods with a
