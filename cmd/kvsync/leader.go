@@ -6,9 +6,8 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/klog/v2"
-
 	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	"k8s.io/klog/v2"
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/internal/leader"
