@@ -312,8 +312,9 @@ func (s *supervisor) reload(ctx context.Context, cf *commonFlags) {
 	if s.app.local != nil {
 		cfg.API.BaseURL = s.app.cfg.API.BaseURL
 	}
-	if !reflect.DeepEqual(cfg.API, s.app.cfg.API) || cfg.StateDir != s.app.cfg.StateDir || cfg.MetricsListen != s.app.cfg.MetricsListen {
-		log.Warn("reload: api, state_dir and metrics_listen changes take effect on restart only")
+	if !reflect.DeepEqual(cfg.API, s.app.cfg.API) || cfg.StateDir != s.app.cfg.StateDir || cfg.MetricsListen != s.app.cfg.MetricsListen ||
+		!reflect.DeepEqual(cfg.LeaderElection, s.app.cfg.LeaderElection) {
+		log.Warn("reload: api, state_dir, metrics_listen and leader_election changes take effect on restart only")
 	}
 	next := map[string]config.Sync{}
 	for _, sc := range cfg.Syncs {

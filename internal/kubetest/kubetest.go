@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -241,15 +242,23 @@ func terminate(p *proc) {
 // machine), or ends the test with the tail of the component's log.
 func (s *Server) waitHTTP(url string, auth func(*http.Request), what, logName string) {
 	s.t.Helper()
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		// Only the wait's probe skips verification: the certificate is
-		// being generated; clients use the kubeconfig's CA.
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // see above
-	}}
-	defer client.CloseIdleConnections()
+	var client *http.Client
+	defer func() {
+		if client != nil {
+			client.CloseIdleConnections()
+		}
+	}()
 	deadline := time.Now().Add(60 * time.Second)
 	var last string
 	for time.Now().Before(deadline) {
+		if client == nil {
+			var err error
+			if client, err = s.httpClient(url); err != nil {
+				last = err.Error()
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+		}
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, url, nil)
 		if auth != nil {
 			auth(req)
@@ -271,6 +280,26 @@ func (s *Server) waitHTTP(url string, auth func(*http.Request), what, logName st
 		log = log[len(log)-4000:]
 	}
 	s.t.Fatalf("kubetest: %s not ready at %s within 60 s (last: %s); its log ends:\n%s", what, url, last, log)
+}
+
+// httpClient is a client for url; for the API server it trusts the
+// certificate the API server generates in its cert directory at start,
+// so it fails until that file is there.
+func (s *Server) httpClient(url string) (*http.Client, error) {
+	if !strings.HasPrefix(url, "https:") {
+		return &http.Client{Timeout: 2 * time.Second}, nil
+	}
+	ca, err := os.ReadFile(s.caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("%s: no certificate yet", s.caFile)
+	}
+	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+	}}, nil
 }
 
 func (s *Server) kubeconfig(name, user, token string) string {
