@@ -489,3 +489,19 @@ func readRBAC(t *testing.T) (*corev1.ServiceAccount, *rbacv1.Role, *rbacv1.RoleB
 	}
 	return sa, role, binding
 }
+
+// TestLeaderOffNeedsNoKubernetes: without leader_election, kvsync neither
+// looks for an API server (a broken $KUBECONFIG does not matter) nor
+// exports the election's metrics.
+func TestLeaderOffNeedsNoKubernetes(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{})
+	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "missing"))
+	makeTree(t, env.root, "v1", 3)
+	env.writeConfig("", "")
+	d := env.startDaemon()
+	d.waitReady(converge)
+	env.waitConverged(t, expectTree(t, env.root, nil), converge)
+	if strings.Contains(d.scrape(), "kvsync_leader") {
+		t.Error("election metrics exported with leader_election off")
+	}
+}
