@@ -84,8 +84,9 @@ type unit struct {
 	// recordsExist is false while the store holds no record for the sync's
 	// namespace; the daemon sets it once the first full sync is handed over.
 	recordsExist atomic.Bool
-	// engineOptions built engine; under leader_election each term builds
-	// its own engine from them (leader.go), held in term meanwhile.
+	// engineOptions built engine. Under leader_election each term builds
+	// an engine of its own from them (leader.go) and holds it in term
+	// while it lasts; engine then never runs.
 	engineOptions uploader.Options
 	term          atomic.Pointer[uploader.Engine]
 }
