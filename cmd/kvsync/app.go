@@ -73,6 +73,8 @@ type app struct {
 	store *state.Store
 	local *localEmulator
 	units []*unit
+	// elect is set under leader_election (leader.go).
+	elect *election
 }
 
 type unit struct {
@@ -82,6 +84,11 @@ type unit struct {
 	// recordsExist is false while the store holds no record for the sync's
 	// namespace; the daemon sets it once the first full sync is handed over.
 	recordsExist atomic.Bool
+	// engineOptions built engine. Under leader_election each term builds
+	// an engine of its own from them (leader.go) and holds it in term
+	// while it lasts; engine then never runs.
+	engineOptions uploader.Options
+	term          atomic.Pointer[uploader.Engine]
 }
 
 // loadConfig builds the config from the flags, environment and file, and
@@ -236,7 +243,7 @@ func (a *app) newUnit(s config.Sync, dryRun bool, cf *commonFlags) (*unit, error
 	err := a.store.ForEach(scope, "", func(string, state.Record) error { return errFound })
 	u.recordsExist.Store(err != nil)
 	wo.NeedHash = func(key string) bool {
-		if u.engine.Published(key) {
+		if u.published(key) {
 			return true
 		}
 		if !u.recordsExist.Load() {
@@ -274,7 +281,7 @@ func (a *app) newUnit(s config.Sync, dryRun bool, cf *commonFlags) (*unit, error
 	if err != nil {
 		return nil, fmt.Errorf("sync %q: %w", s.Name, err)
 	}
-	e, err := uploader.New(uploader.Options{
+	u.engineOptions = uploader.Options{
 		KV:            a.kv,
 		Store:         a.store,
 		Scope:         scope,
@@ -295,7 +302,8 @@ func (a *app) newUnit(s config.Sync, dryRun bool, cf *commonFlags) (*unit, error
 		Recheck: w.Recheck,
 		Logger:  a.log.With("sync", s.Name),
 		Metrics: a.m.Sync(s.Name),
-	})
+	}
+	e, err := uploader.New(u.engineOptions)
 	if err != nil {
 		return nil, fmt.Errorf("sync %q: %w", s.Name, err)
 	}

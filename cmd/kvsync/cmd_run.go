@@ -47,11 +47,17 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
+	if a.cfg.LeaderElection.Enabled {
+		if a.elect, err = a.newElection(); err != nil {
+			return err
+		}
+	}
+
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	sup := &supervisor{app: a, running: map[string]*runningUnit{}}
+	sup := &supervisor{app: a, running: map[string]*runningUnit{}, fatal: make(chan error, 1)}
 	for _, u := range a.units {
 		sup.start(u)
 	}
@@ -90,6 +96,14 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				a.log.Error("stopped before all work finished; it is picked up on the next start", "err", err)
 			}
 			return nil
+		case err := <-sup.fatal:
+			// The election cannot go on (the Lease is forbidden): stop
+			// rather than stand by for ever without saying why.
+			a.log.Error("stopping: leader election failed", "err", err)
+			drainCtx, cancel := context.WithTimeout(context.Background(), cf.drain)
+			sup.stopAll(drainCtx) //nolint:errcheck // the election's error is the one to report
+			cancel()
+			return err
 		case <-hup:
 			daemon.SdNotify(false, daemon.SdNotifyReloading)
 			sup.reload(ctx, &cf)
@@ -130,6 +144,8 @@ type supervisor struct {
 	app     *app
 	mu      sync.Mutex
 	running map[string]*runningUnit
+	// fatal receives the error of an election that cannot go on.
+	fatal chan error
 }
 
 type runningUnit struct {
@@ -139,6 +155,11 @@ type runningUnit struct {
 	watcherDone   chan error
 	engineDone    chan error
 	firstSnapshot chan struct{}
+	// Under leader_election (leader.go): the watcher's context, and the
+	// election's stop and result.
+	watcherCtx   context.Context
+	stopElection context.CancelFunc
+	electionDone chan error
 }
 
 // firstSnapshotSink tells readiness when the initial scan reached the engine.
@@ -164,7 +185,15 @@ func (s *supervisor) start(u *unit) {
 	r := &runningUnit{
 		u: u, stopWatcher: stopWatcher, stopEngine: stopEngine,
 		watcherDone: make(chan error, 1), engineDone: make(chan error, 1),
-		firstSnapshot: make(chan struct{}),
+		firstSnapshot: make(chan struct{}), watcherCtx: wctx,
+	}
+	if s.app.elect != nil {
+		stopEngine()
+		s.startElected(u, r)
+		s.mu.Lock()
+		s.running[u.cfg.Name] = r
+		s.mu.Unlock()
+		return
 	}
 	go func() { r.engineDone <- u.engine.Run(ectx) }()
 	sink := &firstSnapshotSink{Sink: u.engine, ch: r.firstSnapshot, u: u}
@@ -221,6 +250,11 @@ func (s *supervisor) waitInitial(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		if r.stopElection != nil {
+			// A standby is ready once it watches; a leader's term runs
+			// its own full sync.
+			continue
+		}
 		if err := r.u.engine.WaitIdle(ctx); err != nil {
 			return err
 		}
@@ -231,6 +265,17 @@ func (s *supervisor) waitInitial(ctx context.Context) error {
 // stop ends a unit's watcher first, so nothing new arrives, then lets its
 // engine finish what is queued.
 func (s *supervisor) stop(ctx context.Context, r *runningUnit) error {
+	if r.stopElection != nil {
+		// Under election nothing is flushed: writing stops, then the
+		// Lease is released at once (leader.Run), and never taken
+		// again by this unit; the next leader's full sync covers the
+		// changes not yet written.
+		r.stopElection()
+		err := <-r.electionDone
+		r.stopWatcher()
+		<-r.watcherDone
+		return err
+	}
 	r.stopWatcher()
 	<-r.watcherDone
 	err := r.u.engine.Drain(ctx)
@@ -267,8 +312,9 @@ func (s *supervisor) reload(ctx context.Context, cf *commonFlags) {
 	if s.app.local != nil {
 		cfg.API.BaseURL = s.app.cfg.API.BaseURL
 	}
-	if !reflect.DeepEqual(cfg.API, s.app.cfg.API) || cfg.StateDir != s.app.cfg.StateDir || cfg.MetricsListen != s.app.cfg.MetricsListen {
-		log.Warn("reload: api, state_dir and metrics_listen changes take effect on restart only")
+	if !reflect.DeepEqual(cfg.API, s.app.cfg.API) || cfg.StateDir != s.app.cfg.StateDir || cfg.MetricsListen != s.app.cfg.MetricsListen ||
+		!reflect.DeepEqual(cfg.LeaderElection, s.app.cfg.LeaderElection) {
+		log.Warn("reload: api, state_dir, metrics_listen and leader_election changes take effect on restart only")
 	}
 	next := map[string]config.Sync{}
 	for _, sc := range cfg.Syncs {

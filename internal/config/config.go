@@ -45,6 +45,8 @@ type Config struct {
 	API API `yaml:"api"`
 	// Syncs are the directory trees to publish; at least one.
 	Syncs []Sync `yaml:"syncs"`
+	// LeaderElection elects one writer per sync among processes (leader.go).
+	LeaderElection LeaderElection `yaml:"leader_election"`
 
 	src *sources
 }
@@ -152,6 +154,9 @@ type Sync struct {
 	// fresh); 0 lists at every full sync. `kvsync sync` lists every time
 	// unless --trust-state.
 	ListInterval time.Duration `yaml:"list_interval"`
+	// LeaseName is the sync's Lease under leader_election; default
+	// DefaultLeaseName(NamespaceID, Prefix).
+	LeaseName string `yaml:"lease_name"`
 }
 
 // ExpirationRule gives matching keys an expiration: exactly one of TTL
@@ -223,6 +228,7 @@ func baseDefaults() Config {
 			Timeout:     defaultTimeout,
 			MaxRetries:  defaultMaxRetries,
 		},
+		LeaderElection: defaultLeaderElection(),
 	}
 }
 
@@ -295,6 +301,7 @@ func (c *Config) fillDefaults(getenv func(string) string, euid int) {
 			c.Syncs[i].Name = nameFromDir(c.Syncs[i].Dir)
 		}
 	}
+	c.fillLeaderDefaults(getenv, os.ReadFile, os.Hostname)
 }
 
 // nameFromDir derives a sync name from its directory: the last element,

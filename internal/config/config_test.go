@@ -230,7 +230,7 @@ func TestValidationErrors(t *testing.T) {
 		kind  error
 		msg   string
 	}{
-		{"unknown top-level field", y("log_levl: info"), "log_levl", 1, ErrUnknownField, "unknown field; valid here: api, log_format, log_level"},
+		{"unknown top-level field", y("log_levl: info"), "log_levl", 1, ErrUnknownField, "unknown field; valid here: api, leader_election, log_format, log_level"},
 		{"unknown sync field", with("    exclud: ['*.tmp']"), "syncs[0].exclud", 6, ErrUnknownField, "valid here:"},
 		{"unknown expiration field", with("    expiration:", "      - match: '*'", "        ttl_seconds: 60"), "syncs[0].expiration[0].ttl_seconds", 8, ErrUnknownField, "at, match, ttl"},
 		{"key set twice", with("    prefix: a/", "    prefix: b/"), "syncs[0].prefix", 7, ErrConflict, "set twice (first on line 6)"},

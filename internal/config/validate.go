@@ -53,6 +53,7 @@ func (c *Config) Validate() error {
 		v.sync(indexPath("syncs", i), &c.Syncs[i])
 	}
 	v.crossSync(c.Syncs)
+	v.leader(c)
 	return errors.Join(v.errs...)
 }
 
