@@ -24,6 +24,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -109,6 +110,12 @@ func decodeStrict(doc []byte) (any, error) {
 		obj = new(corev1.Secret)
 	case "networking.k8s.io/v1 NetworkPolicy":
 		obj = new(networkingv1.NetworkPolicy)
+	case "v1 ServiceAccount":
+		obj = new(corev1.ServiceAccount)
+	case "rbac.authorization.k8s.io/v1 Role":
+		obj = new(rbacv1.Role)
+	case "rbac.authorization.k8s.io/v1 RoleBinding":
+		obj = new(rbacv1.RoleBinding)
 	case "kustomize.config.k8s.io/v1beta1 Kustomization":
 		obj = new(kustomization)
 	default:
