@@ -478,8 +478,28 @@ func checkElection(set *manifestSet, text string, d *appsv1.Deployment, c corev1
 }
 
 // validateWithConfigPackage runs kvsync's own config validation, so the
-// example is a config the daemon accepts, not merely valid YAML.
-func validateWithConfigPackage(text []byte) []error {
+// example is a config the daemon accepts, not merely valid YAML. It runs
+// with the environment the pod gives the container from the downward API
+// (leader election takes its namespace and identity from there), and none
+// other of those variables: a pod that does not provide POD_NAMESPACE fails
+// here as it would in the cluster.
+func validateWithConfigPackage(text []byte, c corev1.Container) []error {
+	downward := map[string]string{"metadata.name": "site-7d4b9c8f5-x2kqp", "metadata.namespace": "default"}
+	for _, name := range []string{"POD_NAME", "POD_NAMESPACE"} {
+		old, had := os.LookupEnv(name)
+		os.Unsetenv(name)
+		defer func() {
+			if had {
+				os.Setenv(name, old)
+			}
+		}()
+	}
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && downward[e.ValueFrom.FieldRef.FieldPath] != "" {
+			os.Setenv(e.Name, downward[e.ValueFrom.FieldRef.FieldPath])
+			defer os.Unsetenv(e.Name)
+		}
+	}
 	if _, err := config.Parse(text, "/etc/kvsync/"+configKey); err != nil {
 		return []error{fmt.Errorf("kvsync rejects the ConfigMap's %s: %w", configKey, err)}
 	}
@@ -625,7 +645,7 @@ func firstInt(v ...*int64) *int64 {
 func checkConfig(text string, c corev1.Container, mounts map[string]corev1.VolumeMount, pod corev1.PodSpec) []error {
 	var errs []error
 	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(configKey+": "+format, args...)) }
-	errs = append(errs, validateWithConfigPackage([]byte(text))...)
+	errs = append(errs, validateWithConfigPackage([]byte(text), c)...)
 
 	var cfg kvsyncConfig
 	if err := yamlv3.Unmarshal([]byte(text), &cfg); err != nil {
