@@ -54,5 +54,7 @@ if [ ! -x "$dir/etcd" ]; then
 fi
 
 "$dir/kube-apiserver" --version >&2
-"$dir/etcd" --version | head -1 >&2
+# sed reads to the end: head would exit after one line, and under pipefail
+# the SIGPIPE etcd then got would fail the script (it did, at random).
+"$dir/etcd" --version | sed -n 1p >&2
 echo "$dir"
