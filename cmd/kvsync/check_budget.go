@@ -14,8 +14,10 @@ import (
 // budget this config's rate limiter may spend in one budget window, next to
 // the rule that matters once several processes share a token: kvsync
 // enforces its own share only, and Cloudflare counts every client of the
-// token together.
-func writeBudget(w io.Writer, api config.API) {
+// token together. With leader election on it also names each sync's Lease,
+// which the Role of the processes must grant get and update on.
+func writeBudget(w io.Writer, cfg config.Config) {
+	api := cfg.API
 	window := kvapi.BudgetWindow.Seconds()
 	// The bucket holds at most burst tokens and refills at rate: over one
 	// window that is at most rate×window + burst whole requests. The
@@ -26,6 +28,14 @@ func writeBudget(w io.Writer, api config.API) {
 		thousands(claim), formatFloat(kvapi.BudgetWindow.Minutes()),
 		formatFloat(math.Round(api.Rate*100)/100), formatFloat(window),
 		thousands(api.Burst), thousands(api.Budget), thousands(api.Budget))
+	le := cfg.LeaderElection
+	if !le.Enabled {
+		return
+	}
+	fmt.Fprintf(w, "leader election: Leases in namespace %s, this process as %q; its Role must grant get and update on each:\n", le.Namespace, le.Identity)
+	for _, s := range cfg.Syncs {
+		fmt.Fprintf(w, "  sync %q: Lease %s\n", s.Name, s.LeaseName)
+	}
 }
 
 func formatFloat(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }

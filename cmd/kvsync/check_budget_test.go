@@ -34,9 +34,47 @@ func TestWriteBudget(t *testing.T) {
 				t.Fatal(err)
 			}
 			var buf bytes.Buffer
-			writeBudget(&buf, cfg.API)
+			writeBudget(&buf, cfg)
 			if buf.String() != tt.want {
 				t.Errorf("got  %q\nwant %q", buf.String(), tt.want)
+			}
+		})
+	}
+}
+
+// TestWriteBudgetLeases: with leader election on, each sync's Lease is
+// listed, named or derived; with it off, none.
+func TestWriteBudgetLeases(t *testing.T) {
+	const syncs = "syncs:\n  - name: site\n    dir: /srv/site\n    namespace_id: n1\n    prefix: site/\n    lease_name: kvsync-site\n" +
+		"  - name: blog\n    dir: /srv/blog\n    namespace_id: n1\n    prefix: blog/\n"
+	for _, tt := range []struct {
+		name, election string
+		want           []string
+		wantNot        []string
+	}{
+		{"on", "leader_election:\n  enabled: true\n  namespace: web\n  identity: site-0\n", []string{
+			"leader election: Leases in namespace web, this process as \"site-0\"; its Role must grant get and update on each:\n",
+			"  sync \"site\": Lease kvsync-site\n",
+			"  sync \"blog\": Lease " + config.DefaultLeaseName("n1", "blog/") + "\n",
+		}, nil},
+		{"off", "", nil, []string{"leader election", "Lease"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := config.Parse([]byte(tt.election+"api:\n  account_id: a\n"+syncs), "kvsync.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			writeBudget(&buf, cfg)
+			for _, w := range tt.want {
+				if !strings.Contains(buf.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, buf.String())
+				}
+			}
+			for _, w := range tt.wantNot {
+				if strings.Contains(buf.String(), w) {
+					t.Errorf("output has %q:\n%s", w, buf.String())
+				}
 			}
 		})
 	}
