@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -45,6 +46,18 @@ const (
 // hold, with the reason.
 var notFromKvsync = map[string]string{
 	"up": "Prometheus writes it for each scrape of a target; the target never exports it",
+}
+
+// electionOnly are kvsync's metrics that exist only when leader_election is
+// enabled, with the labels each carries. A run with election needs a
+// Kubernetes API server, which TestMetricNamesInScrape does not start, so its
+// scrape cannot hold them: an expression may name them, and only these labels
+// with them. TestElectionOnlyMetricsAreKvsyncs checks that kvsync's source
+// registers each name and that the run without election exports none.
+var electionOnly = map[string][]string{
+	"kvsync_leader":                   {"sync"},
+	"kvsync_leader_transitions_total": {"sync", "to"},
+	"kvsync_leader_seconds_total":     {"sync"},
 }
 
 // targetLabels are attached by Prometheus from the scrape configuration, not
@@ -445,6 +458,14 @@ func checkRefs(r promqlRefs, scrape []series) []string {
 		if _, ok := notFromKvsync[sel.metric]; ok {
 			continue
 		}
+		if labels, ok := electionOnly[sel.metric]; ok {
+			for _, m := range sel.matchers {
+				if !slices.Contains(targetLabels, m.label) && !slices.Contains(labels, m.label) {
+					missing = append(missing, fmt.Sprintf("label %s of %s (it has %s)", m.label, sel.metric, strings.Join(labels, ", ")))
+				}
+			}
+			continue
+		}
 		ss := byName[sel.metric]
 		if len(ss) == 0 {
 			missing = append(missing, "metric "+sel.metric)
@@ -492,7 +513,10 @@ func checkRefs(r promqlRefs, scrape []series) []string {
 		all = append(all, byName[sel.metric]...)
 	}
 	for _, l := range r.grouping {
-		if !slices.Contains(targetLabels, l) && !has(all, l) {
+		onElectionOnly := slices.ContainsFunc(r.selectors, func(sel selectorRef) bool {
+			return slices.Contains(electionOnly[sel.metric], l)
+		})
+		if !slices.Contains(targetLabels, l) && !has(all, l) && !onElectionOnly {
 			missing = append(missing, "grouping label "+l+" on "+strings.Join(r.metrics(), ", "))
 		}
 	}
@@ -528,6 +552,13 @@ kvsync_y{a="x y",b="}"} 7
 		{`kvsync_x_total{sync=~"$sync"}`, 1},
 		{`kvsync_x_total{op=~"$op|x"}`, 1},
 		{`sum by (cfcode) (kvsync_x_total)`, 1},
+		// Election-only metrics are not in the scrape; their labels are
+		// checked against electionOnly instead.
+		{`max by (job, sync) (kvsync_leader) == 0`, 0},
+		{`kvsync_leader_transitions_total{to="leader"} unless on (instance) kvsync_g`, 0},
+		{`max by (job, lease) (kvsync_leader)`, 1},
+		{`kvsync_leader{lease="x"}`, 1},
+		{`kvsync_leaders`, 1},
 	} {
 		r, err := parsePromQL(tc.expr)
 		if err != nil {
@@ -669,6 +700,9 @@ syncs:
 	for _, u := range unmet {
 		t.Errorf("the scenario did not make %s count", u)
 	}
+	for _, n := range electionOffUnexpected(parseScrape(scrape())) {
+		t.Errorf("%s is in the scrape of a run without leader_election: electionOnly must not list it", n)
+	}
 	wheres := make([]string, 0, len(missing))
 	for w := range missing {
 		wheres = append(wheres, w)
@@ -677,6 +711,60 @@ syncs:
 	for _, w := range wheres {
 		t.Errorf("%s: the scrape lacks %s", w, strings.Join(missing[w], "; "))
 	}
+}
+
+// TestElectionOnlyMetricsAreKvsyncs: each electionOnly name is one kvsync
+// registers (a Go string literal in its non-test source, as every kvsync
+// metric's full name is), and a run with election off exports none of them
+// (checked on TestMetricNamesInScrape's scrape by electionOffUnexpected).
+func TestElectionOnlyMetricsAreKvsyncs(t *testing.T) {
+	found := map[string]string{}
+	err := filepath.WalkDir("..", func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			switch d.Name() {
+			case "deploy", "testdata", ".git":
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for name := range electionOnly {
+			if strings.Contains(string(b), strconv.Quote(name)) {
+				found[name] = p
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(electionOnly)) {
+		if found[name] == "" {
+			t.Errorf("no non-test Go file of kvsync registers %q (electionOnly names it)", name)
+		}
+	}
+}
+
+// electionOffUnexpected lists electionOnly metrics a scrape of a run with
+// election off holds: either the name is registered regardless (take it
+// out of electionOnly) or election was on.
+func electionOffUnexpected(got []series) []string {
+	var out []string
+	for _, s := range got {
+		if _, ok := electionOnly[s.name]; ok && !slices.Contains(out, s.name) {
+			out = append(out, s.name)
+		}
+	}
+	return out
 }
 
 // scenarioUnmet lists what the scenario is there to cause and has not yet

@@ -42,6 +42,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stdout, "warning: %v\n", err)
 		}
 	}
+	writeBudget(stdout, cfg)
 	problems := 0
 	for _, s := range cfg.Syncs {
 		m := metrics.New(prometheus.NewRegistry(), version)

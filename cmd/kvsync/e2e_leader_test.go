@@ -439,17 +439,11 @@ func TestLeaderRBAC(t *testing.T) {
 }
 
 // readRBAC reads the Kubernetes example's ServiceAccount, Role and
-// RoleBinding. Until deploy/kubernetes/rbac.yaml is on this branch, a
-// copy of it in testdata stands in.
+// RoleBinding, the very file users apply.
 func readRBAC(t *testing.T) (*corev1.ServiceAccount, *rbacv1.Role, *rbacv1.RoleBinding) {
 	t.Helper()
 	path := filepath.Join("..", "..", "deploy", "kubernetes", "rbac.yaml")
 	data, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		path = filepath.Join("testdata", "rbac.yaml")
-		t.Logf("deploy/kubernetes/rbac.yaml is not here yet; using %s", path)
-		data, err = os.ReadFile(path)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -42,6 +43,10 @@ const (
 	// Not applied by kustomization.yaml: its token is a placeholder.
 	exampleSecretFile = "secret.example.yaml"
 	kustomizationFile = "kustomization.yaml"
+	// Where client-go's in-cluster config reads the ServiceAccount's token.
+	serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+	leaseGroup        = "coordination.k8s.io"
+	replicas          = 3
 )
 
 // kustomization models the kustomize fields these examples may use; it has no
@@ -69,11 +74,17 @@ type kustomization struct {
 
 // kvsyncConfig is the part of kvsync's config file the manifests depend on.
 type kvsyncConfig struct {
-	StateDir      string `yaml:"state_dir"`
-	MetricsListen string `yaml:"metrics_listen"`
-	Syncs         []struct {
-		Name string `yaml:"name"`
-		Dir  string `yaml:"dir"`
+	StateDir       string `yaml:"state_dir"`
+	MetricsListen  string `yaml:"metrics_listen"`
+	LeaderElection struct {
+		Enabled   bool   `yaml:"enabled"`
+		Namespace string `yaml:"namespace"`
+		Identity  string `yaml:"identity"`
+	} `yaml:"leader_election"`
+	Syncs []struct {
+		Name      string `yaml:"name"`
+		Dir       string `yaml:"dir"`
+		LeaseName string `yaml:"lease_name"`
 	} `yaml:"syncs"`
 }
 
@@ -84,6 +95,9 @@ type manifestSet struct {
 	configMaps    map[string]*corev1.ConfigMap
 	secrets       map[string]*corev1.Secret
 	policies      []*networkingv1.NetworkPolicy
+	accounts      map[string]*corev1.ServiceAccount
+	roles         map[string]*rbacv1.Role
+	bindings      []*rbacv1.RoleBinding
 	kustomization *kustomization
 }
 
@@ -109,6 +123,12 @@ func decodeStrict(doc []byte) (any, error) {
 		obj = new(corev1.Secret)
 	case "networking.k8s.io/v1 NetworkPolicy":
 		obj = new(networkingv1.NetworkPolicy)
+	case "v1 ServiceAccount":
+		obj = new(corev1.ServiceAccount)
+	case "rbac.authorization.k8s.io/v1 Role":
+		obj = new(rbacv1.Role)
+	case "rbac.authorization.k8s.io/v1 RoleBinding":
+		obj = new(rbacv1.RoleBinding)
 	case "kustomize.config.k8s.io/v1beta1 Kustomization":
 		obj = new(kustomization)
 	default:
@@ -133,7 +153,12 @@ func decodeStrict(doc []byte) (any, error) {
 
 // loadSet decodes every document of every file (name -> contents).
 func loadSet(files map[string][]byte) (*manifestSet, error) {
-	set := &manifestSet{configMaps: map[string]*corev1.ConfigMap{}, secrets: map[string]*corev1.Secret{}}
+	set := &manifestSet{
+		configMaps: map[string]*corev1.ConfigMap{},
+		secrets:    map[string]*corev1.Secret{},
+		accounts:   map[string]*corev1.ServiceAccount{},
+		roles:      map[string]*rbacv1.Role{},
+	}
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(files)) {
 		set.files = append(set.files, name)
@@ -160,6 +185,12 @@ func loadSet(files map[string][]byte) (*manifestSet, error) {
 				set.secrets[o.Name] = o
 			case *networkingv1.NetworkPolicy:
 				set.policies = append(set.policies, o)
+			case *corev1.ServiceAccount:
+				set.accounts[o.Name] = o
+			case *rbacv1.Role:
+				set.roles[o.Name] = o
+			case *rbacv1.RoleBinding:
+				set.bindings = append(set.bindings, o)
 			case *kustomization:
 				if name != kustomizationFile {
 					errs = append(errs, fmt.Errorf("%s: a Kustomization belongs in %s", name, kustomizationFile))
@@ -181,12 +212,10 @@ func check(set *manifestSet) []error {
 		return errs
 	}
 	d := set.deployments[0]
-	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
-		fail("Deployment %s: replicas must be 1 (one writer per namespace)", d.Name)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != replicas {
+		fail("Deployment %s: replicas must be %d (one writes, the others stand by)", d.Name, replicas)
 	}
-	if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
-		fail("Deployment %s: strategy must be Recreate so old and new pods never sync at once, got %q", d.Name, d.Spec.Strategy.Type)
-	}
+	errs = append(errs, checkStrategy(d)...)
 	pod := d.Spec.Template.Spec
 	if g := pod.TerminationGracePeriodSeconds; g == nil || *g <= drainTimeout {
 		fail("terminationGracePeriodSeconds must exceed kvsync's %ds drain timeout", drainTimeout)
@@ -299,15 +328,178 @@ func check(set *manifestSet) []error {
 	}
 	if cfgText != "" {
 		errs = append(errs, checkConfig(cfgText, c, mounts, pod)...)
+		errs = append(errs, checkElection(set, cfgText, d, c, mounts, volumes)...)
 	}
 
 	errs = append(errs, checkKustomization(set)...)
 	return errs
 }
 
+// checkStrategy: a rollout never takes a serving pod away before its
+// replacement is Ready, and brings up one new pod at a time.
+func checkStrategy(d *appsv1.Deployment) []error {
+	st := d.Spec.Strategy
+	if st.Type != appsv1.RollingUpdateDeploymentStrategyType {
+		return []error{fmt.Errorf("Deployment %s: strategy must be RollingUpdate (the election keeps old and new pods from writing at once), got %q", d.Name, st.Type)}
+	}
+	ru := st.RollingUpdate
+	if ru == nil || ru.MaxSurge == nil || ru.MaxUnavailable == nil {
+		return []error{fmt.Errorf("Deployment %s: rollingUpdate must set maxSurge: 1 and maxUnavailable: 0 (README), not leave them to the defaults (25%%)", d.Name)}
+	}
+	var errs []error
+	if *ru.MaxSurge != intstr.FromInt32(1) {
+		errs = append(errs, fmt.Errorf("Deployment %s: maxSurge %s, want 1: one new pod at a time", d.Name, ru.MaxSurge.String()))
+	}
+	if *ru.MaxUnavailable != intstr.FromInt32(0) {
+		errs = append(errs, fmt.Errorf("Deployment %s: maxUnavailable %s, want 0: no replica stops before its replacement is Ready", d.Name, ru.MaxUnavailable.String()))
+	}
+	return errs
+}
+
+// checkElection: with several replicas the config elects one writer; the pod
+// gives kvsync an identity, a namespace and a token for the API (and the app
+// no token); and the ServiceAccount's Role grants exactly what the election
+// needs on each sync's Lease: get and update by name, create (which RBAC
+// cannot limit by name), and nothing else.
+func checkElection(set *manifestSet, text string, d *appsv1.Deployment, c corev1.Container, mounts map[string]corev1.VolumeMount, volumes map[string]corev1.Volume) []error {
+	var errs []error
+	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var cfg kvsyncConfig
+	if err := yamlv3.Unmarshal([]byte(text), &cfg); err != nil {
+		return []error{fmt.Errorf("%s: %w", configKey, err)}
+	}
+	if !cfg.LeaderElection.Enabled {
+		fail("%s: leader_election.enabled must be true: %d replicas would all write", configKey, replicas)
+		return errs
+	}
+
+	// Identity and namespace from the downward API, unless the config sets them.
+	for env, field := range map[string]string{"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"} {
+		if (env == "POD_NAME" && cfg.LeaderElection.Identity != "") || (env == "POD_NAMESPACE" && cfg.LeaderElection.Namespace != "") {
+			continue
+		}
+		i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == env })
+		if i < 0 || c.Env[i].ValueFrom == nil || c.Env[i].ValueFrom.FieldRef == nil || c.Env[i].ValueFrom.FieldRef.FieldPath != field {
+			fail("container %q: env %s must come from the downward API (fieldRef %s)", c.Name, env, field)
+		}
+	}
+
+	// A token for kvsync alone.
+	pod := d.Spec.Template.Spec
+	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+		fail("automountServiceAccountToken must be false: the app container needs no token; kvsync mounts its own")
+	}
+	tm, ok := mounts[serviceAccountDir]
+	switch {
+	case !ok:
+		fail("container %q: nothing mounted at %s: client-go's in-cluster config finds no token", c.Name, serviceAccountDir)
+	case !tm.ReadOnly:
+		fail("container %q: mount %s must be readOnly", c.Name, serviceAccountDir)
+	default:
+		v := volumes[tm.Name]
+		if v.Projected == nil || !slices.ContainsFunc(v.Projected.Sources, func(s corev1.VolumeProjection) bool {
+			return s.ServiceAccountToken != nil && s.ServiceAccountToken.Path == "token" && s.ServiceAccountToken.Audience == ""
+		}) {
+			fail("volume %q at %s: want a projected serviceAccountToken at path token, for the API server's audience", tm.Name, serviceAccountDir)
+		}
+		for _, o := range pod.Containers {
+			if slices.ContainsFunc(o.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == tm.Name }) {
+				fail("container %q mounts kvsync's API token (volume %q)", o.Name, tm.Name)
+			}
+		}
+	}
+
+	// The ServiceAccount, bound to a Role that names every Lease.
+	sa := pod.ServiceAccountName
+	if _, ok := set.accounts[sa]; !ok || sa == "" {
+		fail("serviceAccountName %q: no manifest defines that ServiceAccount", sa)
+		return errs
+	}
+	var roles []*rbacv1.Role
+	for _, b := range set.bindings {
+		bound := slices.ContainsFunc(b.Subjects, func(s rbacv1.Subject) bool {
+			return s.Kind == rbacv1.ServiceAccountKind && s.Name == sa && s.Namespace == ""
+		})
+		if !bound {
+			continue
+		}
+		if b.RoleRef.Kind != "Role" || b.RoleRef.APIGroup != rbacv1.GroupName {
+			fail("RoleBinding %s binds %s %q: want a Role of the pod's namespace", b.Name, b.RoleRef.Kind, b.RoleRef.Name)
+			continue
+		}
+		r, ok := set.roles[b.RoleRef.Name]
+		if !ok {
+			fail("RoleBinding %s references Role %q, which no manifest defines", b.Name, b.RoleRef.Name)
+			continue
+		}
+		roles = append(roles, r)
+	}
+	if len(roles) == 0 {
+		fail("no RoleBinding binds a Role to ServiceAccount %q", sa)
+		return errs
+	}
+	named := map[string]bool{} // lease names granted get and update
+	canCreate := false
+	for _, r := range roles {
+		for i, rule := range r.Rules {
+			where := fmt.Sprintf("Role %s rule %d", r.Name, i+1)
+			if !slices.Equal(rule.APIGroups, []string{leaseGroup}) || !slices.Equal(rule.Resources, []string{"leases"}) || len(rule.NonResourceURLs) > 0 {
+				fail("%s: grants %v %v: kvsync needs %s leases alone", where, rule.APIGroups, rule.Resources, leaseGroup)
+				continue
+			}
+			verbs := slices.Sorted(slices.Values(rule.Verbs))
+			switch {
+			case slices.Equal(verbs, []string{"create"}):
+				canCreate = true
+			case slices.Equal(verbs, []string{"get", "update"}):
+				if len(rule.ResourceNames) == 0 {
+					fail("%s: get and update on every Lease of the namespace; name kvsync's in resourceNames", where)
+				}
+				for _, n := range rule.ResourceNames {
+					named[n] = true
+				}
+			default:
+				fail("%s: verbs %v; kvsync needs get and update by name, and create", where, rule.Verbs)
+			}
+		}
+	}
+	if !canCreate {
+		fail("no Role bound to %q may create a Lease: the first replica could not start the election", sa)
+	}
+	for _, s := range cfg.Syncs {
+		switch {
+		case s.LeaseName == "":
+			fail("%s: sync %q sets no lease_name: its derived name is in no Role's resourceNames", configKey, s.Name)
+		case !named[s.LeaseName]:
+			fail("sync %q: lease_name %q is not among the Lease names its Role grants get and update on (%v)", s.Name, s.LeaseName, slices.Sorted(maps.Keys(named)))
+		}
+	}
+	return errs
+}
+
 // validateWithConfigPackage runs kvsync's own config validation, so the
-// example is a config the daemon accepts, not merely valid YAML.
-func validateWithConfigPackage(text []byte) []error {
+// example is a config the daemon accepts, not merely valid YAML. It runs
+// with the environment the pod gives the container from the downward API
+// (leader election takes its namespace and identity from there), and none
+// other of those variables: a pod that does not provide POD_NAMESPACE fails
+// here as it would in the cluster.
+func validateWithConfigPackage(text []byte, c corev1.Container) []error {
+	downward := map[string]string{"metadata.name": "site-7d4b9c8f5-x2kqp", "metadata.namespace": "default"}
+	for _, name := range []string{"POD_NAME", "POD_NAMESPACE"} {
+		old, had := os.LookupEnv(name)
+		os.Unsetenv(name)
+		defer func() {
+			if had {
+				os.Setenv(name, old)
+			}
+		}()
+	}
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && downward[e.ValueFrom.FieldRef.FieldPath] != "" {
+			os.Setenv(e.Name, downward[e.ValueFrom.FieldRef.FieldPath])
+			defer os.Unsetenv(e.Name)
+		}
+	}
 	if _, err := config.Parse(text, "/etc/kvsync/"+configKey); err != nil {
 		return []error{fmt.Errorf("kvsync rejects the ConfigMap's %s: %w", configKey, err)}
 	}
@@ -453,7 +645,7 @@ func firstInt(v ...*int64) *int64 {
 func checkConfig(text string, c corev1.Container, mounts map[string]corev1.VolumeMount, pod corev1.PodSpec) []error {
 	var errs []error
 	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(configKey+": "+format, args...)) }
-	errs = append(errs, validateWithConfigPackage([]byte(text))...)
+	errs = append(errs, validateWithConfigPackage([]byte(text), c)...)
 
 	var cfg kvsyncConfig
 	if err := yamlv3.Unmarshal([]byte(text), &cfg); err != nil {
@@ -591,7 +783,27 @@ func TestBrokenManifestsFail(t *testing.T) {
 		{"misspelt ConfigMap field", "configmap.yaml", "\ndata:\n", "\ndatas:\n", `unknown field "datas"`},
 		{"misspelt Secret field", "secret.example.yaml", "stringData:", "stringdata:", `unknown field "stringdata"`},
 		{"misspelt kustomization field", "kustomization.yaml", "resources:", "resource:", `unknown field "resource"`},
-		{"wrong type", "deployment.yaml", "replicas: 1", "replicas: one", `replicas`},
+		{"wrong type", "deployment.yaml", "replicas: 3", "replicas: one", `replicas`},
+		{"one replica", "deployment.yaml", "replicas: 3", "replicas: 1", `replicas must be 3`},
+		{"Recreate", "deployment.yaml", "type: RollingUpdate\n    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 0\n", "type: Recreate\n", `strategy must be RollingUpdate`},
+		{"default surge", "deployment.yaml", "      maxSurge: 1\n", "", `must set maxSurge: 1 and maxUnavailable: 0`},
+		{"pods taken down early", "deployment.yaml", "      maxUnavailable: 0\n", "      maxUnavailable: 1\n", `maxUnavailable 1, want 0`},
+		{"misspelt strategy field", "deployment.yaml", "      maxUnavailable: 0\n", "      maxUnavaliable: 0\n", `unknown field "spec.strategy.rollingUpdate.maxUnavaliable"`},
+		{"election off", "configmap.yaml", "leader_election:\n      enabled: true", "leader_election:\n      enabled: false", `leader_election.enabled must be true`},
+		{"no identity", "deployment.yaml", "fieldPath: metadata.name\n", "fieldPath: metadata.uid\n", `env POD_NAME must come from the downward API`},
+		{"no namespace env", "deployment.yaml", "            - name: POD_NAMESPACE\n", "            - name: LEASE_NAMESPACE\n", `env POD_NAMESPACE must come from the downward API`},
+		{"token for every container", "deployment.yaml", "automountServiceAccountToken: false", "automountServiceAccountToken: true", `automountServiceAccountToken must be false`},
+		{"no token for kvsync", "deployment.yaml", "mountPath: /var/run/secrets/kubernetes.io/serviceaccount", "mountPath: /var/run/secrets/kvsync", `nothing mounted at /var/run/secrets/kubernetes.io/serviceaccount`},
+		{"token for the app", "deployment.yaml", "          volumeMounts:\n            - name: site-data\n              mountPath: /data\n      volumes:", "          volumeMounts:\n            - name: site-data\n              mountPath: /data\n            - name: kube-api-access\n              mountPath: /run/token\n      volumes:", `container "app" mounts kvsync's API token`},
+		{"another service account", "deployment.yaml", "serviceAccountName: kvsync", "serviceAccountName: default", `serviceAccountName "default": no manifest defines`},
+		{"unbound role", "rbac.yaml", "  - kind: ServiceAccount\n    name: kvsync", "  - kind: ServiceAccount\n    name: other", `no RoleBinding binds a Role to ServiceAccount "kvsync"`},
+		{"lease not granted", "configmap.yaml", "lease_name: kvsync-site", "lease_name: kvsync-blog", `lease_name "kvsync-blog" is not among the Lease names`},
+		{"derived lease name", "configmap.yaml", "        lease_name: kvsync-site\n", "", `sets no lease_name`},
+		{"get and update on every lease", "rbac.yaml", "    resourceNames: [\"kvsync-site\"]\n", "", `get and update on every Lease of the namespace`},
+		{"no create", "rbac.yaml", "    verbs: [\"create\"]", "    verbs: [\"list\"]", `verbs [list]`},
+		{"more than leases", "rbac.yaml", "    resources: [\"leases\"]\n    resourceNames", "    resources: [\"leases\", \"configmaps\"]\n    resourceNames", `kvsync needs coordination.k8s.io leases alone`},
+		{"misspelt Role field", "rbac.yaml", "resourceNames:", "resourceName:", `unknown field "rules[0].resourceName"`},
+		{"rbac not applied", "kustomization.yaml", "  - rbac.yaml\n", "", `does not list rbac.yaml`},
 		{"sidecar without restartPolicy", "deployment.yaml", "          restartPolicy: Always\n", "", `restartPolicy must be Always`},
 		{"readiness on the wrong path", "deployment.yaml", "path: /readyz", "path: /ready", `readinessProbe path "/ready"`},
 		{"liveness on the wrong port", "deployment.yaml", "path: /healthz\n              port: metrics\n            periodSeconds: 20", "path: /healthz\n              port: 8080\n            periodSeconds: 20", `livenessProbe port 8080 resolves to 8080`},

@@ -7,20 +7,23 @@
 #            base plus Debian's static busybox (no registry to pull
 #            busybox from)
 #   prepare  playprep/ turns configmap.yaml, deployment.yaml and
-#            secret.example.yaml into what podman 4.3 plays on one machine;
-#            README.md ("Played under podman in CI") lists each change
-#   play     the app writes its files into the shared emptyDir, the kvsync
-#            container publishes them: the emulator holds exactly those
-#            keys, byte-identical to the app's files; kvsync runs as 65532
-#            with a read-only root and /data mounted read-only, GOMEMLIMIT
-#            from the memory limit
-#   kill     kvsync's process is killed (SIGKILL, as by a crash or the OOM
-#            killer) while the app writes one more file: podman restarts the
-#            container and it publishes that file too
-#   replay   `podman kube down` (the emptyDirs go with the pod), then play
-#            again: once the app has rewritten its files and kvsync has had
-#            three times its 1 s debounce to act, the emulator counted no
-#            write request (the namespace is the source of truth: issue 13)
+#            secret.example.yaml into what podman 4.3 plays on one machine:
+#            one pod per replica (3), each with its own emptyDirs, election
+#            off (no API server); README.md ("Played under podman in CI")
+#            lists each change
+#   play     in each pod the app writes its files into the pod's emptyDir
+#            and the kvsync container publishes them: the emulator holds
+#            exactly those keys, byte-identical to the app's files; kvsync
+#            runs as 65532 with a read-only root and /data mounted
+#            read-only, GOMEMLIMIT from the memory limit, POD_NAME its pod's
+#   kill     one pod's kvsync process is killed (SIGKILL, as by a crash or
+#            the OOM killer) while its app writes one more file: podman
+#            restarts the container and it publishes that file too
+#   replay   `podman kube down` (the emptyDirs go with the pods), then play
+#            again: once every app has rewritten its files and kvsync has
+#            had three times its 1 s debounce to act, the emulator counted
+#            no write request from any of the three fresh pods (the
+#            namespace is the source of truth: issue 13)
 #
 # Every check runs; the exit status is 1 if any failed. Needs root. Set
 # KVSYNC_STATIC_BIN to run the emulator from an existing build.
@@ -39,8 +42,13 @@ app_image=localhost/kvsync-play-app:test
 base_ref=localhost/kvsync-base:test
 token=play-test-$$-$RANDOM$RANDOM
 uid=65532
-# deployment.yaml's Deployment "site" becomes pod site-pod-0 under kube play.
-pod=site-pod-0
+# playprep plays deployment.yaml's Deployment "site" as pods site-0, site-1,
+# ... (one per replica); a pod's containers are <pod>-kvsync and <pod>-app.
+replicas=$(sed -n 's/^  replicas:[[:space:]]*\([0-9]*\).*/\1/p' "$here/deployment.yaml")
+[ -n "$replicas" ] || die "cannot read replicas from deployment.yaml"
+pods=()
+for i in $(seq 0 $((replicas - 1))); do pods+=("site-$i"); done
+pod=${pods[0]}
 kv=$pod-kvsync
 app=$pod-app
 
@@ -92,21 +100,27 @@ keys() { curl -fsS "${auth[@]}" "$nsapi/keys" | grep -o '"name":[[:space:]]*"[^"
 stats() { curl -fsS "${auth[@]}" "${base%/client/v4}/__emulator/stats"; }
 writes() { stats | sed -n 's/.*"writes":[[:space:]]*\([0-9]*\).*/\1/p'; }
 
-# ready: waits for the kvsync container's /readyz (its initial sync done).
+# ready [CONTAINER]: waits for a kvsync container's /readyz (its initial
+# sync done); by default every pod's.
 ready() {
-	local addr
-	for _ in $(seq 1 300); do
-		addr=$(podman logs "$kv" 2>&1 | sed -n 's/.*"msg":"metrics serving".*"addr":"\([^"]*\)".*/\1/p' | tail -n1)
-		if [ -n "$addr" ] && curl -fsS -o /dev/null "http://$addr/readyz"; then
-			return 0
-		fi
-		sleep 0.1
+	local c addr ok
+	local cs=("$@")
+	[ $# -gt 0 ] || for c in "${pods[@]}"; do cs+=("$c-kvsync"); done
+	for c in "${cs[@]}"; do
+		ok=
+		for _ in $(seq 1 300); do
+			addr=$(podman logs "$c" 2>&1 | sed -n 's/.*"msg":"metrics serving".*"addr":"\([^"]*\)".*/\1/p' | tail -n1)
+			if [ -n "$addr" ] && curl -fsS -o /dev/null "http://$addr/readyz"; then
+				ok=1
+				break
+			fi
+			sleep 0.1
+		done
+		[ -n "$ok" ] || { log "$c is not ready"; podman logs "$c" >&2 || true; return 1; }
 	done
-	podman logs "$kv" >&2 || true
-	return 1
 }
 # published KEY...: waits until each key's value in the emulator is the
-# app's file /data/KEY.
+# first pod's app's file /data/KEY (every replica's app writes the same).
 published() {
 	local k ok
 	for _ in $(seq 1 100); do
@@ -127,17 +141,28 @@ published() {
 # working directory to build it from (a stray ./kvsync binary there fails the
 # play), whatever --build says.
 (cd "$tmp" && podman kube play --build=false play.yaml) >"$tmp/play.log" 2>&1 || { cat "$tmp/play.log" >&2; die "podman kube play failed"; }
+[ "$(podman pod ps --format '{{.Name}}' | LC_ALL=C sort | tr '\n' ' ')" = "${pods[*]} " ] ||
+	fail "pods: $(podman pod ps --format '{{.Name}}' | tr '\n' ' '), want ${pods[*]}"
 ready || die "kvsync never became ready"
 published index.html site.css || fail "the app's files were not published: keys [$(keys)]"
 [ "$(keys)" = 'index.html site.css ' ] || fail "keys after play: [$(keys)], want [index.html site.css]"
-[ "$(podman inspect -f '{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}' "$kv")" = "$uid:$uid true" ] ||
-	fail "kvsync runs as $(podman inspect -f '{{.Config.User}}, read-only root {{.HostConfig.ReadonlyRootfs}}' "$kv")"
-podman inspect -f '{{range .Mounts}}{{.Destination}}={{.RW}} {{end}}' "$kv" | grep '/data=false' >/dev/null ||
-	fail "/data is writable in the kvsync container"
-# 256Mi, the shipped limits.memory, through resourceFieldRef.
-podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$kv" | grep -x 'GOMEMLIMIT=268435456' >/dev/null ||
-	fail "GOMEMLIMIT is not the memory limit: $(podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$kv" | grep GOMEMLIMIT)"
-log "play: the app's files are in KV: $(keys)"
+for p in "${pods[@]}"; do
+	c=$p-kvsync
+	[ "$(podman inspect -f '{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}' "$c")" = "$uid:$uid true" ] ||
+		fail "$c runs as $(podman inspect -f '{{.Config.User}}, read-only root {{.HostConfig.ReadonlyRootfs}}' "$c")"
+	podman inspect -f '{{range .Mounts}}{{.Destination}}={{.RW}} {{end}}' "$c" | grep '/data=false' >/dev/null ||
+		fail "/data is writable in $c"
+	env=$(podman inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$c")
+	# 256Mi, the shipped limits.memory, through resourceFieldRef.
+	grep -x 'GOMEMLIMIT=268435456' <<<"$env" >/dev/null || fail "$c: GOMEMLIMIT is not the memory limit: $(grep GOMEMLIMIT <<<"$env")"
+	grep -x "POD_NAME=$p" <<<"$env" >/dev/null || fail "$c: POD_NAME is not its pod's name: $(grep POD_NAME <<<"$env")"
+	# Each pod's emptyDirs are its own (a cluster never shares them).
+	podman exec "$p-app" sh -c "printf '%s' $p >/data/.whoami" || fail "$p-app cannot write /data"
+done
+for p in "${pods[@]}"; do
+	[ "$(podman exec "$p-app" cat /data/.whoami)" = "$p" ] || fail "$p shares /data with $(podman exec "$p-app" cat /data/.whoami)"
+done
+log "play: ${#pods[@]} pods ready; the app's files are in KV: $(keys)"
 
 # --- kill -----------------------------------------------------------------------
 restarts=$(podman inspect -f '{{.RestartCount}}' "$kv")
@@ -151,18 +176,20 @@ for _ in $(seq 1 100); do
 done
 [ "$(podman inspect -f '{{.RestartCount}} {{.State.Running}}' "$kv")" = "$((restarts + 1)) true" ] ||
 	fail "kvsync was not restarted after being killed ($(podman inspect -f 'restarts {{.RestartCount}}, running {{.State.Running}}' "$kv"))"
-ready || fail "kvsync never became ready again after being killed"
+ready "$kv" || fail "kvsync never became ready again after being killed"
 published index.html site.css later.txt || fail "after the restart, later.txt was not published: keys [$(keys)]"
 log "kill: kvsync restarted and converged: $(keys)"
 
 # --- replay ---------------------------------------------------------------------
 podman kube down "$tmp/play.yaml" >/dev/null || fail "podman kube down failed"
-podman volume exists kvsync-state && fail "the state emptyDir outlived its pod"
+for p in "${pods[@]}"; do
+	podman volume exists "$p-kvsync-state" && fail "$p's state emptyDir outlived its pod"
+done
 before=$(writes)
 stats >"$tmp/stats-before.json"
 (cd "$tmp" && podman kube play --build=false play.yaml) >"$tmp/play2.log" 2>&1 || { cat "$tmp/play2.log" >&2; die "podman kube play (again) failed"; }
-ready || die "kvsync never became ready in the replayed pod"
-published index.html site.css || fail "the replayed pod's files are not what KV holds"
+ready || die "kvsync never became ready in the replayed pods"
+published index.html site.css || fail "the replayed pods' files are not what KV holds"
 # kvsync writes a changed file once it has been quiet for 1 s (quiet): three
 # times that after the app's files are in place leaves it room to act.
 sleep 3
@@ -171,10 +198,10 @@ after=$(writes)
 if [ "$after" -ne "$before" ]; then
 	log "emulator counters before: $(cat "$tmp/stats-before.json")"
 	log "emulator counters after:  $(stats)"
-	podman logs "$kv" 2>&1 | grep 'state\|full sync' | tail -n 3 >&2 || true
-	fail "the replayed pod sent $((after - before)) write requests, want 0 (issue 13: the namespace is the source of truth)"
+	for p in "${pods[@]}"; do podman logs "$p-kvsync" 2>&1 | grep 'state\|full sync' | tail -n 3 >&2 || true; done
+	fail "the ${#pods[@]} replayed pods sent $((after - before)) write requests, want 0 (issue 13: the namespace is the source of truth)"
 else
-	log "replay: 0 write requests"
+	log "replay: ${#pods[@]} fresh pods, 0 write requests"
 fi
 
 if [ ${#failures[@]} -gt 0 ]; then

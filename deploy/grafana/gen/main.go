@@ -177,6 +177,15 @@ func build() (dashboard.Dashboard, error) {
 				{Id: "unit", Value: "s"},
 				{Id: "custom.axisPlacement", Value: "right"},
 			})).
+		WithRow(dashboard.NewRowBuilder("Leader election").Id(id.next())).
+		WithPanel(graph(id.next(), "Leader per sync", "short",
+			"1 where the instance holds the sync's Lease and writes, 0 where it is a standby that watches and writes nothing (kvsync_leader). "+
+				"Exactly one instance per sync should be at 1; KvsyncNoLeader fires when none is for 5 minutes. Empty when leader_election is off.",
+			query(fmt.Sprintf(`max by (sync, instance) (kvsync_leader{%s})`, sel), "{{sync}} {{instance}}")).
+			Max(1)).
+		WithPanel(graph(id.next(), "Leadership changes", "short",
+			"Times an instance became leader or standby of a sync, per interval (kvsync_leader_transitions_total). A rollout moves the Lease once per old pod; more means the leader keeps losing it (API server latency, renew_deadline too short).",
+			query(fmt.Sprintf(`sum by (sync, to) (increase(kvsync_leader_transitions_total{%s}[$__rate_interval]))`, sel), "{{sync}} to {{to}}"))).
 		Build()
 }
 

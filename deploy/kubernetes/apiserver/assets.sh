@@ -18,6 +18,11 @@ version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$here
 cache=${KVSYNC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvsync}
 dir="$cache/kube-assets-$version"
 mkdir -p "$dir"
+# Two callers at once (make test while a developer's test run fetches the
+# same assets) must not build into the same temporary file: the second waits
+# here for the first and then finds both binaries in place.
+exec 9>"$dir/.lock"
+flock 9
 
 if [ ! -x "$dir/kube-apiserver" ]; then
 	echo "assets: building kube-apiserver $version into $dir (cold: about 9 minutes)" >&2
@@ -49,5 +54,7 @@ if [ ! -x "$dir/etcd" ]; then
 fi
 
 "$dir/kube-apiserver" --version >&2
-"$dir/etcd" --version | head -1 >&2
+# sed reads to the end: head would exit after one line, and under pipefail
+# the SIGPIPE etcd then got would fail the script (it did, at random).
+"$dir/etcd" --version | sed -n 1p >&2
 echo "$dir"

@@ -1,6 +1,8 @@
 // Command playprep turns the example manifests of deploy/kubernetes into one
 // multi-document YAML that `podman kube play` (podman 4.3, no registry, no
-// cluster) can run on one machine, changing only what a local run needs. It
+// cluster) can run on one machine, changing only what a local run needs: the
+// ConfigMap, then one Pod per replica of the Deployment, named
+// <deployment>-0, -1, .... It
 // is run by play-test.sh; every change is listed in ../README.md ("Played
 // under podman in CI") and each is commented below with why it is needed.
 //
@@ -21,11 +23,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 
 	yamlv3 "gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -140,6 +145,13 @@ func prepare(o options) (manifest, secretJSON []byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// kube play has no API server to hold a Lease: the played replicas run
+	// with election off (kvsync's default), each a writer. What one writer
+	// among many does is tested against a real kube-apiserver instead.
+	conf, err = withoutElection(conf)
+	if err != nil {
+		return nil, nil, err
+	}
 	cm.Data["kvsync.yaml"] = conf
 
 	spec := &dep.Spec.Template.Spec
@@ -174,6 +186,22 @@ func prepare(o options) (manifest, secretJSON []byte, err error) {
 	// With the host's network a containerPort is a port of the host: kvsync
 	// listens on a kernel-chosen loopback port (-metrics-listen) instead.
 	kv.Ports = nil
+	// podman 4.3 knows neither projected volumes (the ServiceAccount token,
+	// for an API server kube play does not have) nor the downward API's
+	// metadata.namespace (the Lease's namespace): with election off kvsync
+	// reads neither.
+	var vols []corev1.Volume
+	for _, v := range spec.Volumes {
+		if v.Projected != nil {
+			kv.VolumeMounts = slices.DeleteFunc(kv.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == v.Name })
+			continue
+		}
+		vols = append(vols, v)
+	}
+	spec.Volumes = vols
+	kv.Env = slices.DeleteFunc(kv.Env, func(e corev1.EnvVar) bool {
+		return e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace"
+	})
 	spec.Containers = append([]corev1.Container{*kv}, spec.Containers...)
 	found := false
 	for i := range spec.Containers {
@@ -195,8 +223,48 @@ func prepare(o options) (manifest, secretJSON []byte, err error) {
 	// Deployment's pod restarts its containers).
 	spec.RestartPolicy = corev1.RestartPolicyAlways
 
+	// podman 4.3 plays a Deployment's replicas as pods that share each
+	// emptyDir (it becomes a named volume of the volume's name): three
+	// kvsync processes on one state directory and one /data, which no
+	// cluster would give them. One Pod per replica, each with its own
+	// emptyDirs (named <pod>-<volume>), is what Kubernetes runs.
+	n := 1
+	if dep.Spec.Replicas != nil {
+		n = int(*dep.Spec.Replicas)
+	}
+	objs := []any{&cm}
+	for i := range n {
+		name := dep.Name + "-" + strconv.Itoa(i)
+		p := &corev1.Pod{
+			TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+			ObjectMeta: metav1.ObjectMeta{
+				Name:        name,
+				Labels:      dep.Spec.Template.Labels,
+				Annotations: dep.Spec.Template.Annotations,
+			},
+			Spec: *spec.DeepCopy(),
+		}
+		renamed := map[string]string{}
+		for j := range p.Spec.Volumes {
+			v := &p.Spec.Volumes[j]
+			if v.EmptyDir != nil {
+				renamed[v.Name] = name + "-" + v.Name
+				v.Name = renamed[v.Name]
+			}
+		}
+		for j := range p.Spec.Containers {
+			for k := range p.Spec.Containers[j].VolumeMounts {
+				m := &p.Spec.Containers[j].VolumeMounts[k]
+				if r, ok := renamed[m.Name]; ok {
+					m.Name = r
+				}
+			}
+		}
+		objs = append(objs, p)
+	}
+
 	var buf bytes.Buffer
-	for i, obj := range []any{&cm, &dep} {
+	for i, obj := range objs {
 		b, err := yaml.Marshal(obj)
 		if err != nil {
 			return nil, nil, err
@@ -222,6 +290,44 @@ func secretRef(dep appsv1.Deployment) *corev1.SecretKeySelector {
 		}
 	}
 	return nil
+}
+
+// withoutElection removes leader_election (the top-level block) and each
+// sync's lease_name from kvsync's config, keeping the rest as shipped.
+func withoutElection(conf string) (string, error) {
+	var lines []string
+	inBlock := false
+	for _, l := range strings.Split(conf, "\n") {
+		top := l != "" && l[0] != ' '
+		switch {
+		case strings.HasPrefix(l, "leader_election:"):
+			inBlock = true
+			continue
+		case inBlock && !top:
+			continue
+		case strings.HasPrefix(strings.TrimSpace(l), "lease_name:"):
+			continue
+		}
+		inBlock = false
+		lines = append(lines, l)
+	}
+	out := strings.Join(lines, "\n")
+	var check struct {
+		LeaderElection any `yaml:"leader_election"`
+		Syncs          []map[string]any
+	}
+	if err := yamlv3.Unmarshal([]byte(out), &check); err != nil {
+		return "", fmt.Errorf("kvsync.yaml without leader_election: %w", err)
+	}
+	if check.LeaderElection != nil {
+		return "", errors.New("kvsync.yaml still sets leader_election")
+	}
+	for i, s := range check.Syncs {
+		if _, ok := s["lease_name"]; ok {
+			return "", fmt.Errorf("kvsync.yaml: syncs[%d] still sets lease_name", i)
+		}
+	}
+	return out, nil
 }
 
 // setMetricsListen replaces metrics_listen in kvsync's config, keeping the

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -25,29 +27,64 @@ func testOptions(dir string) options {
 	}
 }
 
-// TestPrepare: the shipped manifests become a ConfigMap and a Deployment
-// with exactly the local changes README.md lists.
+// TestPrepare: the shipped manifests become a ConfigMap and one Pod per
+// replica, with exactly the local changes README.md lists.
 func TestPrepare(t *testing.T) {
 	out, secretJSON, err := prepare(testOptions(".."))
 	if err != nil {
 		t.Fatal(err)
 	}
+	var shipped appsv1.Deployment
+	if err := decode("../deployment.yaml", &shipped); err != nil {
+		t.Fatal(err)
+	}
+	replicas := int(*shipped.Spec.Replicas)
 	docs := bytes.Split(out, []byte("---\n"))
-	if len(docs) != 2 {
-		t.Fatalf("%d documents, want a ConfigMap and a Deployment", len(docs))
+	if len(docs) != 1+replicas {
+		t.Fatalf("%d documents, want a ConfigMap and %d Pods", len(docs), replicas)
 	}
 	var cm corev1.ConfigMap
-	var dep appsv1.Deployment
 	if err := yaml.UnmarshalStrict(docs[0], &cm); err != nil || cm.Kind != "ConfigMap" {
 		t.Fatalf("first document: %v (kind %q)", err, cm.Kind)
 	}
-	if err := yaml.UnmarshalStrict(docs[1], &dep); err != nil || dep.Kind != "Deployment" {
-		t.Fatalf("second document: %v (kind %q)", err, dep.Kind)
+	conf := cm.Data["kvsync.yaml"]
+	if !strings.Contains(conf, "\nmetrics_listen: 127.0.0.1:0\n") || strings.Contains(conf, "0.0.0.0") {
+		t.Errorf("metrics_listen not moved to loopback:\n%s", conf)
 	}
-	if !strings.Contains(cm.Data["kvsync.yaml"], "\nmetrics_listen: 127.0.0.1:0\n") || strings.Contains(cm.Data["kvsync.yaml"], "0.0.0.0") {
-		t.Errorf("metrics_listen not moved to loopback:\n%s", cm.Data["kvsync.yaml"])
+	if strings.Contains(conf, "leader_election:") || strings.Contains(conf, "lease_name:") || !strings.Contains(conf, "\napi:\n") || !strings.Contains(conf, "namespace_id:") {
+		t.Errorf("want leader_election and lease_name gone, the rest kept:\n%s", conf)
 	}
-	spec := dep.Spec.Template.Spec
+	pods := make([]corev1.Pod, replicas)
+	for i := range pods {
+		if err := yaml.UnmarshalStrict(docs[1+i], &pods[i]); err != nil || pods[i].Kind != "Pod" {
+			t.Fatalf("document %d: %v (kind %q)", i+2, err, pods[i].Kind)
+		}
+		want := shipped.Name + "-" + strconv.Itoa(i)
+		if pods[i].Name != want || pods[i].Labels["app.kubernetes.io/name"] != "site" {
+			t.Errorf("pod %d: name %q labels %v, want %s and the template's labels", i, pods[i].Name, pods[i].Labels, want)
+		}
+		// Each replica's emptyDirs are its own, as in a cluster.
+		var empty []string
+		for _, v := range pods[i].Spec.Volumes {
+			if v.Projected != nil {
+				t.Errorf("pod %s keeps projected volume %q", pods[i].Name, v.Name)
+			}
+			if v.EmptyDir != nil {
+				empty = append(empty, v.Name)
+			}
+		}
+		if !slices.Equal(empty, []string{want + "-site-data", want + "-kvsync-state"}) {
+			t.Errorf("pod %s: emptyDirs %v, want its own site-data and kvsync-state", want, empty)
+		}
+		for _, c := range pods[i].Spec.Containers {
+			for _, m := range c.VolumeMounts {
+				if !slices.ContainsFunc(pods[i].Spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name }) {
+					t.Errorf("pod %s container %s mounts %q, which it does not define", want, c.Name, m.Name)
+				}
+			}
+		}
+	}
+	spec := pods[0].Spec
 	if len(spec.InitContainers) != 0 {
 		t.Errorf("init containers left: %v", spec.InitContainers)
 	}
@@ -71,6 +108,9 @@ func TestPrepare(t *testing.T) {
 	for _, e := range kv.Env {
 		if e.Name == "CLOUDFLARE_API_BASE_URL" {
 			baseURL = e.Value
+		}
+		if e.Name == "POD_NAMESPACE" {
+			t.Error("POD_NAMESPACE kept: podman 4.3 cannot set it from metadata.namespace")
 		}
 	}
 	if baseURL != "http://127.0.0.1:1/client/v4" {
@@ -96,6 +136,7 @@ func TestPrepareRefuses(t *testing.T) {
 		{"no app", "deployment.yaml", "- name: app\n", "- name: web\n", "no app container"},
 		{"metrics_listen twice", "configmap.yaml", "    log_level: info\n", "    log_level: info\n    metrics_listen: 127.0.0.1:1\n", "metrics_listen"},
 		{"token elsewhere", "deployment.yaml", "name: kvsync-cloudflare", "name: other", "Secret"},
+		{"lease name quoted", "configmap.yaml", "lease_name: kvsync-site", "\"lease_name\": kvsync-site", "still sets lease_name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
