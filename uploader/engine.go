@@ -214,6 +214,16 @@ func (e *Engine) WaitIdle(ctx context.Context) error {
 	}
 }
 
+// Failing is the number of keys whose latest state failed and is not yet
+// written: rejected by the API (a bad token, a value KV refuses) or waiting
+// for a retry. Held-back keys are not counted: their input is at fault, and
+// their keys keep their values.
+func (e *Engine) Failing() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.rejected) + len(e.delayed)
+}
+
 // Changed queues the states of keys that changed. It blocks while the queue
 // holds QueueSize keys and none of these, until the workers catch up.
 func (e *Engine) Changed(states []desired.State) {

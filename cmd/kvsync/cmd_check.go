@@ -25,8 +25,8 @@ const unpublishableSkip = metrics.SkipKeyInvalid
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
 	var cf commonFlags
-	cf.register("check", fs)
-	if err := parseFlags(fs, args); err != nil {
+	cf.register("check", fs, 0)
+	if err := cf.parse(fs, args); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(&cf)
@@ -82,7 +82,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stdout, line)
 	}
 	if problems > 0 {
-		return fmt.Errorf("%w: check found %d problems", errSyncFailed, problems)
+		return fmt.Errorf("%d %w", problems, errCheckFailed)
 	}
 	fmt.Fprintln(stdout, "check: ok")
 	return nil

@@ -16,11 +16,15 @@ import (
 	"github.com/kvsync/kvsync/uploader"
 )
 
+// MaxConcurrency is the most API requests a process keeps in flight
+// (api.concurrency, --concurrency); the least is 1.
+const MaxConcurrency = 64
+
 // Limits Validate enforces.
 const (
 	// The account's budget (api.budget) is counted per rateWindowSeconds.
 	rateWindowSeconds = float64(kvapi.BudgetWindow / time.Second)
-	maxConcurrency    = 64
+	maxConcurrency    = MaxConcurrency
 	// maxIDLength is the schema's maxLength for account and namespace ids.
 	maxIDLength = 32
 	minTTL      = kvapi.MinTTLSeconds * time.Second
