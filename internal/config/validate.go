@@ -40,7 +40,7 @@ const (
 // touch the filesystem: a missing dir is the watcher's concern (it may be
 // mounted later), and credentials are checked by ResolveCredentials.
 func (c *Config) Validate() error {
-	v := &validator{src: c.src}
+	v := &validator{src: c.src, now: time.Now()}
 	v.oneOf("log_level", c.LogLevel, "debug", "info", "warn", "error")
 	v.oneOf("log_format", c.LogFormat, "text", "json")
 	if c.StateDir == "" {
@@ -63,6 +63,8 @@ func (c *Config) Validate() error {
 type validator struct {
 	src  *sources
 	errs []error
+	// now is when an absolute expiration must still be ahead of.
+	now time.Time
 }
 
 func (v *validator) fail(path string, kind error, format string, args ...any) {
@@ -290,6 +292,12 @@ func (v *validator) expiration(p string, r *ExpirationRule, requireOne bool) {
 	}
 	if hasAt && r.At.Nanosecond() != 0 {
 		v.fail(p+".at", ErrInvalid, "%s is not a whole second (KV expirations are in seconds)", r.At.Format(time.RFC3339Nano))
+	}
+	// KV refuses an expiration less than a minute ahead: every file the
+	// rule matches would be refused, so the config is, once, here.
+	if hasAt && r.At.Before(v.now.Add(kvapi.MinExpirationAheadSeconds*time.Second)) {
+		v.fail(p+".at", ErrInvalid, "%s has passed or is less than %d s away (KV refuses such an expiration); move it ahead, use ttl, or remove the rule",
+			r.At.Format(time.RFC3339), kvapi.MinExpirationAheadSeconds)
 	}
 }
 
