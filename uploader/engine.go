@@ -81,6 +81,9 @@ type Engine struct {
 	// the key is not handed over again, which would loop, and waits for
 	// its file's next change or the next full sync.
 	rechecked map[string]beneath.Identity
+	// passedAt holds the expiration instants (Unix seconds) found passed,
+	// so each is logged once, not once per file it matches.
+	passedAt map[int64]bool
 	// lastPassClean: the latest full sync wrote and deleted all it had to.
 	// With nothing queued, failed or held back since, KV holds the tree.
 	lastPassClean bool
@@ -144,6 +147,7 @@ func New(o Options) (*Engine, error) {
 		rejected:  map[string]desired.State{},
 		held:      map[string]bool{},
 		rechecked: map[string]beneath.Identity{},
+		passedAt:  map[int64]bool{},
 		lastList:  o.Now(),
 	}
 	if o.Metrics != nil {
