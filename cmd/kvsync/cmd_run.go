@@ -92,8 +92,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			if err != nil {
 				// Not a clean stop: exitInterrupted, which the systemd
 				// unit's SuccessExitStatus= accepts, since the next start
-				// writes what is left.
-				a.log.Error("stopped before all work finished; it is picked up on the next start", "err", err)
+				// writes what is left. run prints the error once.
 				return fmt.Errorf("%w: %w", errInterrupted, err)
 			}
 			return nil
