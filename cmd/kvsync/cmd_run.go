@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -189,6 +190,26 @@ type firstSnapshotSink struct {
 	once sync.Once
 	ch   chan struct{}
 	u    *unit
+	log  *slog.Logger
+}
+
+// Changed hands a debounced batch of changes to the engine and says so in
+// one line: an operator tailing the log sees each batch, not each file
+// (those are at debug level; failures have lines of their own).
+func (f *firstSnapshotSink) Changed(states []desired.State) {
+	f.Sink.Changed(states)
+	var changed, deleted, held int
+	for _, st := range states {
+		switch {
+		case st.Deleted:
+			deleted++
+		case st.Err != nil:
+			held++
+		default:
+			changed++
+		}
+	}
+	f.log.Info("changes queued", "sync", f.u.cfg.Name, "changed", changed, "deleted", deleted, "held_back", held)
 }
 
 func (f *firstSnapshotSink) Snapshot(s desired.Snapshot) {
@@ -208,7 +229,7 @@ func (s *supervisor) start(u *unit) {
 		firstSnapshot: make(chan struct{}),
 	}
 	go func() { r.engineDone <- u.engine.Run(ectx) }()
-	sink := &firstSnapshotSink{Sink: u.engine, ch: r.firstSnapshot, u: u}
+	sink := &firstSnapshotSink{Sink: u.engine, ch: r.firstSnapshot, u: u, log: s.app.log}
 	go func() {
 		// A fresh store: the startup scan must know what the namespace
 		// holds, so that it hashes the files already published.

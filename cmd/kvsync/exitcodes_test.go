@@ -267,3 +267,41 @@ func TestSyncSummaryNamesReasons(t *testing.T) {
 		t.Fatalf("an emptied tree: want exit 1, 1 refused and why\n%s", res)
 	}
 }
+
+// TestUnitAcceptsInterruptedStop: the systemd unit counts run's exit status
+// for a stop with work left undone as success, as README says: the next
+// start writes what is left, so `systemctl stop` during a 429 pause must
+// not leave the unit failed.
+func TestUnitAcceptsInterruptedStop(t *testing.T) {
+	unit, err := os.ReadFile("../../deploy/systemd/kvsync.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("\nSuccessExitStatus=%d\n", exitInterrupted)
+	if !strings.Contains(string(unit), want) {
+		t.Errorf("deploy/systemd/kvsync.service lacks %q", strings.TrimSpace(want))
+	}
+}
+
+// TestRunLogsEachBatch: a single file changed under the daemon gets one
+// info line, naming the batch's counts.
+func TestRunLogsEachBatch(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{})
+	mustWrite(t, filepath.Join(env.root, "a.txt"), "a")
+	env.writeConfig("", "")
+	d := env.startDaemon()
+	d.waitReady(converge)
+	mustWrite(t, filepath.Join(env.root, "b.txt"), "b")
+	env.waitConverged(t, expectTree(t, env.root, nil), converge)
+	waitLog(t, d, "changes queued", converge)
+	var lines []string
+	for _, l := range strings.Split(d.logs.String(), "\n") {
+		if strings.Contains(l, "level=INFO") && strings.Contains(l, "changes queued") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "changed=1") {
+		t.Errorf("want one info line for the one changed file, got %d:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	d.stop()
+}
