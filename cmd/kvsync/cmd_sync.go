@@ -251,11 +251,13 @@ func plan(ctx context.Context, cf *commonFlags, stdout, stderr io.Writer) error 
 		}
 		addReport(&total, rep)
 	}
+	// What a sync would hold back is part of the plan, beside what it
+	// would write and delete.
 	for _, f := range total.Failures {
-		fmt.Fprintf(stderr, "held back: %s (%s): %s\n", display(f.Key), display(f.Path), displayErr(f.Err))
+		fmt.Fprintf(stdout, "hold   %s (%s): %s\n", display(f.Key), display(f.Path), displayErr(f.Err))
 	}
-	fmt.Fprintf(stdout, "plan: %d to write, %d to delete, %d unchanged, %d held back\n",
-		len(total.WouldWrite), len(total.WouldDelete), total.Unchanged, total.HeldBack)
+	fmt.Fprintf(stdout, "plan: %d to write (%s), %d to delete, %d unchanged, %d held back\n",
+		len(total.WouldWrite), config.HumanSize(total.Bytes), len(total.WouldDelete), total.Unchanged, total.HeldBack)
 	return nil
 }
 

@@ -21,8 +21,13 @@ func TestExitCodes(t *testing.T) {
 		env := newKVEnv(t, emulator.Faults{})
 		mustWrite(t, filepath.Join(env.root, "a.txt"), "a")
 		env.writeConfig("", "")
-		if res := runCLI(t, cliOpts{}, "sync", "--config", env.config); res.code != exitOK {
+		res := runCLI(t, cliOpts{}, "sync", "--config", env.config)
+		if res.code != exitOK {
 			t.Fatalf("want exit 0\n%s", res)
+		}
+		// A first run with no state store is normal: nothing reads as a fault.
+		if strings.Contains(res.stderr, "level=WARN") || strings.Contains(res.stderr, "level=ERROR") || strings.Contains(res.stderr, "no usable") {
+			t.Errorf("a clean first sync warns:\n%s", res)
 		}
 	})
 	t.Run("1 held back, and check's problems", func(t *testing.T) {
@@ -33,6 +38,21 @@ func TestExitCodes(t *testing.T) {
 		res := runCLI(t, cliOpts{}, "sync", "--config", env.config)
 		if res.code != exitSyncFailed {
 			t.Fatalf("sync: want exit 1\n%s", res)
+		}
+		// Reported once in the log, with its reason, and once in the
+		// summary; the summary line says 1 file, no other line repeats it.
+		held := filepath.Join(env.root, "a.txt")
+		warned := 0
+		for _, l := range strings.Split(res.stderr, "\n") {
+			if !strings.Contains(l, "level=DEBUG") && strings.Contains(l, "path="+held+" ") {
+				warned++
+			}
+		}
+		if warned != 1 {
+			t.Errorf("the log names the held-back file %d times above debug level, want once:\n%s", warned, res)
+		}
+		if n := strings.Count(res.stdout, "("+held+")"); n != 1 || !strings.Contains(res.stdout, "1 held back") {
+			t.Errorf("the summary names the held-back file %d times, want once:\n%s", n, res)
 		}
 		chk := runCLI(t, cliOpts{}, "check", "--config", env.config)
 		if chk.code != exitSyncFailed || !strings.Contains(chk.stderr, "kvsync check: 1 problems found") {
@@ -194,7 +214,7 @@ func TestPlanBesideDaemon(t *testing.T) {
 	if res.code != exitOK {
 		t.Fatalf("plan beside the daemon: want exit 0\n%s", res)
 	}
-	if !strings.Contains(res.stdout, "write  b.txt") || strings.Contains(res.stdout, "write  a.txt") || !strings.Contains(res.stdout, "1 to write, 0 to delete, 1 unchanged") {
+	if !strings.Contains(res.stdout, "write  b.txt") || strings.Contains(res.stdout, "write  a.txt") || !strings.Contains(res.stdout, "1 to write (1 B), 0 to delete, 1 unchanged") {
 		t.Errorf("plan does not foresee the one new file:\n%s", res)
 	}
 	if !strings.Contains(res.stderr, "planning from the namespace listing") {
@@ -223,7 +243,7 @@ func TestPlanForeseesUnreadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	plan := runCLI(t, o, "plan", "--config", env.config)
-	if plan.code != exitOK || !strings.Contains(plan.stdout, "1 to write, 0 to delete, 0 unchanged, 1 held back") || !strings.Contains(plan.stdout+plan.stderr, secret) {
+	if plan.code != exitOK || !strings.Contains(plan.stdout, "1 to write (2 B), 0 to delete, 0 unchanged, 1 held back") || !strings.Contains(plan.stdout, "hold   sub/a.txt ("+secret+")") {
 		t.Fatalf("plan does not foresee the unreadable file:\n%s", plan)
 	}
 	res := runCLI(t, o, "sync", "--config", env.config)
