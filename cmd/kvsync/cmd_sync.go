@@ -55,6 +55,9 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			out.reason("sync %q: the namespace cannot be reached: %s", u.cfg.Name, displayErr(err))
 			out.unreached++
+			if out.firstUnreached == "" {
+				out.firstUnreached = out.reasons[len(out.reasons)-1]
+			}
 			continue
 		}
 		snap, err := u.watcher.Scan(ctx, desired.TriggerStartup)
@@ -127,7 +130,10 @@ type syncOutcome struct {
 	// reached at all.
 	skipped, refused, incomplete, unreached int
 	interrupted                             bool
-	took                                    time.Duration
+	// firstUnreached is why the first unreached namespace was: nothing
+	// else logs it, and it is a setup error, so stderr says it too.
+	firstUnreached string
+	took           time.Duration
 	// reasons are the run-level problems, in order; per-file ones come
 	// from total.Failures.
 	reasons []string
@@ -205,6 +211,8 @@ func (o *syncOutcome) err() error {
 	switch {
 	case o.interrupted:
 		return errInterrupted
+	case o.firstUnreached != "":
+		return fmt.Errorf("%w: %s; %s", errSyncFailed, strings.Join(what, ", "), o.firstUnreached)
 	case len(what) > 0:
 		return fmt.Errorf("%w: %s (see the summary on stdout)", errSyncFailed, strings.Join(what, ", "))
 	}
