@@ -81,7 +81,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stdout, line)
 	}
 	if problems > 0 {
-		return fmt.Errorf("%d %w", problems, errCheckFailed)
+		return fmt.Errorf("%w: %d", errCheckFailed, problems)
 	}
 	fmt.Fprintln(stdout, "check: ok")
 	return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kvsync/kvsync/internal/emulator"
+	"github.com/kvsync/kvsync/internal/testkit"
 )
 
 // TestExitCodes: every exit status README's table lists, each from the
@@ -55,7 +57,7 @@ func TestExitCodes(t *testing.T) {
 			t.Errorf("the summary names the held-back file %d times, want once:\n%s", n, res)
 		}
 		chk := runCLI(t, cliOpts{}, "check", "--config", env.config)
-		if chk.code != exitSyncFailed || !strings.Contains(chk.stderr, "kvsync check: 1 problems found") {
+		if chk.code != exitSyncFailed || !strings.Contains(chk.stderr, "kvsync check: problems found: 1") {
 			t.Fatalf("check: want exit 1 and its problem count\n%s", chk)
 		}
 		// check syncs nothing: it must not speak of keys not synced.
@@ -324,4 +326,52 @@ func TestRunLogsEachBatch(t *testing.T) {
 		t.Errorf("want one info line for the one changed file, got %d:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
 	d.stop()
+}
+
+// TestSyncServesMetrics: sync --metrics-listen serves /metrics while it
+// runs, and /readyz says 503: a one-shot sync is never a ready daemon.
+func TestSyncServesMetrics(t *testing.T) {
+	env := newKVEnv(t, emulator.Faults{Latency: 3 * time.Second})
+	mustWrite(t, filepath.Join(env.root, "a.txt"), "a")
+	env.writeConfig("", "")
+	cmd := execKvsync(env, "sync", "--config", env.config, "--metrics-listen", "127.0.0.1:0")
+	logs := &testkit.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	var addr string
+	for deadline := time.Now().Add(converge); addr == ""; {
+		if m := metricsAddrRE.FindStringSubmatch(logs.String()); m != nil {
+			addr = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("sync did not say where it serves metrics:\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("/metrics while sync runs: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "kvsync_build_info") {
+		t.Errorf("/metrics = %d without kvsync's series", resp.StatusCode)
+	}
+	if resp, err := http.Get("http://" + addr + "/readyz"); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz during a one-shot sync: %v %v, want 503", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("sync: %v\n%s", err, logs)
+	}
 }
