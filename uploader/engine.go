@@ -81,6 +81,9 @@ type Engine struct {
 	// the key is not handed over again, which would loop, and waits for
 	// its file's next change or the next full sync.
 	rechecked map[string]beneath.Identity
+	// passedAt holds the expiration instants (Unix seconds) found passed,
+	// so each is logged once, not once per file it matches.
+	passedAt map[int64]bool
 	// lastPassClean: the latest full sync wrote and deleted all it had to.
 	// With nothing queued, failed or held back since, KV holds the tree.
 	lastPassClean bool
@@ -149,6 +152,7 @@ func New(o Options) (*Engine, error) {
 		rejected:  map[string]desired.State{},
 		held:      map[string]bool{},
 		rechecked: map[string]beneath.Identity{},
+		passedAt:  map[int64]bool{},
 		lastList:  o.Now(),
 	}
 	if o.Metrics != nil {
@@ -218,6 +222,16 @@ func (e *Engine) WaitIdle(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// Failing is the number of keys whose latest state failed and is not yet
+// written: rejected by the API (a bad token, a value KV refuses) or waiting
+// for a retry. Held-back keys are not counted: their input is at fault, and
+// their keys keep their values.
+func (e *Engine) Failing() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.rejected) + len(e.delayed)
 }
 
 // Changed queues the states of keys that changed. It blocks while the queue

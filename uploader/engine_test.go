@@ -494,8 +494,10 @@ func TestPermanentAndRetryableErrors(t *testing.T) {
 	})
 }
 
-// Rule 6: expiration mapping, and an absolute expiration too close is a
-// permanent failure naming the key, sent to nobody.
+// Rule 6: expiration mapping; a TTL too short is a permanent failure naming
+// the key, and an absolute expiration passed or too close holds the file
+// back (its key is kept, as for any file that cannot be published as it
+// is); neither is sent.
 func TestExpirationMapping(t *testing.T) {
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	cases := []struct {
@@ -528,7 +530,11 @@ func TestExpirationMapping(t *testing.T) {
 				e, _ := newTestEngine(t, kv, store, func(o *Options) { o.Now = func() time.Time { return now } })
 				rep, err := e.SyncOnce(context.Background(), complete(states...))
 				if tc.fail != nil {
-					if err == nil || rep.Failed != 1 || !errors.Is(rep.Failures[0].Err, tc.fail) || !strings.Contains(rep.Failures[0].Err.Error(), st.Key) {
+					failed, held := 1, 0
+					if errors.Is(tc.fail, kvapi.ErrExpirationTooSoon) {
+						failed, held = 0, 1
+					}
+					if err == nil || rep.Failed != failed || rep.HeldBack != held || !errors.Is(rep.Failures[0].Err, tc.fail) || !strings.Contains(rep.Failures[0].Err.Error(), st.Key) {
 						t.Fatalf("%+v, %v; want a failure naming %s", rep, err, st.Key)
 					}
 					if _, ok := kv.get(st.Key); ok {
@@ -787,5 +793,27 @@ func TestLastSuccessTracksCaughtUp(t *testing.T) {
 	waitIdle(t, e)
 	if got := testutil.ToFloat64(m.LastSuccess); got != float64(clock().Unix()) {
 		t.Fatalf("after the held-back key was fixed: %v, want %v", got, clock().Unix())
+	}
+}
+
+// TestPassedAtLoggedOnce: an `at` that passes while kvsync runs holds back
+// every file its rule matches with one log line, not one per file.
+func TestPassedAtLoggedOnce(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	tr := newTree(t)
+	var states []desired.State
+	for _, name := range []string{"a", "b", "c"} {
+		st := tr.write(name, name)
+		st.Expiration = desired.Expiration{At: now.Add(-time.Minute)}
+		states = append(states, st)
+	}
+	kv := newFakeKV(t)
+	e, logs := newTestEngine(t, kv, newMemStore(), func(o *Options) { o.Now = func() time.Time { return now } })
+	rep, _ := e.SyncOnce(context.Background(), complete(states...))
+	if rep.HeldBack != 3 || rep.Failed != 0 || kv.count(kvapi.OpPut)+kv.count(kvapi.OpBulkPut) != 0 {
+		t.Fatalf("%+v; want 3 held back and nothing sent", rep)
+	}
+	if n := strings.Count(logs.String(), "expiration rule's `at` has passed"); n != 1 {
+		t.Errorf("logged %d times, want once:\n%s", n, logs)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
+	"time"
 
 	"github.com/kvsync/kvsync/internal/desired"
 	"github.com/kvsync/kvsync/kvapi"
@@ -80,6 +81,16 @@ func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bo
 		it.attempts++
 		e.log.Debug("file changed while it was sent; sending it again", "key", st.Key, "path", st.Path)
 		return result{it: it, requeue: true}
+	case errors.Is(err, kvapi.ErrExpirationTooSoon):
+		// An expiration rule's `at` passed while kvsync runs (config
+		// validation refuses one already past at load). The key keeps
+		// what it holds, like any file that cannot be published as it is,
+		// and one line says why for every file the rule matches.
+		if e.firstPassedAt(st.Expiration.At.Unix()) {
+			e.log.Error("an expiration rule's `at` has passed (KV needs one at least 60 s ahead): the files it matches are held back and their keys kept until the rule is changed and the config reloaded",
+				"at", st.Expiration.At.UTC().Format(time.RFC3339), "first_key", st.Key)
+		}
+		return result{it: it, out: outcome{kind: outHeldBack, err: err}}
 	case errors.As(err, &ve):
 		// Its source could not be read; another try later may work.
 	case permanent(err):
@@ -94,6 +105,18 @@ func (e *Engine) writeFailure(ctx context.Context, it *item, err error, logIt bo
 			"retry_in", e.o.RetryBackoff}, codes(err)...)...)
 	}
 	return result{it: it, out: outcome{kind: outFailed, err: err}, retry: true}
+}
+
+// firstPassedAt records that the expiration instant at has passed and
+// reports whether that is news.
+func (e *Engine) firstPassedAt(at int64) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.passedAt[at] {
+		return false
+	}
+	e.passedAt[at] = true
+	return true
 }
 
 // firstRecheck records that st's file was not the one its scan saw and

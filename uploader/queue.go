@@ -162,7 +162,9 @@ func (e *Engine) restamp(p *pass, st desired.State, rec state.Record) {
 // now: the key must stay exactly as it is in KV.
 func (e *Engine) holdBack(st desired.State) {
 	key := st.Key
-	e.log.Warn("file held back: its key is neither written nor deleted", "key", key, "path", st.Path, "err", st.Err)
+	// The watcher, which found the problem, has logged it at warning level
+	// with its reason; saying it again here would report each file twice.
+	e.log.Debug("file held back: its key is neither written nor deleted", "key", key, "path", st.Path, "err", st.Err)
 	drop := func(it *item) {
 		e.resolve(it, outcome{kind: outHeldBack, err: st.Err}, false)
 	}

@@ -255,9 +255,12 @@ func checkStates(t *testing.T, got, want []desired.State) {
 	}
 	for i := range got {
 		g, w := got[i], want[i]
-		// Where the bytes are read from must be the path emitted, and the
-		// file pinned; the identity itself is the file system's to pick.
-		if !g.Deleted && g.Err == nil && (filepath.Join(g.Root, filepath.FromSlash(g.Rel)) != g.Path || g.File == (beneath.Identity{})) {
+		// Where the bytes are read from must be the path emitted or, for a
+		// symlink, what it resolves to, and the file pinned; the identity
+		// itself is the file system's to pick.
+		from := filepath.Join(g.Root, filepath.FromSlash(g.Rel))
+		resolved, _ := filepath.EvalSymlinks(g.Path)
+		if !g.Deleted && g.Err == nil && (from != g.Path && from != resolved || g.File == (beneath.Identity{})) {
 			t.Fatalf("state %d: Root %q Rel %q File %+v do not name Path %q", i, g.Root, g.Rel, g.File, g.Path)
 		}
 		g.Root, g.Rel, g.File = "", "", beneath.Identity{}

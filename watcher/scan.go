@@ -155,7 +155,7 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 	if !ok {
 		return desired.State{}, false
 	}
-	st := desired.State{Key: key, Path: r.path, Root: r.root.Path(), Rel: r.rel, Size: r.info.Size(), Expiration: w.opts.expiration(rel)}
+	st := desired.State{Key: key, Path: abs, Root: r.root.Path(), Rel: r.rel, Size: r.info.Size(), Expiration: w.opts.expiration(rel)}
 
 	var meta json.RawMessage
 	if hint == sidecarAbsent {
@@ -165,14 +165,14 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 	}
 	if err != nil {
 		w.noteSkip(rel, reasonMetadata, true, "holding back file: its metadata sidecar is invalid", "error", err)
-		return desired.State{Key: key, Path: r.path, Err: err}, true
+		return desired.State{Key: key, Path: abs, Err: err}, true
 	}
 	st.Metadata = meta
 
 	if r.info.Size() > w.opts.MaxFileSize {
 		err := fmt.Errorf("%w: %s is %d bytes, over the limit of %d", ErrTooLarge, abs, r.info.Size(), w.opts.MaxFileSize)
 		w.noteSkip(rel, reasonTooLarge, true, "holding back file: too large", "size", r.info.Size())
-		return desired.State{Key: key, Path: r.path, Size: r.info.Size(), Err: err}, true
+		return desired.State{Key: key, Path: abs, Size: r.info.Size(), Err: err}, true
 	}
 	if sum, size, id, stamp, ok := w.cachedHash(key, rel, r); ok {
 		// Known unchanged by its stat: no need to ask whether the sink
@@ -199,16 +199,16 @@ func (w *Watcher) fileState(rel, abs string, lst fs.FileInfo, hint sidecarHint, 
 		// was listed: its key is left alone until that change's own
 		// event (or the next scan) evaluates it under the symlink rules.
 		w.noteSkip(rel, reasonSymlink, true, "holding back file that became a symlink while it was scanned", "error", err)
-		return desired.State{Key: key, Path: r.path, Err: err}, true
+		return desired.State{Key: key, Path: abs, Err: err}, true
 	case errors.Is(err, ErrTooLarge):
 		w.noteSkip(rel, reasonTooLarge, true, "holding back file: too large", "error", err)
-		return desired.State{Key: key, Path: r.path, Size: size, Err: err}, true
+		return desired.State{Key: key, Path: abs, Size: size, Err: err}, true
 	case errors.Is(err, errNotRegular):
 		w.noteSkip(rel, reasonSpecial, true, "skipping special file (FIFO, socket or device)")
 		return desired.State{}, false
 	default:
 		w.noteSkip(rel, reasonUnreadable, true, "holding back unreadable file; retried on its next change or rescan", "error", err)
-		return desired.State{Key: key, Path: r.path, Err: err}, true
+		return desired.State{Key: key, Path: abs, Err: err}, true
 	}
 	delete(w.st.skipped, rel)
 	st.Hash, st.Size, st.File, st.Stamp = hash, size, id, stamp

@@ -30,10 +30,17 @@ import (
 	"github.com/kvsync/kvsync/watcher"
 )
 
-// errSyncFailed marks a run that completed but left keys unwritten.
-var errSyncFailed = errors.New("some keys were not synced")
+// errSyncFailed marks a sync that ran to its end without publishing the
+// whole tree: a file failed, was held back or skipped, a deletion was
+// refused, or the namespace could not be reached.
+var errSyncFailed = errors.New("not everything was published")
 
-// commonFlags are the flags run, sync and plan share.
+// errCheckFailed marks a check that found problems in the tree.
+var errCheckFailed = errors.New("problems found")
+
+// commonFlags are the flags of run, sync, plan and check. Each command
+// registers only the ones it acts on (flagSet), so its -h lists nothing
+// that would do nothing there.
 type commonFlags struct {
 	cfg         config.Flags
 	local       bool
@@ -43,36 +50,92 @@ type commonFlags struct {
 	// trustState; run lists per list_interval.
 	oneShot    bool
 	trustState bool
+	// concurrencySet: --concurrency was given, so its 0 is a value, not
+	// "unset" (config.Flags' zero value).
+	concurrencySet bool
 }
 
-// registerTrustState adds --trust-state, which only sync and plan have.
-func (c *commonFlags) registerTrustState(fs *flag.FlagSet) {
-	c.oneShot = true
-	fs.BoolVar(&c.trustState, "trust-state", false, "compare with the local state store instead of listing the namespace (one request still proves it reachable); with no store, it lists anyway")
+// flagSet says which of commonFlags a command takes.
+type flagSet uint
+
+const (
+	flagsConcurrency flagSet = 1 << iota // --concurrency
+	flagsMetrics                         // --metrics-listen
+	flagsLocal                           // --local, --local-listen
+	flagsDrain                           // --drain-timeout
+	flagsOneShot                         // --trust-state
+)
+
+// configOnly are the config.Flags every command that loads the config takes
+// (the config, where and what it publishes, logging); --concurrency and
+// --metrics-listen shape only a run that writes.
+var configOnly = map[string]bool{
+	"config": true, "dir": true, "account-id": true, "namespace-id": true, "prefix": true,
+	"api-base-url": true, "state-dir": true, "log-level": true, "log-format": true,
 }
 
-func (c *commonFlags) register(fsName string, fs *flag.FlagSet) {
-	c.cfg.Register(fs)
-	fs.BoolVar(&c.local, "local", false, "start the built-in KV emulator (persisted under the state directory) and sync into it: no Cloudflare account needed")
-	def := "127.0.0.1:0"
-	if fsName == "run" {
-		def = "127.0.0.1:8787"
+func (c *commonFlags) register(cmd string, fs *flag.FlagSet, which flagSet) {
+	// config.Flags registers all its flags; a scratch set lets a command
+	// take only some of them, with their usage text unchanged.
+	all := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	c.cfg.Register(all)
+	all.VisitAll(func(f *flag.Flag) {
+		switch {
+		case configOnly[f.Name]:
+		case f.Name == "concurrency" && which&flagsConcurrency != 0:
+		case f.Name == "metrics-listen" && which&flagsMetrics != 0:
+		default:
+			return
+		}
+		fs.Var(f.Value, f.Name, f.Usage)
+	})
+	if which&flagsLocal != 0 {
+		fs.BoolVar(&c.local, "local", false, "start the built-in KV emulator (persisted under the state directory) and sync into it: no Cloudflare account needed")
+		def := "127.0.0.1:0"
+		if cmd == "run" {
+			def = "127.0.0.1:8787"
+		}
+		fs.StringVar(&c.localListen, "local-listen", def, "with --local: where the emulator listens")
 	}
-	fs.StringVar(&c.localListen, "local-listen", def, "with --local: where the emulator listens")
-	fs.DurationVar(&c.drain, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long in-flight work may take to finish")
+	if which&flagsDrain != 0 {
+		fs.DurationVar(&c.drain, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM, how long in-flight work may take to finish")
+	}
+	if which&flagsOneShot != 0 {
+		c.oneShot = true
+		fs.BoolVar(&c.trustState, "trust-state", false, "compare with the local state store instead of listing the namespace (one request still proves it reachable); with no store, it lists anyway")
+	}
+}
+
+// parse parses args into c and refuses what config.FromSources cannot see:
+// --concurrency 0, which its zero value would take for "not given".
+func (c *commonFlags) parse(fs *flag.FlagSet, args []string) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	fs.Visit(func(f *flag.Flag) { c.concurrencySet = c.concurrencySet || f.Name == "concurrency" })
+	if c.concurrencySet && c.cfg.Concurrency == 0 {
+		return usageError{&config.FieldError{Source: config.Source{Flag: "--concurrency"}, Field: "api.concurrency", Kind: config.ErrInvalid,
+			Msg: fmt.Sprintf("0 is outside 1..%d", config.MaxConcurrency)}}
+	}
+	return nil
 }
 
 // app is one wired process: config, logger, metrics, the decorated KV client,
 // the state store, and one watcher plus engine per configured sync.
 type app struct {
-	cfg   config.Config
-	log   *slog.Logger
-	reg   *prometheus.Registry
-	m     *metrics.Metrics
-	kv    kvapi.KV
-	store *state.Store
-	local *localEmulator
-	units []*unit
+	cfg config.Config
+	log *slog.Logger
+	reg *prometheus.Registry
+	m   *metrics.Metrics
+	kv  kvapi.KV
+	// limiter is the account's token bucket and 429 pause, which the
+	// daemon's drain consults.
+	limiter *ratelimit.Limiter
+	store   *state.Store
+	// tmpDir holds the store of a plan made beside a daemon (openStore).
+	tmpDir string
+	local  *localEmulator
+	units  []*unit
 	// elect is set under leader_election (leader.go).
 	elect *election
 }
@@ -154,13 +217,9 @@ func newApp(ctx context.Context, cf *commonFlags, stderr io.Writer, dryRun bool)
 		return nil, err
 	}
 
-	a.store, err = state.Open(filepath.Join(cfg.StateDir, "state.db"), state.Options{Logger: logger})
-	if err != nil {
+	if err := a.openStore(cf, dryRun); err != nil {
 		a.close()
 		return nil, err
-	}
-	if a.store.Fresh() {
-		logger.Info("starting with an empty state store: the first sync lists the namespace to learn what is published", "state", filepath.Join(cfg.StateDir, "state.db"))
 	}
 	for _, s := range a.cfg.Syncs {
 		u, err := a.newUnit(s, dryRun, cf)
@@ -171,6 +230,42 @@ func newApp(ctx context.Context, cf *commonFlags, stderr io.Writer, dryRun bool)
 		a.units = append(a.units, u)
 	}
 	return a, nil
+}
+
+// openStore opens the state store. Another kvsync (the daemon) holding it
+// fails run and sync, naming what to do; a plan then plans from the
+// namespace's listing with a store of its own, since the records in the
+// keys' metadata say what the daemon's store would.
+func (a *app) openStore(cf *commonFlags, dryRun bool) error {
+	path := filepath.Join(a.cfg.StateDir, "state.db")
+	var err error
+	a.store, err = state.Open(path, state.Options{Logger: a.log})
+	switch {
+	case err == nil:
+		if a.store.Fresh() {
+			a.log.Info("starting with an empty state store: the first sync lists the namespace to learn what is published", "state", path)
+		}
+		return nil
+	case !errors.Is(err, state.ErrInUse):
+		return err
+	case !dryRun:
+		return fmt.Errorf("%w: a kvsync daemon (or another sync) is using this state directory; stop it first, or preview with kvsync plan, which works beside it", err)
+	case cf.trustState:
+		return fmt.Errorf("%w: --trust-state needs it; plan without --trust-state, which lists the namespace instead, or stop the daemon", err)
+	}
+	for _, s := range a.cfg.Syncs {
+		if !s.RecordInMetadata {
+			return fmt.Errorf("%w, and sync %q has record_in_metadata: false, so only that store knows what it wrote; stop the daemon to plan it", err, s.Name)
+		}
+	}
+	dir, terr := os.MkdirTemp("", "kvsync-plan-")
+	if terr != nil {
+		return fmt.Errorf("%w; a temporary store to plan from the listing: %w", err, terr)
+	}
+	a.tmpDir = dir
+	a.log.Info("the state store is in use by another kvsync (the daemon): planning from the namespace listing", "state", path)
+	a.store, err = state.Open(filepath.Join(dir, "state.db"), state.Options{Logger: a.log})
+	return err
 }
 
 func (a *app) buildClient(creds config.Credentials) error {
@@ -198,6 +293,7 @@ func (a *app) buildClient(creds config.Credentials) error {
 		Burst:   a.cfg.API.Burst,
 		Metrics: a.m,
 	})
+	a.limiter = lim
 	a.kv = ratelimit.Chain(client, ratelimit.ChainOptions{
 		Limiter: lim,
 		Policy:  ratelimit.RetryPolicy{MaxAttempts: a.cfg.API.MaxRetries + 1},
@@ -243,6 +339,12 @@ func (a *app) newUnit(s config.Sync, dryRun bool, cf *commonFlags) (*unit, error
 	err := a.store.ForEach(scope, "", func(string, state.Record) error { return errFound })
 	u.recordsExist.Store(err != nil)
 	wo.NeedHash = func(key string) bool {
+		if dryRun {
+			// A plan must foresee what a sync would hold back, and an
+			// unreadable file is found only by reading it: the sync reads
+			// every file it sends, so the plan reads them too.
+			return true
+		}
 		if u.published(key) {
 			return true
 		}
@@ -363,5 +465,10 @@ func (a *app) close() {
 	}
 	if a.local != nil {
 		a.local.stop()
+	}
+	if a.tmpDir != "" {
+		if err := os.RemoveAll(a.tmpDir); err != nil {
+			a.log.Warn("removing the plan's temporary state store", "err", err)
+		}
 	}
 }

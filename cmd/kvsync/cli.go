@@ -10,12 +10,19 @@ import (
 )
 
 // Exit codes, so scripts and CI can tell a failed file from a broken setup.
+// README's "Exit status" table lists them; TestExitCodes has a case for
+// each.
 const (
 	exitOK          = 0
-	exitSyncFailed  = 1 // the run finished but some key could not be written or was held back
-	exitUsage       = 2 // bad flags, bad config, missing credentials
-	exitRuntimeFail = 3 // the run could not proceed (state store, network setup, ...)
+	exitSyncFailed  = 1 // the run finished but not everything reached KV, or check found a problem in the tree
+	exitUsage       = 2 // bad flags, bad config, missing or unreadable credentials
+	exitRuntimeFail = 3 // the process could not start its work: state store locked or unwritable, an address in use
+	exitInterrupted = 4 // SIGINT/SIGTERM stopped it with work left undone
 )
+
+// errInterrupted marks a run stopped by a signal before its work was done;
+// what is left is picked up by the next run.
+var errInterrupted = errors.New("stopped by a signal before all work was done; the next run picks up the rest")
 
 // usageError marks errors that are the caller's input, so they exit with exitUsage.
 type usageError struct{ err error }
@@ -73,7 +80,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			help.fs.SetOutput(stdout)
 			help.fs.Usage()
 			return exitOK
-		case errors.Is(err, errSyncFailed):
+		case errors.Is(err, errInterrupted):
+			fmt.Fprintf(stderr, "kvsync %s: %s\n", c.name, displayErr(err))
+			return exitInterrupted
+		case errors.Is(err, errSyncFailed), errors.Is(err, errCheckFailed):
 			fmt.Fprintf(stderr, "kvsync %s: %s\n", c.name, displayErr(err))
 			return exitSyncFailed
 		case errors.As(err, new(usageError)):

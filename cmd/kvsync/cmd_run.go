@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -25,8 +26,8 @@ import (
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("run", stderr)
 	var cf commonFlags
-	cf.register("run", fs)
-	if err := parseFlags(fs, args); err != nil {
+	cf.register("run", fs, flagsConcurrency|flagsMetrics|flagsLocal|flagsDrain)
+	if err := cf.parse(fs, args); err != nil {
 		return err
 	}
 	a, err := newApp(ctx, &cf, stderr, false)
@@ -40,10 +41,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			a.local.baseURL, localToken, ns, localToken, ns)
 	}
 
-	var ready atomic.Bool
+	var ready readiness
 	metricsCtx, stopMetrics := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopMetrics()
-	if err := a.serveMetrics(metricsCtx, ready.Load); err != nil {
+	if err := a.serveMetrics(metricsCtx, ready.ok.Load); err != nil {
 		return err
 	}
 
@@ -65,12 +66,15 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if err := sup.waitInitial(ctx); err != nil {
 			return
 		}
-		ready.Store(true)
 		// The initial sync's snapshots and batches are garbage now, but an
 		// idle daemon allocates too little for the collector to run for
 		// minutes: collect once and hand the pages back, so the steady RSS
 		// is what watching the tree keeps, from the start.
 		debug.FreeOSMemory()
+		if err := sup.waitAccepted(ctx, time.Second); err != nil {
+			return
+		}
+		ready.set()
 		a.log.Info("initial sync done; watching for changes", "syncs", len(a.units))
 		if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 			a.log.Warn("systemd readiness notification failed", "err", err)
@@ -89,11 +93,14 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		case <-ctx.Done():
 			a.log.Info("stopping: finishing in-flight work", "timeout", cf.drain)
 			daemon.SdNotify(false, daemon.SdNotifyStopping)
-			drainCtx, cancel := context.WithTimeout(context.Background(), cf.drain)
+			drainCtx, cancel := a.drainContext(cf.drain)
 			err := sup.stopAll(drainCtx)
 			cancel()
 			if err != nil {
-				a.log.Error("stopped before all work finished; it is picked up on the next start", "err", err)
+				// Not a clean stop: exitInterrupted, which the systemd
+				// unit's SuccessExitStatus= accepts, since the next start
+				// writes what is left. run prints the error once.
+				return fmt.Errorf("%w: %w", errInterrupted, err)
 			}
 			return nil
 		case err := <-sup.fatal:
@@ -112,6 +119,41 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			daemon.SdNotify(false, daemon.SdNotifyWatchdog)
 		}
 	}
+}
+
+// readiness is what /readyz answers and what makes the daemon send
+// systemd's READY=1: false until the run loop sets it, then true for good.
+// The run loop sets it once the initial full sync of every sync finished
+// and the API accepted every key it was sent (waitAccepted); a standby that
+// is not to write may set it too.
+type readiness struct{ ok atomic.Bool }
+
+func (r *readiness) set() { r.ok.Store(true) }
+
+// drainContext bounds the drain on stop by timeout, and ends it early when a
+// 429 pause outlasts it: no request can be sent before the pause is over,
+// so waiting would only delay the stop. What is not written is marked
+// pending in the state store and written by the next start.
+func (a *app) drainContext(timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	deadline, _ := ctx.Deadline()
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if until := a.limiter.PausedUntil(); until.After(deadline) {
+				a.log.Warn("stopping without waiting: the API paused requests past the drain timeout", "paused_until", until.Format(time.RFC3339))
+				cancel()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return ctx, cancel
 }
 
 // serveMetrics starts /metrics, /healthz and /readyz unless disabled, and
@@ -169,6 +211,26 @@ type firstSnapshotSink struct {
 	once sync.Once
 	ch   chan struct{}
 	u    *unit
+	log  *slog.Logger
+}
+
+// Changed hands a debounced batch of changes to the engine and says so in
+// one line: an operator tailing the log sees each batch, not each file
+// (those are at debug level; failures have lines of their own).
+func (f *firstSnapshotSink) Changed(states []desired.State) {
+	f.Sink.Changed(states)
+	var changed, deleted, held int
+	for _, st := range states {
+		switch {
+		case st.Deleted:
+			deleted++
+		case st.Err != nil:
+			held++
+		default:
+			changed++
+		}
+	}
+	f.log.Info("changes queued", "sync", f.u.cfg.Name, "changed", changed, "deleted", deleted, "held_back", held)
 }
 
 func (f *firstSnapshotSink) Snapshot(s desired.Snapshot) {
@@ -196,7 +258,7 @@ func (s *supervisor) start(u *unit) {
 		return
 	}
 	go func() { r.engineDone <- u.engine.Run(ectx) }()
-	sink := &firstSnapshotSink{Sink: u.engine, ch: r.firstSnapshot, u: u}
+	sink := &firstSnapshotSink{Sink: u.engine, ch: r.firstSnapshot, u: u, log: s.app.log}
 	go func() {
 		// A fresh store: the startup scan must know what the namespace
 		// holds, so that it hashes the files already published.
@@ -260,6 +322,33 @@ func (s *supervisor) waitInitial(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// waitAccepted returns once no engine holds a key that failed: the API
+// accepted every key the initial sync sent (or, after a failure, every key
+// has since been written), polling every interval; or with ctx's error.
+func (s *supervisor) waitAccepted(ctx context.Context, interval time.Duration) error {
+	logged := false
+	for {
+		s.mu.Lock()
+		failing := 0
+		for _, r := range s.running {
+			failing += r.u.engine.Failing()
+		}
+		s.mu.Unlock()
+		if failing == 0 {
+			return nil
+		}
+		if !logged {
+			s.app.log.Error("the initial sync left keys the API did not accept; not ready until they are written", "failing_keys", failing)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(interval):
+		}
+	}
 }
 
 // stop ends a unit's watcher first, so nothing new arrives, then lets its

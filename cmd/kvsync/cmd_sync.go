@@ -2,25 +2,25 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/kvsync/kvsync/internal/config"
 	"github.com/kvsync/kvsync/internal/desired"
+	"github.com/kvsync/kvsync/kvapi"
 	"github.com/kvsync/kvsync/uploader"
 )
 
 func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("sync", stderr)
 	var cf commonFlags
-	cf.register("sync", fs)
-	cf.registerTrustState(fs)
+	cf.register("sync", fs, flagsConcurrency|flagsMetrics|flagsLocal|flagsOneShot)
 	dryRun := fs.Bool("dry-run", false, "show what would be written and deleted, like plan")
-	if err := parseFlags(fs, args); err != nil {
+	if err := cf.parse(fs, args); err != nil {
 		return err
 	}
 	if *dryRun {
@@ -34,59 +34,183 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer a.close()
 
+	stopMetrics, err := a.serveSyncMetrics(ctx, &cf)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+
 	start := time.Now()
 	prog := startProgress(con, a.m, a.log)
-	var total uploader.Report
-	var runErr error
+	var out syncOutcome
 	var listed uploader.ListInfo
 	for _, u := range a.units {
+		if ctx.Err() != nil {
+			out.interrupted = true
+			break
+		}
 		info, err := reachNamespace(ctx, u)
 		addListInfo(&listed, info)
 		if err != nil {
-			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: %w", errSyncFailed, u.cfg.Name, err))
+			if ctx.Err() != nil {
+				out.interrupted = true
+				break
+			}
+			out.reason("sync %q: the namespace cannot be reached: %s", u.cfg.Name, displayErr(err))
+			out.unreached++
+			if out.firstUnreached == "" {
+				out.firstUnreached = out.reasons[len(out.reasons)-1]
+			}
 			continue
 		}
 		// The engine runs the scan as it syncs, so neither holds the
 		// whole tree (desired.Snapshot.Walk); the progress line counts the
 		// files as the walk passes them.
 		rep, err := u.engine.SyncOnce(ctx, prog.track(u.watcher.Stream(ctx, desired.TriggerStartup)))
-		addReport(&total, rep)
+		addReport(&out.total, rep)
 		if err != nil && ctx.Err() != nil {
-			runErr = errors.Join(runErr, err)
+			out.interrupted = true
 			break
 		}
 		if rep.Incomplete != "" {
 			// What could be read was published; the run still fails, since
 			// part of the tree (maybe all of it) did not reach KV.
-			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: %s could not be read whole: %s", errSyncFailed, u.cfg.Name, u.cfg.Dir, rep.Incomplete))
+			out.reason("sync %q: %s could not be read whole: %s", u.cfg.Name, display(u.cfg.Dir), display(rep.Incomplete))
+			out.incomplete++
 		}
 		if rep.DeletesRefused != "" && rep.Incomplete == "" {
 			// KV still holds keys of files that are gone: like rclone's
 			// --max-delete, a refused deletion fails the run so CI notices.
-			runErr = errors.Join(runErr, fmt.Errorf("%w: sync %q: deletes refused: %s", errSyncFailed, u.cfg.Name, rep.DeletesRefused))
+			out.reason("sync %q: deletions refused: %s", u.cfg.Name, display(rep.DeletesRefused))
+			out.refused++
 		}
 	}
 	prog.stop()
-	fmt.Fprintln(stdout, summaryLine(total, time.Since(start)))
-	fmt.Fprintln(stdout, listLine(listed, total.Drift))
-	for _, f := range total.Failures {
+	// A file whose name cannot be a key is skipped, not held back, but it
+	// still did not reach KV: the run must not look clean. The watcher's
+	// log names each one.
+	out.skipped = int(a.m.Skipped(unpublishableSkip))
+	out.took = time.Since(start)
+	out.print(stdout)
+	fmt.Fprintln(stdout, listLine(listed, out.total.Drift))
+	if a.local != nil {
+		fmt.Fprintf(stdout, "The local namespace is kept in %s; serve it with: kvsync emulator --data %s\n", a.local.dataDir, a.local.dataDir)
+	}
+	return out.err()
+}
+
+// serveSyncMetrics serves /metrics while a one-shot sync runs, when
+// --metrics-listen asks for it: a long first publish can then be watched.
+// The config's metrics_listen is the daemon's, which may be running beside
+// the sync on that very address, so it is not used. /readyz is 503
+// throughout: a one-shot sync is never a ready daemon. An address that
+// cannot be bound fails the sync before it starts.
+func (a *app) serveSyncMetrics(ctx context.Context, cf *commonFlags) (stop func(), err error) {
+	if cf.cfg.MetricsListen == "" || cf.cfg.MetricsListen == "off" {
+		return func() {}, nil
+	}
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if err := a.serveMetrics(mctx, func() bool { return false }); err != nil {
+		cancel()
+		return nil, err
+	}
+	return cancel, nil
+}
+
+// syncOutcome is what a sync did, for its summary and exit status.
+type syncOutcome struct {
+	total uploader.Report
+	// skipped: files whose name cannot be a key; refused: syncs whose
+	// deletions were refused; incomplete: syncs whose tree could not be
+	// read whole; unreached: syncs whose namespace or root could not be
+	// reached at all.
+	skipped, refused, incomplete, unreached int
+	interrupted                             bool
+	// firstUnreached is why the first unreached namespace was: nothing
+	// else logs it, and it is a setup error, so stderr says it too.
+	firstUnreached string
+	took           time.Duration
+	// reasons are the run-level problems, in order; per-file ones come
+	// from total.Failures.
+	reasons []string
+}
+
+func (o *syncOutcome) reason(format string, args ...any) {
+	o.reasons = append(o.reasons, fmt.Sprintf(format, args...))
+}
+
+// maxSummaryReasons bounds the reasons under the summary line: the first
+// few say what went wrong; the log names every file.
+const maxSummaryReasons = 5
+
+// print writes the summary: one line of counts, then the first few reasons
+// why something did not reach KV.
+func (o *syncOutcome) print(w io.Writer) {
+	r := o.total
+	parts := []string{
+		fmt.Sprintf("%d written (%s)", r.Written, config.HumanSize(r.Bytes)),
+		fmt.Sprintf("%d unchanged", r.Unchanged),
+		fmt.Sprintf("%d deleted", r.Deleted),
+	}
+	if r.Kept > 0 {
+		parts = append(parts, fmt.Sprintf("%d kept", r.Kept))
+	}
+	parts = append(parts,
+		fmt.Sprintf("%d held back", r.HeldBack),
+		fmt.Sprintf("%d skipped", o.skipped),
+		fmt.Sprintf("%d refused", o.refused),
+		fmt.Sprintf("%d failed", r.Failed))
+	line := fmt.Sprintf("kvsync: %s in %s", strings.Join(parts, ", "), o.took.Round(time.Millisecond))
+	if o.interrupted {
+		line += " (interrupted)"
+	}
+	fmt.Fprintln(w, line)
+	reasons := slices.Clone(o.reasons)
+	if o.skipped > 0 {
+		reasons = append(reasons, fmt.Sprintf("skipped: %d files whose name cannot be a key (over %d bytes or not UTF-8); the log names them", o.skipped, kvapi.MaxKeyBytes))
+	}
+	for _, f := range r.Failures {
 		what := "failed"
 		if f.HeldBack {
 			what = "held back"
 		}
-		fmt.Fprintf(stderr, "%s: %s (%s): %s\n", what, display(f.Key), display(f.Path), displayErr(f.Err))
+		reasons = append(reasons, fmt.Sprintf("%s: %s (%s): %s", what, display(f.Key), display(f.Path), displayErr(f.Err)))
 	}
-	if a.local != nil {
-		fmt.Fprintf(stdout, "The local namespace is kept in %s; serve it with: kvsync emulator --data %s\n", a.local.dataDir, a.local.dataDir)
+	more := r.Failed + r.HeldBack - len(r.Failures) // Failures is capped
+	if len(reasons) > maxSummaryReasons {
+		more += len(reasons) - maxSummaryReasons
+		reasons = reasons[:maxSummaryReasons]
 	}
-	if runErr != nil {
-		return runErr
+	for _, s := range reasons {
+		fmt.Fprintf(w, "  %s\n", strings.ReplaceAll(s, "\n", "\n    "))
 	}
-	// A file whose name cannot be a key is skipped, not held back, but it
-	// still did not reach KV: the run must not look clean.
-	unpublishable := int(a.m.Skipped(unpublishableSkip))
-	if total.Failed > 0 || total.HeldBack > 0 || unpublishable > 0 {
-		return fmt.Errorf("%w: %d failed, %d held back, %d with no valid key name", errSyncFailed, total.Failed, total.HeldBack, unpublishable)
+	if more > 0 {
+		fmt.Fprintf(w, "  and %d more; the log names each\n", more)
+	}
+}
+
+// err is the run's error: nil only when the whole tree reached KV.
+func (o *syncOutcome) err() error {
+	r := o.total
+	var what []string
+	for _, c := range []struct {
+		n    int
+		what string
+	}{
+		{o.unreached, "not reached"}, {o.incomplete, "not read whole"}, {r.Failed, "failed"}, {r.HeldBack, "held back"},
+		{o.skipped, "skipped"}, {o.refused, "with deletions refused"},
+	} {
+		if c.n > 0 {
+			what = append(what, fmt.Sprintf("%d %s", c.n, c.what))
+		}
+	}
+	switch {
+	case o.interrupted:
+		return errInterrupted
+	case o.firstUnreached != "":
+		return fmt.Errorf("%w: %s; %s", errSyncFailed, strings.Join(what, ", "), o.firstUnreached)
+	case len(what) > 0:
+		return fmt.Errorf("%w: %s (see the summary on stdout)", errSyncFailed, strings.Join(what, ", "))
 	}
 	return nil
 }
@@ -94,9 +218,8 @@ func cmdSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func cmdPlan(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("plan", stderr)
 	var cf commonFlags
-	cf.register("plan", fs)
-	cf.registerTrustState(fs)
-	if err := parseFlags(fs, args); err != nil {
+	cf.register("plan", fs, flagsLocal|flagsOneShot)
+	if err := cf.parse(fs, args); err != nil {
 		return err
 	}
 	return plan(ctx, &cf, stdout, stderr)
@@ -132,11 +255,13 @@ func plan(ctx context.Context, cf *commonFlags, stdout, stderr io.Writer) error 
 		}
 		addReport(&total, rep)
 	}
+	// What a sync would hold back is part of the plan, beside what it
+	// would write and delete.
 	for _, f := range total.Failures {
-		fmt.Fprintf(stderr, "held back: %s (%s): %s\n", display(f.Key), display(f.Path), displayErr(f.Err))
+		fmt.Fprintf(stdout, "hold   %s (%s): %s\n", display(f.Key), display(f.Path), displayErr(f.Err))
 	}
-	fmt.Fprintf(stdout, "plan: %d to write, %d to delete, %d unchanged, %d held back\n",
-		len(total.WouldWrite), len(total.WouldDelete), total.Unchanged, total.HeldBack)
+	fmt.Fprintf(stdout, "plan: %d to write (%s), %d to delete, %d unchanged, %d held back\n",
+		len(total.WouldWrite), config.HumanSize(total.Bytes), len(total.WouldDelete), total.Unchanged, total.HeldBack)
 	return nil
 }
 
@@ -184,20 +309,4 @@ func addReport(total *uploader.Report, r uploader.Report) {
 	total.WouldWrite = append(total.WouldWrite, r.WouldWrite...)
 	total.WouldDelete = append(total.WouldDelete, r.WouldDelete...)
 	total.Failures = append(total.Failures, r.Failures...)
-}
-
-func summaryLine(r uploader.Report, took time.Duration) string {
-	parts := []string{
-		fmt.Sprintf("%d written (%s)", r.Written, config.HumanSize(r.Bytes)),
-		fmt.Sprintf("%d unchanged", r.Unchanged),
-		fmt.Sprintf("%d deleted", r.Deleted),
-	}
-	if r.Kept > 0 {
-		parts = append(parts, fmt.Sprintf("%d kept", r.Kept))
-	}
-	parts = append(parts, fmt.Sprintf("%d failed", r.Failed))
-	if r.HeldBack > 0 {
-		parts = append(parts, fmt.Sprintf("%d held back", r.HeldBack))
-	}
-	return fmt.Sprintf("kvsync: %s in %s", strings.Join(parts, ", "), took.Round(time.Millisecond))
 }

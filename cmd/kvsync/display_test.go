@@ -89,7 +89,7 @@ func TestOutputQuotesHostileNames(t *testing.T) {
 			t.Fatalf("sync (%s logs): want exit %d for the held-back file\n%s", format, exitSyncFailed, res)
 		}
 		check(t, "sync with "+format+" logs", res.stdout+res.stderr)
-		if !strings.Contains(res.stderr, `held back: "held\nback  FAKE\x1b[2J"`) {
+		if !strings.Contains(res.stdout, `held back: "held\nback  FAKE\x1b[2J"`) {
 			t.Errorf("sync does not show the held-back name quoted:\n%s", res)
 		}
 	}

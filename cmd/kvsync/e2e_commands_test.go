@@ -38,7 +38,7 @@ func TestPlanWritesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("plan: %v\n%s", err, out)
 	}
-	for _, want := range []string{"write  added.txt", "delete f00.txt", "plan: 1 to write, 1 to delete, 2 unchanged"} {
+	for _, want := range []string{"write  added.txt", "delete f00.txt", "plan: 1 to write (", "), 1 to delete, 2 unchanged"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("plan output lacks %q:\n%s", want, out)
 		}

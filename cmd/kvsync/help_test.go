@@ -53,3 +53,50 @@ func TestHelpAndVersion(t *testing.T) {
 		})
 	}
 }
+
+// TestHelpListsOnlyUsedFlags: each command's -h lists the flags it acts on
+// and no other, and refuses the others like any unknown flag.
+func TestHelpListsOnlyUsedFlags(t *testing.T) {
+	common := []string{"-config", "-dir", "-account-id", "-namespace-id", "-prefix", "-api-base-url", "-state-dir", "-log-level", "-log-format"}
+	for _, tc := range []struct {
+		cmd        string
+		has, lacks []string
+	}{
+		{"run", []string{"-concurrency", "-metrics-listen", "-local", "-local-listen", "-drain-timeout"}, []string{"-trust-state", "-dry-run"}},
+		{"sync", []string{"-concurrency", "-metrics-listen", "-local", "-local-listen", "-trust-state", "-dry-run"}, []string{"-drain-timeout"}},
+		{"plan", []string{"-local", "-local-listen", "-trust-state"}, []string{"-drain-timeout", "-metrics-listen", "-concurrency", "-dry-run"}},
+		{"check", nil, []string{"-drain-timeout", "-local", "-local-listen", "-metrics-listen", "-concurrency", "-trust-state", "-dry-run"}},
+	} {
+		t.Run(tc.cmd, func(t *testing.T) {
+			res := runCLI(t, cliOpts{}, "help", tc.cmd)
+			if res.code != exitOK {
+				t.Fatalf("help %s: exit %d\n%s", tc.cmd, res.code, res)
+			}
+			for _, f := range append(common, tc.has...) {
+				if !strings.Contains(res.stdout, "  "+f+" ") && !strings.Contains(res.stdout, "  "+f+"\n") {
+					t.Errorf("%s -h does not list %s\n%s", tc.cmd, f, res.stdout)
+				}
+			}
+			for _, f := range tc.lacks {
+				if strings.Contains(res.stdout, "  "+f+" ") || strings.Contains(res.stdout, "  "+f+"\n") {
+					t.Errorf("%s -h lists %s, which it does not use\n%s", tc.cmd, f, res.stdout)
+				}
+				bad := runCLI(t, cliOpts{}, tc.cmd, "-"+f)
+				if bad.code != exitUsage || !strings.Contains(bad.stderr, "flag provided but not defined") {
+					t.Errorf("%s %s: want exit 2 for a flag it does not take\n%s", tc.cmd, f, bad)
+				}
+			}
+		})
+	}
+}
+
+// TestConcurrencyZeroRefused: --concurrency 0 is refused like
+// concurrency: 0 in the config, naming the flag, with exit 2.
+func TestConcurrencyZeroRefused(t *testing.T) {
+	for _, cmd := range []string{"run", "sync"} {
+		res := runCLI(t, cliOpts{}, cmd, "--concurrency", "0", "--dir", t.TempDir(), "--namespace-id", "ns", "--state-dir", t.TempDir())
+		if res.code != exitUsage || !strings.Contains(res.stderr, "--concurrency") || !strings.Contains(res.stderr, "outside 1..64") {
+			t.Errorf("%s --concurrency 0: want exit 2 naming --concurrency\n%s", cmd, res)
+		}
+	}
+}

@@ -282,7 +282,7 @@ func TestHostileUnreadableFirstPublish(t *testing.T) {
 	if res.code != exitSyncFailed {
 		t.Fatalf("sync: want exit 1\n%s", res)
 	}
-	if !strings.Contains(res.stderr, "held back: d/secret.txt ("+secret+")") || !strings.Contains(res.stdout, "1 held back") {
+	if !strings.Contains(res.stdout, "held back: d/secret.txt ("+secret+")") || !strings.Contains(res.stdout, "1 held back") {
 		t.Errorf("sync output does not report %s as held back:\n%s", secret, res)
 	}
 	env.waitConverged(t, map[string]kvEntry{"ok.txt": {Value: "ok"}, "d/z.txt": {Value: "z"}}, converge)

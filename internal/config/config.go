@@ -297,8 +297,15 @@ func (c *Config) fillDefaults(getenv func(string) string, euid int) {
 		c.StateDir = DefaultStateDir(getenv, euid)
 	}
 	for i := range c.Syncs {
-		if c.Syncs[i].Name == "" && c.Syncs[i].Dir != "" {
-			c.Syncs[i].Name = nameFromDir(c.Syncs[i].Dir)
+		s := &c.Syncs[i]
+		if s.Name == "" && s.Dir != "" {
+			s.Name = nameFromDir(s.Dir)
+		}
+		// The default bulk_threshold follows a smaller bulk_max_bytes, so
+		// that setting only the latter is not an error about the former,
+		// a field the user never set; one set explicitly is validated.
+		if !c.src.has(indexPath("syncs", i)+".bulk_threshold") && s.BulkMaxBytes > 0 && s.BulkThreshold > s.BulkMaxBytes {
+			s.BulkThreshold = s.BulkMaxBytes
 		}
 	}
 	c.fillLeaderDefaults(getenv, os.ReadFile, os.Hostname)

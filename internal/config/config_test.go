@@ -278,6 +278,7 @@ func TestValidationErrors(t *testing.T) {
 		{"ttl negative", with("    expiration:", "      - match: '*'", "        ttl: -2h"), "syncs[0].expiration[0].ttl", 8, ErrInvalid, "-2h0m0s is negative"},
 		{"ttl garbage", with("    expiration:", "      - match: '*'", "        ttl: soon"), "syncs[0].expiration[0].ttl", 8, ErrInvalid, `"soon" is not a duration`},
 		{"at not rfc3339", with("    expiration:", "      - match: '*'", "        at: 2030-01-01"), "syncs[0].expiration[0].at", 8, ErrInvalid, "not an RFC 3339 time"},
+		{"at past", with("    expiration:", "      - match: '*'", "        at: 2020-01-01T00:00:00Z"), "syncs[0].expiration[0].at", 8, ErrInvalid, "has passed"},
 		{"at fractional", with("    expiration:", "      - match: '*'", "        at: 2030-01-01T00:00:00.5Z"), "syncs[0].expiration[0].at", 8, ErrInvalid, "not a whole second"},
 		{"ttl and at", with("    expiration:", "      - match: '*'", "        ttl: 1h", "        at: 2030-01-01T00:00:00Z"), "syncs[0].expiration[0]", 7, ErrConflict, "not both"},
 		{"neither ttl nor at", with("    expiration:", "      - match: '*'"), "syncs[0].expiration[0]", 7, ErrRequired, "set one of ttl"},
@@ -590,5 +591,31 @@ func TestSourceOf(t *testing.T) {
 				t.Errorf("SourceOf(%q) = %v, %v; want %v, %v", tc.field, got, set, tc.want, tc.set)
 			}
 		})
+	}
+}
+
+// TestBulkThresholdFollowsBulkMaxBytes: bulk_max_bytes under the default
+// bulk_threshold lowers the default instead of failing on a field the user
+// never set; a bulk_threshold set explicitly above it still fails.
+func TestBulkThresholdFollowsBulkMaxBytes(t *testing.T) {
+	dir := t.TempDir()
+	write := func(extra string) string {
+		p := filepath.Join(dir, "kvsync.yaml")
+		y := "state_dir: " + dir + "/state\napi:\n  account_id: a\nsyncs:\n  - dir: " + dir + "\n    namespace_id: n\n" + extra
+		if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	c, err := FromSources(Flags{Config: write("    bulk_max_bytes: 64KiB\n")}, nil)
+	if err != nil {
+		t.Fatalf("bulk_max_bytes: 64KiB alone: %v", err)
+	}
+	if got := c.Syncs[0].BulkThreshold; got != 64<<10 {
+		t.Errorf("bulk_threshold = %d, want it lowered to bulk_max_bytes, %d", got, 64<<10)
+	}
+	_, err = FromSources(Flags{Config: write("    bulk_max_bytes: 64KiB\n    bulk_threshold: 128KiB\n")}, nil)
+	if err == nil || !strings.Contains(err.Error(), "syncs[0].bulk_threshold") {
+		t.Errorf("an explicit bulk_threshold over bulk_max_bytes: %v, want an error naming it", err)
 	}
 }

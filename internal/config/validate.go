@@ -16,11 +16,15 @@ import (
 	"github.com/kvsync/kvsync/uploader"
 )
 
+// MaxConcurrency is the most API requests a process keeps in flight
+// (api.concurrency, --concurrency); the least is 1.
+const MaxConcurrency = 64
+
 // Limits Validate enforces.
 const (
 	// The account's budget (api.budget) is counted per rateWindowSeconds.
 	rateWindowSeconds = float64(kvapi.BudgetWindow / time.Second)
-	maxConcurrency    = 64
+	maxConcurrency    = MaxConcurrency
 	// maxIDLength is the schema's maxLength for account and namespace ids.
 	maxIDLength = 32
 	minTTL      = kvapi.MinTTLSeconds * time.Second
@@ -36,7 +40,7 @@ const (
 // touch the filesystem: a missing dir is the watcher's concern (it may be
 // mounted later), and credentials are checked by ResolveCredentials.
 func (c *Config) Validate() error {
-	v := &validator{src: c.src}
+	v := &validator{src: c.src, now: time.Now()}
 	v.oneOf("log_level", c.LogLevel, "debug", "info", "warn", "error")
 	v.oneOf("log_format", c.LogFormat, "text", "json")
 	if c.StateDir == "" {
@@ -60,6 +64,8 @@ func (c *Config) Validate() error {
 type validator struct {
 	src  *sources
 	errs []error
+	// now is when an absolute expiration must still be ahead of.
+	now time.Time
 }
 
 func (v *validator) fail(path string, kind error, format string, args ...any) {
@@ -287,6 +293,12 @@ func (v *validator) expiration(p string, r *ExpirationRule, requireOne bool) {
 	}
 	if hasAt && r.At.Nanosecond() != 0 {
 		v.fail(p+".at", ErrInvalid, "%s is not a whole second (KV expirations are in seconds)", r.At.Format(time.RFC3339Nano))
+	}
+	// KV refuses an expiration less than a minute ahead: every file the
+	// rule matches would be refused, so the config is, once, here.
+	if hasAt && r.At.Before(v.now.Add(kvapi.MinExpirationAheadSeconds*time.Second)) {
+		v.fail(p+".at", ErrInvalid, "%s has passed or is less than %d s away (KV refuses such an expiration); move it ahead, use ttl, or remove the rule",
+			r.At.Format(time.RFC3339), kvapi.MinExpirationAheadSeconds)
 	}
 }
 

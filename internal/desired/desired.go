@@ -64,9 +64,10 @@ func (s Stamp) Settled(now time.Time) bool {
 type State struct {
 	// Key is the full KV key name, prefix included.
 	Key string
-	// Path is the absolute path of the file whose bytes the key should
-	// hold, for messages: it is never opened as such. It is empty when
-	// Deleted is set.
+	// Path is the absolute path of the file in the tree that makes the
+	// key, for messages: for a symlink the link, not its target, so a
+	// message names the file a person sees under that key. It is never
+	// opened as such. It is empty when Deleted is set.
 	Path string
 	// Root and Rel are where those bytes are read from: Rel is the
 	// /-separated path, free of symlinks when the scan saw it, of a
