@@ -212,6 +212,9 @@ type firstSnapshotSink struct {
 	ch   chan struct{}
 	u    *unit
 	log  *slog.Logger
+	// standby, under leader election, tells whether the sink drops what it
+	// is handed (no term is running): then nothing was queued.
+	standby func() bool
 }
 
 // Changed hands a debounced batch of changes to the engine and says so in
@@ -229,6 +232,10 @@ func (f *firstSnapshotSink) Changed(states []desired.State) {
 		default:
 			changed++
 		}
+	}
+	if f.standby != nil && f.standby() {
+		f.log.Debug("changes seen while standing by: the leader publishes them", "sync", f.u.cfg.Name, "changed", changed, "deleted", deleted, "held_back", held)
+		return
 	}
 	f.log.Info("changes queued", "sync", f.u.cfg.Name, "changed", changed, "deleted", deleted, "held_back", held)
 }

@@ -44,12 +44,16 @@ type leaderEnv struct {
 	lease string
 	// api, when set, is added to the api section of the configs.
 	api string
+	// leaseFor, renew and retry are the election's durations: the short
+	// test ones unless a test that measures no handover widens them.
+	leaseFor, renew, retry time.Duration
 }
 
 func newLeaderEnv(t *testing.T, o kubetest.Options) *leaderEnv {
 	t.Helper()
 	kube := kubetest.Start(t, o)
-	env := &leaderEnv{kvEnv: newKVEnv(t, emulator.Faults{}), kube: kube, lease: "kvsync-site"}
+	env := &leaderEnv{kvEnv: newKVEnv(t, emulator.Faults{}), kube: kube, lease: "kvsync-site",
+		leaseFor: testLease, renew: testRenew, retry: testRetry}
 	t.Setenv("KUBECONFIG", kube.AdminKubeconfig)
 	return env
 }
@@ -79,7 +83,7 @@ syncs:
     quiet: 100ms
     max_delay: 1s
     lease_name: %s
-`, filepath.Join(base, "state-"+id), e.srv.URL, testAccount, indent(e.api, "  "), id, testLease, testRenew, testRetry, leaderSync, root, testNamespace, e.lease)
+`, filepath.Join(base, "state-"+id), e.srv.URL, testAccount, indent(e.api, "  "), id, e.leaseFor, e.renew, e.retry, leaderSync, root, testNamespace, e.lease)
 	e.config = filepath.Join(base, id+".yaml")
 	if err := os.WriteFile(e.config, []byte(cfg), 0o600); err != nil {
 		e.t.Fatal(err)
@@ -158,6 +162,10 @@ func (e *kvEnv) keysWritten() int {
 // and for later changes. All three are ready.
 func TestLeaderThreeProcessesOneWriter(t *testing.T) {
 	env := newLeaderEnv(t, kubetest.Options{})
+	// kvsync's default durations: this test measures no handover, and a
+	// leader starved of CPU for 2 s (the race detector on two busy cores)
+	// would lose the short test lease and fail it for no fault of kvsync's.
+	env.leaseFor, env.renew, env.retry = 15*time.Second, 10*time.Second, 2*time.Second
 	makeTree(t, env.root, "v1", 40)
 	ds := []*kvsyncProc{env.start("a", env.root), env.start("b", env.root), env.start("c", env.root)}
 	lead := waitLeader(t, 60*time.Second, ds...)
@@ -169,7 +177,7 @@ func TestLeaderThreeProcessesOneWriter(t *testing.T) {
 	mustWrite(t, filepath.Join(env.root, "new.html"), "new")
 	env.waitConverged(t, expectTree(t, env.root, nil), converge)
 	// Several retry periods more: a standby that wrote would show by now.
-	time.Sleep(4 * testRetry)
+	time.Sleep(4 * env.retry)
 	if again := waitLeader(t, time.Second, ds...); again != lead {
 		t.Fatal("leadership moved with nothing failing")
 	}

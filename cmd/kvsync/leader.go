@@ -111,7 +111,8 @@ func (s *supervisor) startElected(u *unit, r *runningUnit) {
 		}
 		r.electionDone <- err
 	}()
-	sink := &firstSnapshotSink{Sink: g, ch: r.firstSnapshot, u: u}
+	sink := &firstSnapshotSink{Sink: g, ch: r.firstSnapshot, u: u, log: s.app.log,
+		standby: func() bool { return g.current() == nil }}
 	go func() {
 		go s.listEvery(r.watcherCtx, u)
 		err := u.watcher.Run(r.watcherCtx, sink)
