@@ -244,7 +244,7 @@ func TestRunRemovedBeforeRead(t *testing.T) {
 	r := start(t, testOpts(t, root), func(w *Watcher) {
 		w.open = func(root *beneath.Root, rel string) (*os.File, error) {
 			name := filepath.Join(root.Path(), filepath.FromSlash(rel))
-			if _, known := w.st.known.states["f.txt"]; name == target && known {
+			if known := w.st.known.has("f.txt"); name == target && known {
 				// The file goes between the event's stat and the read.
 				race.Do(func() { os.Remove(name) })
 			}

@@ -56,7 +56,7 @@ func newScanState() *scanState {
 	return &scanState{
 		hashes:     make(map[string]hashEntry),
 		sidecars:   make(map[string]sidecarEntry),
-		known:      knownSet{states: make(map[string]knownEntry), dirs: make(map[string]int)},
+		known:      newKnownSet(),
 		skipped:    make(map[string]skipEntry),
 		linkTarget: make(map[string]string),
 		buf:        make([]byte, 64<<10),
@@ -305,11 +305,7 @@ func (w *Watcher) fullScan(ctx context.Context, trigger desired.Trigger, watch, 
 		}
 	}
 	if commit && done {
-		for rel, e := range s.known.states {
-			if e.gen != s.known.gen && !res.covered(rel) {
-				s.known.remove(rel)
-			}
-		}
+		s.known.forgetUnmarked(res.covered)
 	}
 	return complete, reason, done
 }

@@ -10,3 +10,6 @@ func StampOf(fs.FileInfo) (Stamp, bool) { return Stamp{}, false }
 
 // StampOfFd reports no stamp; see StampOf.
 func StampOfFd(int) (Stamp, bool) { return Stamp{}, false }
+
+// StampOfSys reports no stamp; see StampOf.
+func StampOfSys(any) (Stamp, bool) { return Stamp{}, false }
