@@ -85,28 +85,119 @@ goversion=$(go env GOVERSION)
 # security fix in the runtime would be checked against.
 static_built_using="go (= ${goversion#go})"
 
-# Go module -> license, for every module linked into kvsync. A module missing
-# here fails the build: a new dependency's license is read before it ships.
+# Go module -> license, for every module linked into kvsync: the DEP-5 short
+# name of what its license file(s) say, read by hand. A module missing here
+# fails the build: a new dependency's license is read before it ships. Names
+# are listed one by one (no k8s.io/*) for the same reason.
 module_license() {
 	case $1 in
-	github.com/beorn7/perks | github.com/bmatcuk/doublestar/v4 | github.com/cespare/xxhash/v2 | go.etcd.io/bbolt) echo MIT ;;
+	github.com/beorn7/perks | github.com/bmatcuk/doublestar/v4 | github.com/cespare/xxhash/v2 | go.etcd.io/bbolt | \
+		github.com/emicklei/go-restful/v3 | github.com/fxamacker/cbor/v2 | github.com/josharian/intern | \
+		github.com/json-iterator/go | github.com/mailru/easyjson | github.com/x448/float16) echo MIT ;;
 	github.com/coreos/go-systemd/v22 | github.com/prometheus/client_golang | github.com/prometheus/client_model | \
-		github.com/prometheus/common | github.com/prometheus/procfs) echo Apache-2.0 ;;
-	github.com/fsnotify/fsnotify | github.com/munnerz/goautoneg | golang.org/x/* | google.golang.org/protobuf) echo BSD-3-Clause ;;
-	gopkg.in/yaml.v3) echo "MIT and Apache-2.0" ;;
+		github.com/prometheus/common | github.com/prometheus/procfs | \
+		github.com/go-logr/logr | github.com/go-openapi/jsonpointer | github.com/go-openapi/jsonreference | \
+		github.com/go-openapi/swag | github.com/google/gnostic-models | github.com/modern-go/concurrent | \
+		github.com/modern-go/reflect2 | k8s.io/api | k8s.io/apimachinery | k8s.io/client-go | k8s.io/klog/v2 | \
+		k8s.io/kube-openapi | k8s.io/utils | sigs.k8s.io/randfill | sigs.k8s.io/structured-merge-diff/v6) echo Apache-2.0 ;;
+	github.com/fsnotify/fsnotify | github.com/munnerz/goautoneg | golang.org/x/* | google.golang.org/protobuf | \
+		github.com/gogo/protobuf | github.com/google/uuid | github.com/pmezard/go-difflib | github.com/spf13/pflag | \
+		gopkg.in/evanphx/json-patch.v4 | gopkg.in/inf.v0) echo BSD-3-Clause ;;
+	github.com/pkg/errors) echo BSD-2-Clause ;;
+	github.com/davecgh/go-spew) echo ISC ;;
+	# libyaml's C code ported to Go stays MIT; the rest is Canonical's, Apache.
+	gopkg.in/yaml.v3 | go.yaml.in/yaml/v3) echo "MIT and Apache-2.0" ;;
+	go.yaml.in/yaml/v2) echo "Apache-2.0 and MIT" ;;
+	# internal/golang/* is encoding/json forked from Go; the rest Apache.
+	sigs.k8s.io/json) echo "Apache-2.0 and BSD-3-Clause" ;;
+	# Its LICENSE holds four: its own MIT (Sam Ghods), Go's BSD-3-Clause, and
+	# the MIT and Apache-2.0 of the go-yaml forks it once carried.
+	sigs.k8s.io/yaml) echo "MIT and BSD-3-Clause and Apache-2.0" ;;
+	*) return 1 ;;
+	esac
+}
+
+# Modules whose license files name only the holders of code they forked
+# (Go's, go-yaml's), not their own authors: their source headers are read too.
+holders_also_from_headers() {
+	case $1 in
+	sigs.k8s.io/json | sigs.k8s.io/yaml) return 0 ;;
+	*) return 1 ;;
+	esac
+}
+
+# Modules that name no copyright holder anywhere: not in a license file, a
+# NOTICE or any source file. The holder is given by hand, from the upstream
+# project, and the stanza says so.
+module_holder_by_hand() {
+	case $1 in
+	github.com/modern-go/concurrent | github.com/modern-go/reflect2) echo "2018 Tao Wen" ;;
 	*) return 1 ;;
 	esac
 }
 
 # Copyright lines of a license or NOTICE file: "Copyright" followed by a
 # year, (c) or ©, which skips the license bodies' "copyright notice" and the
-# Apache appendix's "Copyright [yyyy]" template.
+# Apache appendix's "Copyright [yyyy]" template. A holder wrapped onto the
+# next line (inf.v0's "... Portions Copyright (c) 2009 The Go" / "Authors.")
+# is joined back: a line not ending in "." continues when the next one is a
+# short non-blank line that is no Copyright line of its own.
 copyright_lines() {
-	grep -hE '^[[:space:]]*Copyright[[:space:]]+([0-9]|\([cC]\)|©)' "$@" 2>/dev/null | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | awk '!seen[$0]++' || true
+	awk '
+		function emit() { if (held != "" && !seen[held]++) print held; held = "" }
+		FNR == 1 { emit() }
+		{ sub(/^[[:space:]]+/, ""); sub(/[[:space:]]+$/, "") }
+		held != "" && held !~ /\.$/ && $0 != "" && $0 !~ /^Copyright[[:space:]]/ && length($0) < 40 { held = held " " $0; emit(); next }
+		{ emit() }
+		/^Copyright[[:space:]]+([0-9]|\([cC]\)|©)/ { held = $0 }
+		END { emit() }' "$@" 2>/dev/null || true
 }
 
-# A text as the continuation lines of a DEP-5 field.
-dep5_text() { sed -e 's/[[:space:]]*$//' -e 's/^$/./' -e 's/^/ /' "$@"; }
+# The holders named in a module's Go source headers ("Copyright 2014 The
+# Kubernetes Authors."), most files first, each with the span of its years:
+# Kubernetes' modules, for one, ship the bare Apache-2.0 text and no NOTICE.
+header_holders() {
+	find "$1" -name '*.go' -type f -print0 | sort -z | xargs -0 -r grep -hE \
+		'^[[:space:]]*(//|/?\*)?[[:space:]]*Copyright[[:space:]]+(\([cC]\)[[:space:]]+|©[[:space:]]+)?[0-9]{4}' |
+		sed -E 's/^[[:space:]]*(\/\/|\/?\*)?[[:space:]]*Copyright[[:space:]]+(\([cC]\)[[:space:]]+|©[[:space:]]+)?//; s/[[:space:]]+$//' |
+		awk '{
+			match($0, /^[0-9][0-9][0-9][0-9]([-,][[:space:]]*[0-9][0-9][0-9][0-9])*,?[[:space:]]*/)
+			years = substr($0, 1, RLENGTH); holder = substr($0, RLENGTH + 1)
+			if (holder == "") next
+			n = split(years, y, /[^0-9]+/)
+			for (i = 1; i <= n; i++) if (y[i] != "") {
+				if (!(holder in lo) || y[i] < lo[holder]) lo[holder] = y[i]
+				if (!(holder in hi) || y[i] > hi[holder]) hi[holder] = y[i]
+			}
+			count[holder]++
+		}
+		END { for (h in count) printf "%d\t%s\t%s\n", count[h], (lo[h] == hi[h] ? lo[h] : lo[h] "-" hi[h]), h }' |
+		sort -t "$(printf '\t')" -k1,1nr -k3,3 | cut -f2- | tr '\t' ' ' || true
+}
+
+# A text as the continuation lines of a DEP-5 field. A file whose last line
+# has no newline (go-restful's, cbor's LICENSE) must not run into the next
+# field.
+dep5_text() { sed -e 's/[[:space:]]*$//' -e 's/^$/./' -e 's/^/ /' "$@" | sed -e '$a\'; }
+
+# A license file's text for a License field, with any full copy of the
+# Apache License 2.0 in it (go.yaml.in/yaml/v2's LICENSE, the parts of
+# sigs.k8s.io/json's and sigs.k8s.io/yaml's) cut down to a pointer: the
+# standalone Apache-2.0 paragraph stands for it, and Debian policy (lintian:
+# copyright-file-contains-full-apache-2-license) wants common-licenses used.
+license_text() {
+	awk '
+		state == 0 && /^[[:space:]]*Apache License[[:space:]]*$/ {
+			print "(The Apache License, Version 2.0: /usr/share/common-licenses/Apache-2.0.)"
+			state = 1; next
+		}
+		state == 1 { if (/END OF TERMS AND CONDITIONS/) state = 2; next }
+		state == 2 && /^[[:space:]]*$/ { next }
+		state == 2 && /APPENDIX: How to apply the Apache License/ { state = 3; next }
+		state == 2 { state = 0 }
+		state == 3 { if (/limitations under the License\./) state = 0; next }
+		{ print }' "$1" | dep5_text
+}
 
 write_copyright() {
 	local binary=$1 dest=$2
@@ -152,30 +243,44 @@ write_copyright() {
 			}
 			dir=$(go mod download -json "$path@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$/\1/p')
 			[ -d "$dir" ] || { echo "build-deb.sh: no module directory for $path@$version" >&2; return 1; }
-			local files=()
-			for f in "$dir"/LICENSE "$dir"/LICENSE.txt "$dir"/LICENSE.md "$dir"/NOTICE; do
-				[ -f "$f" ] && files+=("$f")
+			local files=() licenses=() how=
+			for f in "$dir"/LICENSE "$dir"/LICENSE.txt "$dir"/LICENSE.md "$dir"/license.md "$dir"/LICENSE.libyaml "$dir"/NOTICE; do
+				[ -f "$f" ] || continue
+				files+=("$f")
+				[ "${f##*/}" = NOTICE ] || licenses+=("$f")
 			done
+			[ "${#licenses[@]}" -gt 0 ] || { echo "build-deb.sh: no license file in $path@$version" >&2; return 1; }
 			holders=$(copyright_lines "${files[@]}")
-			[ -n "$holders" ] || { echo "build-deb.sh: no copyright line in $path's license or notice" >&2; return 1; }
+			if [ -z "$holders" ] || holders_also_from_headers "$path"; then
+				local from_headers
+				from_headers=$(header_holders "$dir")
+				if [ -n "$from_headers" ]; then
+					how=" Its Copyright lists $([ -z "$holders" ] || echo "the holders its license names, then ")the holders from its source files' headers."
+					holders=$(printf '%s\n%s\n' "$holders" "$from_headers" | awk 'NF && !seen[$0]++')
+				fi
+			fi
+			if [ -z "$holders" ] && holders=$(module_holder_by_hand "$path"); then
+				how=" No license file, NOTICE or source file of it names a holder: its Copyright is the upstream author, given by hand."
+			fi
+			[ -n "$holders" ] || { echo "build-deb.sh: no copyright line in $path's license, notice or source headers" >&2; return 1; }
 			echo
 			echo "Files: vendor/$path/*"
 			printf 'Copyright: %s\n' "$(sed '1!s/^/ /' <<<"$holders")"
-			if [ "$license" = Apache-2.0 ]; then
-				echo "License: Apache-2.0"
-				printf 'Comment: Go module %s %s, statically linked into /usr/bin/kvsync.\n' "$path" "$version"
-				if [ -f "$dir/NOTICE" ]; then
-					echo " Its NOTICE file:"
-					dep5_text "$dir/NOTICE"
-				fi
-			else
-				echo "License: $license"
-				dep5_text "${files[0]}"
-				printf 'Comment: Go module %s %s, statically linked into /usr/bin/kvsync.\n' "$path" "$version"
-				if [ -f "$dir/NOTICE" ]; then
-					echo " Its NOTICE file:"
-					dep5_text "$dir/NOTICE"
-				fi
+			echo "License: $license"
+			# Apache-2.0's text is the standalone paragraph at the end; any
+			# other license's text is given here, as its files word it.
+			if [ "$license" != Apache-2.0 ]; then
+				local first=1
+				for f in "${licenses[@]}"; do
+					[ "$first" = 1 ] || echo " ."
+					first=0
+					license_text "$f"
+				done
+			fi
+			printf 'Comment: Go module %s %s, statically linked into /usr/bin/kvsync.%s\n' "$path" "$version" "$how"
+			if [ -f "$dir/NOTICE" ]; then
+				echo " Its NOTICE file:"
+				dep5_text "$dir/NOTICE"
 			fi
 		done < <(go version -m "$binary" | awk '$1 == "dep" { print $2, $3 }' | sort)
 		cat <<-EOF
