@@ -53,6 +53,9 @@ func everySeries(t *testing.T) (*prometheus.Registry, int) {
 	// Label sets New does not start at zero.
 	m.APIErrors.WithLabelValues("put", "10001").Inc()
 	m.RateLimitWait.Observe(0.1)
+	// The election's series, registered beside these when
+	// leader_election is on.
+	NewLeader(d, time.Now).Lead("site")
 	return reg, d.descs
 }
 
