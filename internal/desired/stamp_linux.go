@@ -14,15 +14,6 @@ func StampOf(fi fs.FileInfo) (Stamp, bool) {
 	return stampOfStat(st), true
 }
 
-// StampOfFd returns the stamp of an open descriptor's fstat.
-func StampOfFd(fd int) (Stamp, bool) {
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
-		return Stamp{}, false
-	}
-	return stampOfStat(&st), true
-}
-
 func stampOfStat(st *syscall.Stat_t) Stamp {
 	return Stamp{Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size, Mtime: st.Mtim.Nano(), Ctime: st.Ctim.Nano()}
 }

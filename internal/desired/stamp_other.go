@@ -8,8 +8,5 @@ import "io/fs"
 // file is read: size and mtime alone never prove content unchanged.
 func StampOf(fs.FileInfo) (Stamp, bool) { return Stamp{}, false }
 
-// StampOfFd reports no stamp; see StampOf.
-func StampOfFd(int) (Stamp, bool) { return Stamp{}, false }
-
 // StampOfSys reports no stamp; see StampOf.
 func StampOfSys(any) (Stamp, bool) { return Stamp{}, false }
