@@ -204,7 +204,7 @@ func TestWalkPrefetchBound(t *testing.T) {
 			w.prefetch = limit
 			var submitted []string
 			peak := 0
-			w.prefetched = func(abs string, outstanding int) { // on the walking goroutine
+			w.prefetched = func(abs string, outstanding int, _ int64) { // on the walking goroutine
 				submitted = append(submitted, abs)
 				peak = max(peak, outstanding)
 			}
@@ -230,6 +230,71 @@ func TestWalkPrefetchBound(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Listings made ahead hold at most about prefetchEntries entries: when the
+// listers keep up (here they are made to: each submission waits until every
+// directory submitted before it is listed), a directory is submitted only
+// while the listings ahead hold fewer, so directories of 50 files with a
+// bound of 100 entries are at most 4 ahead (3 by the entries; the bound is
+// checked before the hook waits, so the last listing may not count yet),
+// where 8 would be allowed by count alone.
+func TestWalkPrefetchEntryBound(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	wideTree(t, root, 2, 10, 50)
+	for _, entryLimit := range []int{100, 1 << 20} {
+		t.Run(fmt.Sprint(entryLimit), func(t *testing.T) {
+			t.Parallel()
+			w, err := New(testOpts(t, root))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.prefetch, w.prefetchEntries = 8, entryLimit
+			var mu sync.Mutex
+			listed := map[string]bool{}
+			changed := sync.NewCond(&mu)
+			w.listHook = func(abs string, statted bool) {
+				if statted {
+					mu.Lock()
+					listed[abs] = true
+					changed.Broadcast()
+					mu.Unlock()
+				}
+			}
+			var submitted []string
+			peak, peakAhead := 0, int64(0)
+			w.prefetched = func(abs string, outstanding int, ahead int64) { // on the walking goroutine
+				mu.Lock()
+				for !allListed(listed, submitted) {
+					changed.Wait()
+				}
+				mu.Unlock()
+				submitted = append(submitted, abs)
+				peak, peakAhead = max(peak, outstanding), max(peakAhead, ahead)
+			}
+			snap, err := w.Scan(context.Background(), desired.TriggerManual)
+			if err != nil || !snap.Complete || len(snap.States) != 2*10*50 {
+				t.Fatalf("scan: %d states, complete %v, %v", len(snap.States), snap.Complete, err)
+			}
+			if entryLimit == 100 {
+				if peak > 4 || peakAhead >= 100 {
+					t.Errorf("at most %d directories outstanding and %d entries ahead at a submission, want at most 4 and under 100", peak, peakAhead)
+				}
+			} else if peak != 8 {
+				t.Errorf("at most %d directories outstanding with no entry bound to speak of, want the count's bound, 8", peak)
+			}
+		})
+	}
+}
+
+func allListed(listed map[string]bool, dirs []string) bool {
+	for _, d := range dirs {
+		if !listed[d] {
+			return false
+		}
+	}
+	return true
 }
 
 // openFDs counts this process's open file descriptors.

@@ -104,13 +104,16 @@ type Watcher struct {
 	// prefetch bounds the directories a walk lists ahead (walk.go); 0
 	// lists each only when the walk reaches it.
 	prefetch int
+	// prefetchEntries bounds the entries of those listings (walk.go).
+	prefetchEntries int
 	// listHook, when set, is called by whichever goroutine lists a
 	// directory: between reading its names and stat-ing its entries
 	// (statted false) and after (true). Tests change the tree there.
 	listHook func(abs string, statted bool)
 	// prefetched, when set, is called by the walk with each directory it
-	// hands to the listers and how many are then outstanding.
-	prefetched func(abs string, outstanding int)
+	// hands to the listers, how many are then outstanding, and how many
+	// entries the listings made ahead hold.
+	prefetched func(abs string, outstanding int, ahead int64)
 
 	// scheduled, when set, is called by the event loop with each path whose
 	// debounce an event starts or extends; tests wait on it, not on sleeps.
@@ -151,16 +154,17 @@ func New(opts Options) (*Watcher, error) {
 		return nil, err
 	}
 	return &Watcher{
-		opts:      o,
-		log:       o.Logger.With("root", o.Root),
-		st:        newScanState(),
-		open:      openFile,
-		prefetch:  defaultPrefetch,
-		newSource: newFSNotifySource,
-		watched:   make(map[string]struct{}),
-		unwatched: make(map[string]struct{}),
-		degraded:  make(chan struct{}, 1),
-		rescan:    make(chan desired.Trigger, 1),
+		opts:            o,
+		log:             o.Logger.With("root", o.Root),
+		st:              newScanState(),
+		open:            openFile,
+		prefetch:        defaultPrefetch,
+		prefetchEntries: defaultPrefetchEntries,
+		newSource:       newFSNotifySource,
+		watched:         make(map[string]struct{}),
+		unwatched:       make(map[string]struct{}),
+		degraded:        make(chan struct{}, 1),
+		rescan:          make(chan desired.Trigger, 1),
 
 		degradedRescan: degradedRescan,
 	}, nil
