@@ -317,6 +317,20 @@ func (e *Engine) recordOf(p *pass, key string) (state.Record, bool, error) {
 	return e.o.Store.Get(e.o.Scope, key)
 }
 
+// driftRecordOf returns key's record for telling drift: what the store
+// said of the key when the listing was compared with it. The merge's
+// record serves even when writes began since it was read: a write made
+// after the listing cannot be drift the listing shows, so the older record
+// is the better answer, and a first publish, whose every key the listing
+// lacks, then reads no record per file while its own writes go on. mu is
+// held.
+func (e *Engine) driftRecordOf(p *pass, key string) (state.Record, bool, error) {
+	if p != nil && p.merged.key == key && p.merged.read {
+		return p.merged.rec, p.merged.ok, nil
+	}
+	return e.recordOf(p, key)
+}
+
 // Recorded returns the stamp the store records for key and the hash it
 // vouches for, for the watcher's hash cache (watcher.Options.Recorded);
 // ok is false when there is no record with a hash. While a full sync's

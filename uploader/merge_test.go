@@ -192,6 +192,38 @@ func TestRecordOfCurrent(t *testing.T) {
 	}
 }
 
+// For telling drift, the merge's record serves even after a write: a key the
+// listing lacks is compared with what the store said when it was merged,
+// without a read of the store per file while the pass's own writes go on.
+func TestDriftRecordOfMerged(t *testing.T) {
+	store := &versionedStore{memStore: newMemStore()}
+	old := state.Record{Hash: "old", Size: 1}
+	if err := store.PutBatch(testScope, map[string]state.Record{testPrefix + "a": old}); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := newTestEngine(t, newFakeKV(t), store, nil)
+	m := e.newMerge(nil)
+	p := &pass{}
+	for _, key := range []string{testPrefix + "a", testPrefix + "b"} {
+		p.merged = m.tree(key)
+		if err := store.PutBatch(testScope, map[string]state.Record{key: {Hash: "new", Size: 2}}); err != nil {
+			t.Fatal(err)
+		}
+		store.gets.Store(0)
+		rec, ok, err := e.driftRecordOf(p, key)
+		if err != nil || ok != (key == testPrefix+"a") || ok && rec.Hash != "old" {
+			t.Errorf("driftRecordOf(%s) = %+v %v %v, want the merged record (old for a, none for b)", key, rec, ok, err)
+		}
+		if n := store.gets.Load(); n != 0 {
+			t.Errorf("driftRecordOf(%s) read the store %d times, want 0", key, n)
+		}
+	}
+	// A key the merge did not take (another one's) is read from the store.
+	if rec, ok, err := e.driftRecordOf(p, testPrefix+"a"); err != nil || !ok || rec.Hash != "new" {
+		t.Errorf("driftRecordOf(a) while b is merged = %+v %v %v, want the store's new record", rec, ok, err)
+	}
+}
+
 // While a streamed full sync runs, Recorded answers the scan from the
 // pass's merge (no lookup per file), for keys present, absent and past
 // the store's batches alike, and from the store otherwise.

@@ -97,7 +97,7 @@ func (e *Engine) offer(ctx context.Context, st desired.State, p *pass) error {
 			return nil
 		}
 		if kind != driftNone {
-			if rec, ok, err := e.recordOf(p, key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
+			if rec, ok, err := e.driftRecordOf(p, key); err == nil && ok && unchanged(st, rec, e.o.Now()) {
 				e.noteDrift(p, key, kind)
 			}
 		}
