@@ -343,7 +343,7 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 		if st.Deleted {
 			return true // absent from the tree: the merge finds it
 		}
-		m.tree(st.Key)
+		found := m.tree(st.Key)
 		if st.Err != nil {
 			rep.add(st, outcome{kind: outHeldBack, err: st.Err})
 			return true
@@ -354,7 +354,10 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 				return true
 			}
 		} else {
-			rec, ok, err := e.o.Store.Get(e.o.Scope, st.Key)
+			// The merge read the key's record on its way: a plan writes
+			// nothing, so that record serves unless something wrote to
+			// the store since (currentRecord checks).
+			rec, ok, err := e.currentRecord(found, st.Key)
 			if err != nil {
 				failed = fmt.Errorf("planning key %q: %w", st.Key, err)
 				return false

@@ -309,9 +309,18 @@ func (m *merge) finish(complete bool, reason string) ([]candidate, string, error
 // found for it (none, too), while no write began since it was read, else
 // a read of the store. mu is held.
 func (e *Engine) recordOf(p *pass, key string) (state.Record, bool, error) {
-	if p != nil && p.merged.key == key && p.merged.read {
-		if v := e.o.Store.(versioned); v.Version() == p.merged.version {
-			return p.merged.rec, p.merged.ok, nil
+	if p != nil {
+		return e.currentRecord(p.merged, key)
+	}
+	return e.o.Store.Get(e.o.Scope, key)
+}
+
+// currentRecord returns key's record: found's, the merge's, while no write
+// began since it was read, else a read of the store.
+func (e *Engine) currentRecord(found merged, key string) (state.Record, bool, error) {
+	if found.key == key && found.read {
+		if v := e.o.Store.(versioned); v.Version() == found.version {
+			return found.rec, found.ok, nil
 		}
 	}
 	return e.o.Store.Get(e.o.Scope, key)

@@ -281,3 +281,31 @@ func TestRecordedDuringWalk(t *testing.T) {
 		t.Errorf("would delete %d keys, want the %d never handed over", len(rep.WouldDelete), len(keys)-want)
 	}
 }
+
+// A plan that trusts the store compares each file with the record its
+// merge read on the way, not with a read of the store per file.
+func TestPlanComparesWithMergedRecords(t *testing.T) {
+	store := &versionedStore{memStore: newMemStore()}
+	recs := map[string]state.Record{}
+	var tree []desired.State
+	for _, k := range []string{"a", "b/c", "b/d", "e"} {
+		recs[testPrefix+k] = state.Record{Hash: "h", Size: 1, Written: time.Unix(1, 0)}
+		tree = append(tree, desired.State{Key: testPrefix + k, Hash: "h", Size: 1})
+	}
+	tree = append(tree, desired.State{Key: testPrefix + "f", Hash: "n", Size: 1})
+	if err := store.PutBatch(testScope, recs); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := newTestEngine(t, newFakeKV(t), store, func(o *Options) { o.DryRun = true })
+	store.gets.Store(0)
+	rep, err := e.Plan(context.Background(), walkOf(tree, true, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Unchanged != 4 || !slices.Equal(rep.WouldWrite, []string{testPrefix + "f"}) {
+		t.Errorf("unchanged %d, would write %v; want 4 and only f", rep.Unchanged, rep.WouldWrite)
+	}
+	if n := store.gets.Load(); n != 0 {
+		t.Errorf("the plan read the store %d times, want 0", n)
+	}
+}
