@@ -54,17 +54,11 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return usageError{fmt.Errorf("sync %q: %w", s.Name, err)}
 		}
-		snap, err := w.Scan(ctx, desired.TriggerManual)
-		if err != nil {
-			return fmt.Errorf("sync %q: scanning %s: %w", s.Name, s.Dir, err)
-		}
-		if !snap.Complete {
-			fmt.Fprintf(stdout, "error: sync %q: %s could not be read whole: %s\n", s.Name, display(s.Dir), display(snap.Reason))
-			problems++
-		}
+		// Streamed: a check counts the tree's files and says what is wrong
+		// with each as the scan finds it, holding none of them.
 		var keys int
 		var bytes int64
-		for _, st := range snap.States {
+		complete, reason := w.Stream(ctx, desired.TriggerManual).Each(func(st desired.State) bool {
 			switch {
 			case st.Err != nil:
 				fmt.Fprintf(stdout, "error: %s: %s\n", display(st.Path), displayErr(st.Err))
@@ -73,6 +67,14 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				keys++
 				bytes += st.Size
 			}
+			return true
+		})
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("sync %q: scanning %s: %w", s.Name, s.Dir, err)
+		}
+		if !complete {
+			fmt.Fprintf(stdout, "error: sync %q: %s could not be read whole: %s\n", s.Name, display(s.Dir), display(reason))
+			problems++
 		}
 		line := fmt.Sprintf("sync %q: %s -> namespace %s prefix %q: %d keys, %s", s.Name, s.Dir, s.NamespaceID, s.Prefix, keys, config.HumanSize(bytes))
 		if n := m.Skipped(unpublishableSkip); n > 0 {

@@ -236,13 +236,15 @@ func plan(ctx context.Context, cf *commonFlags, stdout, stderr io.Writer) error 
 		if _, err := reachNamespace(ctx, u); err != nil {
 			return fmt.Errorf("sync %q: %w", u.cfg.Name, err)
 		}
-		snap, err := u.watcher.Scan(ctx, desired.TriggerManual)
-		if err != nil {
-			return fmt.Errorf("sync %q: scanning %s: %w", u.cfg.Name, u.cfg.Dir, err)
+		// The scan streams into the plan, which merges it with the store
+		// and the listing as a sync does, so a plan holds no more of the
+		// tree than a sync (README, "Memory"), besides the keys it lists.
+		rep, err := u.engine.Plan(ctx, u.watcher.Stream(ctx, desired.TriggerManual))
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("sync %q: scanning %s: %w", u.cfg.Name, u.cfg.Dir, cerr)
 		}
-		rep, err := u.engine.Plan(ctx, snap)
-		if err != nil && ctx.Err() != nil {
-			return err
+		if err != nil {
+			return fmt.Errorf("sync %q: %w", u.cfg.Name, err)
 		}
 		for _, k := range rep.WouldWrite {
 			fmt.Fprintf(stdout, "write  %s\n", display(k))
