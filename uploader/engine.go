@@ -336,12 +336,16 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 	var failed error
 	e.walkWith(l, m)
 	defer e.walkWith(nil, nil)
+	n := 0
 	complete, reason := s.Each(func(st desired.State) bool {
 		if failed = ctx.Err(); failed != nil {
 			return false
 		}
 		if st.Deleted {
 			return true // absent from the tree: the merge finds it
+		}
+		if n++; n%releaseEvery == 0 {
+			e.releasePages() // as a sync does: the merge reads the whole store
 		}
 		found := m.tree(st.Key)
 		if st.Err != nil {
@@ -371,6 +375,7 @@ func (e *Engine) Plan(ctx context.Context, s desired.Snapshot) (Report, error) {
 		rep.Bytes += st.Size
 		return true
 	})
+	e.releasePages()
 	if failed != nil {
 		return rep, failed
 	}

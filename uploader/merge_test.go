@@ -309,3 +309,29 @@ func TestPlanComparesWithMergedRecords(t *testing.T) {
 		t.Errorf("the plan read the store %d times, want 0", n)
 	}
 }
+
+// releasingStore counts the drops of its pages (*state.Store's ReleasePages).
+type releasingStore struct {
+	*memStore
+	released atomic.Int64
+}
+
+func (s *releasingStore) ReleasePages() error { s.released.Add(1); return nil }
+
+// A plan reads the whole store through its merge, as a full sync does, so
+// it drops the store's pages from the process as a sync does: every
+// releaseEvery files and at its end.
+func TestPlanReleasesStorePages(t *testing.T) {
+	store := &releasingStore{memStore: newMemStore()}
+	e, _ := newTestEngine(t, newFakeKV(t), store, func(o *Options) { o.DryRun = true })
+	tree := make([]desired.State, releaseEvery+1)
+	for i := range tree {
+		tree[i] = desired.State{Key: fmt.Sprintf("%sf%06d", testPrefix, i), Hash: "h", Size: 1}
+	}
+	if _, err := e.Plan(context.Background(), walkOf(tree, true, "")); err != nil {
+		t.Fatal(err)
+	}
+	if n := store.released.Load(); n != 2 {
+		t.Errorf("the plan of %d files dropped the store's pages %d times, want 2 (at %d files and at the end)", len(tree), n, releaseEvery)
+	}
+}

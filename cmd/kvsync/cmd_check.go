@@ -50,7 +50,11 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	problems := 0
 	for _, s := range cfg.Syncs {
 		m := metrics.New(prometheus.NewRegistry(), version)
-		w, err := watcher.New(watcherOptions(s, logger, m))
+		wo := watcherOptions(s, logger, m)
+		// One scan has no use for the watcher's in-process hash cache, an
+		// entry per file: a sink that records nothing keeps it empty.
+		wo.Recorded = func(string) (desired.Stamp, string, bool) { return desired.Stamp{}, "", false }
+		w, err := watcher.New(wo)
 		if err != nil {
 			return usageError{fmt.Errorf("sync %q: %w", s.Name, err)}
 		}
