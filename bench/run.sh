@@ -537,7 +537,22 @@ million_scenario() {
 	million_sync million-noop-empty "$ns" "$sd_empty"
 	rm -rf "$sd_empty"
 
-	# 6. The daemon on the unchanged tree with the state of the runs above.
+	# 6. `kvsync plan` with the state of the first publish, listing the
+	# namespace with the limiter raised (its 1,000 list requests would
+	# otherwise wait on it as the listing no-op does), and `kvsync check`,
+	# which hashes every file with no store: neither may hold the tree.
+	sed "s/namespace_id: $ns_free/namespace_id: $ns/" "$RUN/million-free.yaml" >"$RUN/million-plan.yaml"
+	mload million-plan
+	CLOUDFLARE_API_TOKEN=$TOKEN measure million-plan kvsync million "$ns" -- \
+		"$BIN/kvsync" plan --dir "$OUT/trees/million" --account-id "$ACCOUNT" --namespace-id "$ns" \
+		--api-base-url "$EMU_API" --state-dir "$sd" --config "$RUN/million-plan.yaml"
+	grep -q '^plan: 0 to write' "$RUN/million-plan.out" ||
+		fail "million-plan: the plan of the unchanged tree is not empty: $(tail -1 "$RUN/million-plan.out")"
+	mload million-check
+	CLOUDFLARE_API_TOKEN=$TOKEN measure million-check kvsync million "$ns" -- \
+		"$BIN/kvsync" check --dir "$OUT/trees/million" --account-id "$ACCOUNT" --namespace-id "$ns"
+
+	# 7. The daemon on the unchanged tree with the state of the runs above.
 	million_run million-run "$ns" "$sd"
 	rm -rf "$sd"
 
@@ -606,6 +621,8 @@ million_report() {
 	mrow million-noop-trust "no-op \`kvsync sync --trust-state\`, state present"
 	mrow million-noop-list "no-op \`kvsync sync\`, state present, lists the namespace (default)"
 	mrow million-noop-empty "no-op \`kvsync sync\`, empty state dir (lists, hashes every file)"
+	mrow million-plan "\`kvsync plan\`, state present, lists the namespace (limiter raised): nothing to do"
+	mrow million-check "\`kvsync check\` (no state: reads and hashes every file)"
 	if [[ -n ${RUN_READY_S:-} ]]; then
 		awk -v r="$RUN_READY_S" -v w="$w" -v hwm="$RUN_HWM_KIB" -v req="$RUN_REQUESTS" -v lists="$RUN_LISTS" -v wr="$RUN_WRITES" -v ok="$RUN_VERIFIED" \
 			-v ld="${MLOAD[million-run]:-}" \
@@ -639,7 +656,7 @@ million_report() {
 			printf "- `kvsync run` steady RSS **%.1f MiB** after '"$IDLE_S"' s idle, %.2f s of CPU in those seconds (target: at most 150 MiB: %s)\n", rss/1024, cpu, (rss <= 150*1024 ? "met" : "MISSED") }'
 	fi
 	awk -F'\t' '$3 == "million" && $2 == "kvsync" { if ($5 > m) { m = $5; l = $1 }; all = all sprintf("%s%s %.0f", (all == "" ? "" : ", "), $1, $5/1024) } END {
-		if (m) printf "- Peak RSS of every `kvsync sync` of the tree at most 200 MiB: largest **%.1f MiB** (%s) (%s); each, MiB: %s\n", m/1024, l, (m <= 200*1024 ? "met" : "MISSED"), all }' "$SAMPLES"
+		if (m) printf "- Peak RSS of every `kvsync sync`, `plan` and `check` of the tree at most 200 MiB: largest **%.1f MiB** (%s) (%s); each, MiB: %s\n", m/1024, l, (m <= 200*1024 ? "met" : "MISSED"), all }' "$SAMPLES"
 	local a b
 	a=$(msample million-first wall)
 	b=$(msample million-first-free wall)
