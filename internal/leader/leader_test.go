@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kvsync/kvsync/internal/kubetest"
@@ -34,7 +35,8 @@ type candidate struct {
 	reg     *prometheus.Registry
 }
 
-func runCandidate(t *testing.T, kubeconfig, id string) *candidate {
+// testClient is a client of the API server that kubeconfig points at.
+func testClient(t *testing.T, kubeconfig string) coordinationv1client.LeasesGetter {
 	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
@@ -44,6 +46,12 @@ func runCandidate(t *testing.T, kubeconfig, id string) *candidate {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return client
+}
+
+func runCandidate(t *testing.T, kubeconfig, id string) *candidate {
+	t.Helper()
+	client := testClient(t, kubeconfig)
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &candidate{id: id, cancel: cancel, done: make(chan error, 1), started: make(chan time.Time, 10), reg: prometheus.NewRegistry()}
 	c.m = metrics.NewLeader(c.reg, time.Now)
@@ -134,14 +142,7 @@ func TestLeaderLosesLeaseWhenAPIServerGoes(t *testing.T) {
 	s := kubetest.Start(t, kubetest.Options{})
 	var mu sync.Mutex
 	var ended time.Time
-	cfg, err := clientcmd.BuildConfigFromFlags("", s.AdminKubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := NewClient(cfg, "kvsync-test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := testClient(t, s.AdminKubeconfig)
 	ctx, cancel := context.WithCancel(context.Background())
 	started := make(chan time.Time, 4)
 	done := make(chan error, 1)
@@ -202,17 +203,10 @@ func TestLeaderLosesLeaseWhenAPIServerGoes(t *testing.T) {
 // once with an error naming the verb, the Lease and its namespace.
 func TestLeaderPermissionError(t *testing.T) {
 	s := kubetest.Start(t, kubetest.Options{RBAC: true})
-	cfg, err := clientcmd.BuildConfigFromFlags("", s.ServiceAccountKubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := NewClient(cfg, "kvsync-test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := testClient(t, s.ServiceAccountKubeconfig)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = Run(ctx, Options{
+	err := Run(ctx, Options{
 		Client: client, Namespace: "default", Lease: "kvsync-site", Identity: "a",
 		LeaseDuration: lease, RenewDeadline: renew, RetryPeriod: retry,
 		Lead: func(context.Context) { t.Error("led without permission") },
